@@ -1,0 +1,153 @@
+"""Configuration models: one validated place for every knob.
+
+``Settings`` reads ``CXR_*`` environment variables (where things live); the other models
+are plain pydantic models that flows take as typed parameters (what to do), loadable from
+``configs/*.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cxrmodel.findings import FINDINGS
+
+
+class Settings(BaseSettings):
+    """Where the system keeps its state. Every field maps to a ``CXR_<NAME>`` variable."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+
+    home: Path = Field(default=Path(".cxr"), description="Root folder for data, artefacts and reports.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; defaults to sqlite:///<home>/cxr.db"
+    )
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_home / 'cxr.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.resolved_home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.resolved_home / "reports"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.resolved_home / "cache"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthConfig(_Frozen):
+    """Synthetic NIH-layout dataset."""
+
+    n_studies: int = Field(2000, ge=10, description="Labelled studies to generate.")
+    n_incoming: int = Field(200, ge=0, description="Unlabelled studies for nightly scoring.")
+    image_size: int = Field(256, ge=32, le=2048, description="Side of the written PNGs in pixels.")
+    seed: int = 0
+    incoming_dicom_fraction: float = Field(0.25, ge=0.0, le=1.0)
+
+
+class BalancingStep(_Frozen):
+    """One step of a balancing recipe, applied to the training split only."""
+
+    kind: Literal["keep_fraction_only", "keep_fraction_any", "flip_duplicate_under", "replicate_to"]
+    finding: str | None = None
+    fraction: float | None = Field(None, gt=0.0, le=1.0)
+    count: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BalancingStep:
+        if self.finding is not None and self.finding not in (*FINDINGS, "No Finding"):
+            raise ValueError(f"unknown finding {self.finding!r}")
+        if self.kind.startswith("keep_fraction") and (self.finding is None or self.fraction is None):
+            raise ValueError(f"{self.kind} needs finding and fraction")
+        if self.kind in ("flip_duplicate_under", "replicate_to") and self.count is None:
+            raise ValueError(f"{self.kind} needs count")
+        return self
+
+
+class DataConfig(_Frozen):
+    """How studies become tensors: image size, split proportions, balancing preset."""
+
+    image_size: int = Field(64, ge=32, le=1024, description="Model input side (pixels).")
+    val_fraction: float = Field(0.08, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.20, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    balancing: str = Field("demo", description="Name of a preset in cxrmodel.balancing.PRESETS, or 'none'.")
+    balancing_seed: int = 0
+
+
+class TrainConfig(_Frozen):
+    """Seed 004's training recipe; every number here is a parameter, not a constant."""
+
+    architecture: Literal["densenet121_fpn", "densenet121"] = "densenet121_fpn"
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler_patience: int = Field(2, ge=0)
+    scheduler_factor: float = Field(0.5, gt=0, lt=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    selection_metric: Literal["macro_f1", "mean_auroc"] = "macro_f1"
+    dropout: float = Field(0.3, ge=0, lt=1)
+    pos_weight_overrides: dict[str, float] = Field(
+        default_factory=dict, description="Manual positive weights, e.g. Pneumonia: 4.5"
+    )
+    pos_weight_max: float | None = Field(None, gt=0, description="Clip computed positive weights.")
+    pretrained_weights: Path | None = Field(None, description="Local torchvision DenseNet121 state dict.")
+    augment: bool = True
+    num_workers: int = Field(0, ge=0)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    seed: int = 0
+
+    @field_validator("pos_weight_overrides")
+    @classmethod
+    def _known_findings(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(FINDINGS)
+        if unknown:
+            raise ValueError(f"unknown finding(s) in pos_weight_overrides: {sorted(unknown)}")
+        return value
+
+
+class ThresholdConfig(_Frozen):
+    """Per-finding decision thresholds (seed 004, 'dynamic threshold per class')."""
+
+    method: Literal["youden", "precision_constrained_f1", "dynamic_f1"] = "dynamic_f1"
+    min_precision: float = Field(0.40, ge=0, le=1)
+    grid_start: float = 0.10
+    grid_stop: float = 0.85
+    grid_step: float = 0.05
+    low_f1: float = Field(0.30, ge=0, le=1, description="Dynamic method: lower the threshold under this F1.")
+    adjustment: float = Field(0.05, ge=0, le=0.5)
+
+
+class PipelineConfig(_Frozen):
+    """Everything one end-to-end run needs."""
+
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    thresholds: ThresholdConfig = ThresholdConfig()
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    """Read a YAML file into a validated :class:`PipelineConfig`."""
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    return PipelineConfig.model_validate(raw)

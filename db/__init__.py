@@ -1,0 +1,1 @@
+"""Database layer: SQLAlchemy 2 typed models, sessions, Alembic migrations and queries."""

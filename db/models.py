@@ -1,0 +1,292 @@
+"""SQLAlchemy 2 typed declarative models.
+
+Long tables (one row per finding) hold labels, thresholds, per-class metrics and
+predictions, so SQL reads naturally: ``WHERE finding = 'Effusion' AND probability > 0.8``.
+Unique constraints make every write an idempotent upsert.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Study(Base):
+    """One image: the NIH image index is the study key."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_key: Mapped[str] = mapped_column(String(128), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    follow_up: Mapped[int | None]
+    age: Mapped[float | None] = mapped_column(Float)
+    sex: Mapped[str | None] = mapped_column(String(1))
+    view: Mapped[str | None] = mapped_column(String(2))
+    source: Mapped[str] = mapped_column(String(32))
+    split: Mapped[str | None] = mapped_column(String(16), index=True)
+    image_path: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    labelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    labels: Mapped[list[StudyLabel]] = relationship(back_populates="study", cascade="all, delete-orphan")
+
+
+class StudyLabel(Base):
+    __tablename__ = "study_labels"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(SmallInteger)
+
+    study: Mapped[Study] = relationship(back_populates="labels")
+
+
+class RefreshRun(Base):
+    __tablename__ = "refresh_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    location: Mapped[str] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    n_rows: Mapped[int] = mapped_column(default=0)
+    n_added: Mapped[int] = mapped_column(default=0)
+    n_updated: Mapped[int] = mapped_column(default=0)
+    n_unchanged: Mapped[int] = mapped_column(default=0)
+    n_quarantined: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+
+
+class QuarantinedRow(Base):
+    """A source row that could not become a study, with the reason. Never silently dropped."""
+
+    __tablename__ = "quarantined_rows"
+    __table_args__ = (UniqueConstraint("source", "row_key", "reason"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    refresh_run_id: Mapped[int] = mapped_column(ForeignKey("refresh_runs.id", ondelete="CASCADE"), index=True)
+    source: Mapped[str] = mapped_column(String(32))
+    row_key: Mapped[str] = mapped_column(String(256))
+    row_number: Mapped[int | None]
+    reason: Mapped[str] = mapped_column(String(512))
+    raw: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    artifact_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    parameter_count: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    architecture: Mapped[str] = mapped_column(String(32))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    device: Mapped[str | None] = mapped_column(String(32))
+    n_train: Mapped[int | None]
+    n_val: Mapped[int | None]
+    best_epoch: Mapped[int | None]
+    best_metric: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    epochs: Mapped[list[EpochMetric]] = relationship(cascade="all, delete-orphan", order_by="EpochMetric.epoch")
+
+
+class EpochMetric(Base):
+    __tablename__ = "epoch_metrics"
+    __table_args__ = (UniqueConstraint("training_run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"))
+    epoch: Mapped[int]
+    train_loss: Mapped[float] = mapped_column(Float)
+    val_loss: Mapped[float] = mapped_column(Float)
+    mean_precision: Mapped[float] = mapped_column(Float)
+    mean_recall: Mapped[float] = mapped_column(Float)
+    macro_f1: Mapped[float] = mapped_column(Float)
+    mean_auroc: Mapped[float | None] = mapped_column(Float)
+    learning_rate: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class ThresholdSet(Base):
+    __tablename__ = "threshold_sets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    split: Mapped[str] = mapped_column(String(16), default="val")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    thresholds: Mapped[list[Threshold]] = relationship(cascade="all, delete-orphan")
+
+
+class Threshold(Base):
+    __tablename__ = "thresholds"
+
+    threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id", ondelete="CASCADE"), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(32), primary_key=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    note: Mapped[str | None] = mapped_column(String(256))
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("model_version_id", "threshold_set_id", "split"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    threshold_set_id: Mapped[int | None] = mapped_column(ForeignKey("threshold_sets.id"))
+    split: Mapped[str] = mapped_column(String(16))
+    n_studies: Mapped[int]
+    macro_auroc: Mapped[float | None] = mapped_column(Float)
+    micro_auroc: Mapped[float | None] = mapped_column(Float)
+    macro_f1: Mapped[float] = mapped_column(Float)
+    micro_f1: Mapped[float] = mapped_column(Float)
+    macro_precision: Mapped[float] = mapped_column(Float)
+    micro_precision: Mapped[float] = mapped_column(Float)
+    macro_recall: Mapped[float] = mapped_column(Float)
+    micro_recall: Mapped[float] = mapped_column(Float)
+    exact_match: Mapped[float] = mapped_column(Float)
+    hamming_loss: Mapped[float] = mapped_column(Float)
+    accuracy: Mapped[float] = mapped_column(Float)
+    lrap: Mapped[float | None] = mapped_column(Float)
+    mean_brier: Mapped[float] = mapped_column(Float)
+    inference_ms_per_image: Mapped[float | None] = mapped_column(Float)
+    report_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    class_metrics: Mapped[list[ClassMetric]] = relationship(cascade="all, delete-orphan")
+
+
+class ClassMetric(Base):
+    __tablename__ = "class_metrics"
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n_positive: Mapped[int]
+    auroc: Mapped[float | None] = mapped_column(Float)
+    pr_auc: Mapped[float | None] = mapped_column(Float)
+    f1: Mapped[float] = mapped_column(Float)
+    precision: Mapped[float] = mapped_column(Float)
+    recall: Mapped[float] = mapped_column(Float)
+    specificity: Mapped[float] = mapped_column(Float)
+    brier: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    tp: Mapped[int]
+    fp: Mapped[int]
+    tn: Mapped[int]
+    fn: Mapped[int]
+
+
+class ScoringRun(Base):
+    __tablename__ = "scoring_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    n_candidates: Mapped[int] = mapped_column(default=0)
+    n_scored: Mapped[int] = mapped_column(default=0)
+    n_skipped: Mapped[int] = mapped_column(default=0)
+    n_failed: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Prediction(Base):
+    """One probability and decision per study, model version and finding."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("study_id", "model_version_id", "finding"),
+        Index("ix_predictions_finding_probability", "finding", "probability"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    finding: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float] = mapped_column(Float)
+    decision: Mapped[bool] = mapped_column(Boolean)
+    threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
+    scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ScoringFailure(Base):
+    __tablename__ = "scoring_failures"
+    __table_args__ = (UniqueConstraint("scoring_run_id", "study_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scoring_run_id: Mapped[int] = mapped_column(ForeignKey("scoring_runs.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Promotion(Base):
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    previous_champion_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
