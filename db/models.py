@@ -227,6 +227,7 @@ class ClassMetric(Base):
     precision: Mapped[float] = mapped_column(Float)
     recall: Mapped[float] = mapped_column(Float)
     specificity: Mapped[float] = mapped_column(Float)
+    npv: Mapped[float] = mapped_column(Float)
     brier: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     tp: Mapped[int]

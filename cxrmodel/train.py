@@ -1,0 +1,206 @@
+"""The training loop of seed 004: weighted BCE, Adam, ReduceLROnPlateau on validation loss,
+best checkpoint by macro-F1 (or mean AUROC), optional early stopping, resumable checkpoints.
+
+Framework-free: callers observe progress through ``on_epoch`` (the Prefect task writes each
+epoch to the database from there).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cxrmodel.config import TrainConfig
+from cxrmodel.findings import FINDINGS
+from cxrmodel.metrics import epoch_summary
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    mean_precision: float
+    mean_recall: float
+    macro_f1: float
+    mean_auroc: float | None
+    learning_rate: float
+    seconds: float
+    images_per_second: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_metric: float
+    history: list[EpochResult] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def positive_weights(
+    labels: np.ndarray, overrides: dict[str, float] | None = None, max_weight: float | None = None
+) -> torch.Tensor:
+    """Per-class ``pos_weight`` = negatives / positives in the training labels ``[N, 14]``,
+    clipped to ``max_weight``; classes without positives get 1; ``overrides`` (by finding
+    name, e.g. the seed's Pneumonia 4.5) win."""
+    labels = np.asarray(labels)
+    pos = labels.sum(axis=0).astype(float)
+    neg = len(labels) - pos
+    weights = np.where(pos > 0, neg / np.maximum(pos, 1), 1.0)
+    if max_weight is not None:
+        weights = np.minimum(weights, max_weight)
+    for name, value in (overrides or {}).items():
+        weights[FINDINGS.index(name)] = value
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _forward(model: nn.Module, batch, device: torch.device):
+    image, patient, labels, _ = batch
+    image = image.to(device, non_blocking=True)
+    patient = patient.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    return model(image, patient), labels
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module | None = None):
+    """Sigmoid probabilities ``[N, 14]``, labels ``[N, 14]`` and mean loss over a loader."""
+    model.eval()
+    probs, labels, total, count = [], [], 0.0, 0
+    for batch in loader:
+        logits, y = _forward(model, batch, device)
+        if criterion is not None:
+            total += float(criterion(logits, y)) * len(y)
+            count += len(y)
+        probs.append(torch.sigmoid(logits.float()).cpu())
+        labels.append(y.cpu())
+    p = torch.cat(probs).numpy() if probs else np.zeros((0, len(FINDINGS)), np.float32)
+    t = torch.cat(labels).numpy() if labels else np.zeros((0, len(FINDINGS)), np.float32)
+    return p, t, (total / count if count else float("nan"))
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    config: TrainConfig,
+    pos_weight: torch.Tensor,
+    device: torch.device,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Train ``model`` for ``config.epochs`` epochs and return the best state by
+    ``config.selection_metric``. With ``checkpoint_path`` a full checkpoint (model, optimiser,
+    scheduler, epoch, history, RNG state) is written after every epoch; ``resume=True``
+    continues from it."""
+    model.to(device)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.scheduler_factor, patience=config.scheduler_patience
+    )
+    start_epoch, history = 1, []
+    best_metric, best_epoch, best_state = -float("inf"), 0, None
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = ckpt["epoch"] + 1
+        history = [EpochResult(**h) for h in ckpt["history"]]
+        best_metric, best_epoch, best_state = ckpt["best_metric"], ckpt["best_epoch"], ckpt["best_state"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        np.random.set_state(ckpt["numpy_rng"])
+        random.setstate(ckpt["python_rng"])
+
+    stale = 0
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        running, seen = 0.0, 0
+        for batch in train_loader:
+            logits, y = _forward(model, batch, device)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += float(loss.detach()) * len(y)
+            seen += len(y)
+        train_seconds = time.perf_counter() - started
+        probs, labels, val_loss = predict_loader(model, val_loader, device, criterion)
+        scheduler.step(val_loss)
+        summary = epoch_summary(labels.astype(int), probs)
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=running / max(seen, 1),
+            val_loss=val_loss,
+            mean_precision=summary["mean_precision"],
+            mean_recall=summary["mean_recall"],
+            macro_f1=summary["macro_f1"],
+            mean_auroc=summary["mean_auroc"],
+            learning_rate=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - started,
+            images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
+        )
+        history.append(result)
+        metric = result.macro_f1 if config.selection_metric == "macro_f1" else (result.mean_auroc or 0.0)
+        if metric > best_metric:
+            best_metric, best_epoch, stale = metric, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if checkpoint_path is not None:
+            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state)
+        if on_epoch is not None:
+            on_epoch(result)
+        if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
+            return FitResult(best_state, best_epoch, best_metric, history, stopped_early=True)
+    return FitResult(best_state, best_epoch, best_metric, history)
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "history": [h.as_dict() for h in history],
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "best_state": best_state,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        },
+        tmp,
+    )
+    tmp.replace(path)

@@ -1,0 +1,291 @@
+"""The queries and writes the Prefect tasks need. Each function takes an open session and
+leaves the transaction to the caller's :func:`db.engine.session_scope`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import (
+    ClassMetric,
+    EpochMetric,
+    Evaluation,
+    ModelVersion,
+    Prediction,
+    Promotion,
+    QuarantinedRow,
+    RefreshRun,
+    ScoringFailure,
+    ScoringRun,
+    Study,
+    StudyLabel,
+    Threshold,
+    ThresholdSet,
+    TrainingRun,
+)
+from db.upsert import upsert
+
+STUDY_FIELDS = ("patient_id", "follow_up", "age", "sex", "view", "source", "split", "image_path", "content_hash", "labelled")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class StudyCounts:
+    added: int
+    updated: int
+    unchanged: int
+
+
+def sync_studies(session: Session, records: Sequence[dict], labels: dict[str, dict[str, int]] | None = None) -> StudyCounts:
+    """Insert new studies and update changed ones (by ``study_key``); labels are replaced for
+    added or changed studies. Running it twice with the same input changes nothing."""
+    labels = labels or {}
+    keys = [r["study_key"] for r in records]
+    existing: dict[str, Study] = {}
+    for start in range(0, len(keys), 5000):
+        chunk = keys[start : start + 5000]
+        for study in session.scalars(select(Study).where(Study.study_key.in_(chunk))):
+            existing[study.study_key] = study
+    existing_labels: dict[int, dict[str, int]] = {}
+    ids = [s.id for s in existing.values()]
+    for start in range(0, len(ids), 5000):
+        for row in session.execute(
+            select(StudyLabel.study_id, StudyLabel.finding, StudyLabel.value).where(StudyLabel.study_id.in_(ids[start : start + 5000]))
+        ):
+            existing_labels.setdefault(row.study_id, {})[row.finding] = row.value
+
+    new_rows, changed = [], []
+    for rec in records:
+        study = existing.get(rec["study_key"])
+        if study is None:
+            new_rows.append({"study_key": rec["study_key"], "status": "active", **{f: rec.get(f) for f in STUDY_FIELDS}})
+            continue
+        fields_changed = any(getattr(study, f) != rec.get(f) for f in STUDY_FIELDS if f in rec and f != "split")
+        labels_changed = rec["study_key"] in labels and existing_labels.get(study.id, {}) != labels[rec["study_key"]]
+        if fields_changed or labels_changed:
+            changed.append((study, rec))
+    if new_rows:
+        upsert(session, Study, [{**r, "created_at": now(), "updated_at": now()} for r in new_rows], ["study_key"], [])
+    for study, rec in changed:
+        for f in STUDY_FIELDS:
+            if f in rec:
+                setattr(study, f, rec[f])
+        study.updated_at = now()
+    session.flush()
+
+    touched = [r["study_key"] for r in new_rows] + [s.study_key for s, _ in changed]
+    touched = [k for k in touched if k in labels]
+    if touched:
+        id_of = dict(session.execute(select(Study.study_key, Study.id).where(Study.study_key.in_(touched))).all()) if len(touched) < 30000 else study_ids(session)
+        label_rows = [
+            {"study_id": id_of[k], "finding": finding, "value": int(value)}
+            for k in touched
+            for finding, value in labels[k].items()
+        ]
+        upsert(session, StudyLabel, label_rows, ["study_id", "finding"], ["value"])
+    return StudyCounts(added=len(new_rows), updated=len(changed), unchanged=len(records) - len(new_rows) - len(changed))
+
+
+def study_ids(session: Session) -> dict[str, int]:
+    return dict(session.execute(select(Study.study_key, Study.id)).all())
+
+
+def set_splits(session: Session, splits: dict[str, str]) -> None:
+    """Write the split of each study key (patient-level assignment computed by the library)."""
+    id_of = study_ids(session)
+    rows = [{"id": id_of[k], "split": v} for k, v in splits.items() if k in id_of]
+    if rows:
+        session.execute(update(Study), rows)
+
+
+def labelled_studies(session: Session) -> list[Study]:
+    return list(session.scalars(select(Study).where(Study.labelled.is_(True), Study.status == "active").order_by(Study.id)))
+
+
+def label_table(session: Session, study_ids_: Iterable[int]) -> dict[int, dict[str, int]]:
+    wanted = set(study_ids_)
+    out: dict[int, dict[str, int]] = {}
+    for row in session.execute(select(StudyLabel.study_id, StudyLabel.finding, StudyLabel.value)):
+        if row.study_id in wanted:
+            out.setdefault(row.study_id, {})[row.finding] = row.value
+    return out
+
+
+def start_refresh(session: Session, source: str, location: str, flow_run_id: str | None) -> RefreshRun:
+    run = RefreshRun(source=source, location=location, flow_run_id=flow_run_id, status="running")
+    session.add(run)
+    session.flush()
+    return run
+
+
+def record_quarantine(session: Session, refresh_run_id: int, source: str, rows: Sequence[dict]) -> int:
+    """Store quarantined rows (``row_key``, ``row_number``, ``reason``, ``raw``); a row already
+    quarantined for the same reason is kept once, pointing at the latest run."""
+    payload = [{"refresh_run_id": refresh_run_id, "source": source, "created_at": now(), **r} for r in rows]
+    upsert(session, QuarantinedRow, payload, ["source", "row_key", "reason"], ["refresh_run_id", "row_number", "raw", "created_at"])
+    return len(payload)
+
+
+# --- model registry -------------------------------------------------------------------------
+
+
+def register_model_version(session: Session, **fields) -> ModelVersion:
+    version = ModelVersion(**fields)
+    session.add(version)
+    session.flush()
+    return version
+
+
+def champion(session: Session) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.status == "champion"))
+
+
+def promote(session: Session, version_id: int, reason: str) -> None:
+    """Make ``version_id`` the champion (the previous one retires) and record why."""
+    previous = champion(session)
+    if previous is not None and previous.id == version_id:
+        return
+    if previous is not None:
+        previous.status = "retired"
+    session.get(ModelVersion, version_id).status = "champion"
+    session.add(Promotion(model_version_id=version_id, previous_champion_id=previous.id if previous else None, reason=reason))
+    session.flush()
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def start_training_run(session: Session, **fields) -> TrainingRun:
+    run = TrainingRun(status="running", **fields)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def record_epoch(session: Session, training_run_id: int, metrics: dict) -> None:
+    columns = {c.name for c in EpochMetric.__table__.columns} - {"id", "training_run_id"}
+    row = {"training_run_id": training_run_id, **{k: v for k, v in metrics.items() if k in columns}}
+    upsert(session, EpochMetric, [row], ["training_run_id", "epoch"], [c for c in row if c not in ("training_run_id", "epoch")])
+
+
+def epoch_history(session: Session, model_version_id: int) -> list[dict]:
+    run = session.scalar(select(TrainingRun).where(TrainingRun.model_version_id == model_version_id).order_by(TrainingRun.id.desc()))
+    if run is None:
+        return []
+    return [
+        {c.name: getattr(e, c.name) for c in EpochMetric.__table__.columns if c.name not in ("id", "training_run_id")}
+        for e in run.epochs
+    ]
+
+
+# --- thresholds ---------------------------------------------------------------------------------
+
+
+def save_threshold_set(
+    session: Session, model_version_id: int, method: str, params: dict, values: dict[str, float], notes: dict[str, str]
+) -> ThresholdSet:
+    """Store a threshold set and make it the model's active one."""
+    session.execute(update(ThresholdSet).where(ThresholdSet.model_version_id == model_version_id).values(is_active=False))
+    tset = ThresholdSet(model_version_id=model_version_id, method=method, params=params, is_active=True)
+    tset.thresholds = [Threshold(finding=f, threshold=float(v), note=notes.get(f)) for f, v in values.items()]
+    session.add(tset)
+    session.flush()
+    return tset
+
+
+def active_threshold_set(session: Session, model_version_id: int) -> ThresholdSet | None:
+    return session.scalar(
+        select(ThresholdSet)
+        .where(ThresholdSet.model_version_id == model_version_id, ThresholdSet.is_active.is_(True))
+        .order_by(ThresholdSet.id.desc())
+    )
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def save_evaluation(
+    session: Session, model_version_id: int, threshold_set_id: int | None, split: str, aggregates: dict, per_class: Sequence[dict], **extra
+) -> Evaluation:
+    """Store (or replace) the evaluation of a model version with a threshold set on a split."""
+    old = session.scalar(
+        select(Evaluation).where(
+            Evaluation.model_version_id == model_version_id,
+            Evaluation.threshold_set_id.is_(None) if threshold_set_id is None else Evaluation.threshold_set_id == threshold_set_id,
+            Evaluation.split == split,
+        )
+    )
+    if old is not None:
+        session.delete(old)
+        session.flush()
+    columns = {c.name for c in Evaluation.__table__.columns}
+    ev = Evaluation(
+        model_version_id=model_version_id,
+        threshold_set_id=threshold_set_id,
+        split=split,
+        **{k: v for k, v in {**aggregates, **extra}.items() if k in columns},
+    )
+    metric_columns = {c.name for c in ClassMetric.__table__.columns}
+    ev.class_metrics = [ClassMetric(**{k: v for k, v in row.items() if k in metric_columns}) for row in per_class]
+    session.add(ev)
+    session.flush()
+    return ev
+
+
+def latest_evaluations(session: Session, split: str = "test") -> list[tuple[Evaluation, ModelVersion]]:
+    """The newest evaluation of every model version on ``split`` (for the comparison table)."""
+    newest = (
+        select(Evaluation.model_version_id, func.max(Evaluation.id).label("eid"))
+        .where(Evaluation.split == split)
+        .group_by(Evaluation.model_version_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Evaluation, ModelVersion)
+        .join(newest, Evaluation.id == newest.c.eid)
+        .join(ModelVersion, ModelVersion.id == Evaluation.model_version_id)
+        .order_by(ModelVersion.id)
+    ).all()
+    return [(e, m) for e, m in rows]
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+
+def studies_to_score(session: Session, model_version_id: int, limit: int | None = None) -> list[Study]:
+    """Active unlabelled studies with no prediction from ``model_version_id``."""
+    scored = exists().where(and_(Prediction.study_id == Study.id, Prediction.model_version_id == model_version_id))
+    stmt = select(Study).where(Study.labelled.is_(False), Study.status == "active", ~scored).order_by(Study.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def start_scoring_run(session: Session, **fields) -> ScoringRun:
+    run = ScoringRun(status="running", **fields)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def write_predictions(session: Session, rows: Sequence[dict]) -> int:
+    """Upsert prediction rows; a study keeps exactly one row per model version and finding."""
+    return upsert(
+        session,
+        Prediction,
+        [{"created_at": now(), **r} for r in rows],
+        ["study_id", "model_version_id", "finding"],
+        ["probability", "decision", "threshold_set_id", "scoring_run_id", "created_at"],
+    )
+
+
+def record_scoring_failures(session: Session, scoring_run_id: int, failures: dict[int, str]) -> None:
+    rows = [{"scoring_run_id": scoring_run_id, "study_id": sid, "reason": reason, "created_at": now()} for sid, reason in failures.items()]
+    upsert(session, ScoringFailure, rows, ["scoring_run_id", "study_id"], ["reason"])

@@ -1,0 +1,141 @@
+"""``cxr``: the command line. Every command runs its Prefect flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cxrmodel.config import PipelineConfig, Settings, SynthConfig, load_pipeline_config
+
+app = typer.Typer(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (data, train, thresholds).")]
+HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $CXR_HOME or .cxr).")]
+
+
+def _settings(home: Path | None) -> Settings:
+    if home is not None:
+        os.environ["CXR_HOME"] = str(home)
+    return Settings()
+
+
+def _config(path: Path) -> PipelineConfig:
+    return load_pipeline_config(path) if path.is_file() else PipelineConfig()
+
+
+@db_app.command("upgrade")
+def db_upgrade(home: HomeOption = None, revision: str = "head") -> None:
+    """Create or migrate the schema (Alembic) at $CXR_DATABASE_URL."""
+    from db.engine import upgrade_database
+
+    settings = _settings(home)
+    upgrade_database(settings.resolved_database_url, revision)
+    typer.echo(f"database at {settings.resolved_database_url} is at revision {revision}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to write the NIH-layout dataset into.")],
+    studies: int = 2000,
+    incoming: int = 200,
+    image_size: int = 256,
+    seed: int = 0,
+) -> None:
+    """Generate a synthetic dataset in the real NIH ChestX-ray14 layout."""
+    from flows.stages import synthesize_flow
+
+    summary = synthesize_flow(str(out), SynthConfig(n_studies=studies, n_incoming=incoming, image_size=image_size, seed=seed))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def refresh(
+    source_dir: Annotated[Path, typer.Argument(help="NIH-layout folder (Data_Entry_2017*.csv, images/).")],
+    incoming: Annotated[Optional[Path], typer.Option(help="Folder of new PNG/DICOM studies to register.")] = None,
+    source: str = "nih-local",
+    config: ConfigOption = DEFAULT_CONFIG,
+    home: HomeOption = None,
+) -> None:
+    """Refresh studies from a dataset folder (and register incoming studies)."""
+    from flows.stages import refresh_flow
+
+    _settings(home)
+    result = refresh_flow(str(source_dir), source, str(incoming) if incoming else None, _config(config).data)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def train(config: ConfigOption = DEFAULT_CONFIG, epochs: Optional[int] = None, knn_baseline: bool = True, home: HomeOption = None) -> None:
+    """Train seed 004's model on the training split (epoch progress is logged live)."""
+    from flows.stages import train_flow
+
+    _settings(home)
+    cfg = _config(config)
+    train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
+    typer.echo(json.dumps(train_flow(cfg.data, train_cfg, knn_baseline), indent=2))
+
+
+@app.command()
+def calibrate(model_version_id: int, config: ConfigOption = DEFAULT_CONFIG, home: HomeOption = None) -> None:
+    """Fit per-finding thresholds of a model version on the validation split."""
+    from flows.stages import calibrate_flow
+
+    _settings(home)
+    typer.echo(f"threshold set {calibrate_flow(model_version_id, _config(config).thresholds)}")
+
+
+@app.command()
+def evaluate(model_version_id: int, promote: bool = True, home: HomeOption = None) -> None:
+    """Evaluate a model version on the test split; promote it if it beats the champion."""
+    from flows.stages import evaluate_flow
+
+    _settings(home)
+    typer.echo(json.dumps(evaluate_flow(model_version_id, promote=promote), indent=2))
+
+
+@app.command()
+def score(batch_size: int = 64, home: HomeOption = None) -> None:
+    """Score every study that has no prediction from the champion model."""
+    from flows.stages import score_flow
+
+    _settings(home)
+    typer.echo(json.dumps(score_flow(batch_size=batch_size), indent=2))
+
+
+@app.command()
+def report(evaluation_id: int, home: HomeOption = None) -> None:
+    """Render the HTML evaluation report of one evaluation."""
+    from flows.stages import report_flow
+
+    _settings(home)
+    typer.echo(report_flow(evaluation_id))
+
+
+@app.command()
+def demo(
+    config: ConfigOption = DEFAULT_CONFIG,
+    studies: int = 2000,
+    incoming: int = 200,
+    home: HomeOption = None,
+) -> None:
+    """Synthesise data, run the whole pipeline, and show where everything landed."""
+    from flows.demo import run_demo
+
+    settings = _settings(home)
+    started = time.perf_counter()
+    run_demo(settings, _config(config), SynthConfig(n_studies=studies, n_incoming=incoming))
+    typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,48 @@
+"""The whole pipeline: refresh -> train -> calibrate -> evaluate (+ baseline) -> score -> report."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from cxrmodel.config import DataConfig, ThresholdConfig, TrainConfig
+from flows.stages import calibrate_flow, evaluate_flow, refresh_flow, report_flow, score_flow, train_flow
+
+
+@flow(name="cxr-pipeline")
+def pipeline_flow(
+    source_dir: str,
+    source: Literal["synthetic", "nih-local"] = "synthetic",
+    incoming_dir: str | None = None,
+    data: DataConfig = DataConfig(),
+    train: TrainConfig = TrainConfig(),
+    thresholds: ThresholdConfig = ThresholdConfig(),
+    with_knn_baseline: bool = True,
+    home: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """Run every stage in order and return the ids of what it produced."""
+    where = {"home": home, "database_url": database_url}
+    refreshed = refresh_flow(source_dir, source, incoming_dir, data, **where)
+    trained = train_flow(data, train, with_knn_baseline, **where)
+    version_id = trained["model_version_id"]
+    calibrate_flow(version_id, thresholds, **where)
+    evaluated = evaluate_flow(version_id, **where)
+    baseline = None
+    if with_knn_baseline:
+        calibrate_flow(trained["knn_version_id"], thresholds, **where)
+        baseline = evaluate_flow(trained["knn_version_id"], promote=False, **where)
+    scored = score_flow(**where)
+    report = report_flow(evaluated["evaluation_id"], **where)
+    get_run_logger().info("pipeline done: report %s", report)
+    return {
+        "refresh": refreshed,
+        "model_version_id": version_id,
+        "knn_version_id": trained.get("knn_version_id"),
+        "evaluation_id": evaluated["evaluation_id"],
+        "baseline_evaluation_id": baseline["evaluation_id"] if baseline else None,
+        "promoted": evaluated["promoted"],
+        "scoring": scored,
+        "report": report,
+    }

@@ -1,0 +1,116 @@
+"""One flow per stage. Each reads like a table of contents of its tasks; configuration comes
+in as typed parameters, so the Prefect UI renders a form for every deployment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from cxrmodel.config import DataConfig, SynthConfig, ThresholdConfig, TrainConfig
+from db.engine import upgrade_database
+from flows.params import resolve
+from tasks import data as data_tasks
+from tasks.common import flow_run_id
+from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better
+from tasks.reporting import render_evaluation, render_scoring
+from tasks.scoring import score_new_studies
+from tasks.training import train_knn_baseline, train_network
+
+
+@flow(name="cxr-synthesize", log_prints=True)
+def synthesize_flow(root: str, synth: SynthConfig = SynthConfig()) -> dict:
+    """Generate the synthetic NIH-layout dataset (labelled studies and an incoming batch)."""
+    return data_tasks.generate_synthetic(Path(root), synth)
+
+
+@flow(name="cxr-refresh-data")
+def refresh_flow(
+    source_dir: str,
+    source: Literal["synthetic", "nih-local"] = "synthetic",
+    incoming_dir: str | None = None,
+    data: DataConfig = DataConfig(),
+    home: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """Read the metadata, quarantine bad rows, split by patient, upsert studies, fill the image
+    cache, and register incoming studies for scoring."""
+    home_path, url = resolve(home, database_url)
+    upgrade_database(url)
+    run_id = data_tasks.start_refresh(url, source, str(source_dir), flow_run_id())
+    counts = [data_tasks.ingest_labelled(url, Path(source_dir), source, data, run_id)]
+    counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
+    if incoming_dir:
+        counts.append(data_tasks.register_incoming(url, Path(incoming_dir), run_id))
+    totals = data_tasks.finish_refresh(url, run_id, [{k: v for k, v in c.items() if k != "failed"} for c in counts])
+    get_run_logger().info("refresh %d: %s", run_id, totals)
+    return {"refresh_run_id": run_id, **totals}
+
+
+@flow(name="cxr-train")
+def train_flow(
+    data: DataConfig = DataConfig(),
+    train: TrainConfig = TrainConfig(),
+    with_knn_baseline: bool = True,
+    home: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """Train seed 004's network on the training split (and the k-NN embedding baseline)."""
+    home_path, url = resolve(home, database_url)
+    version_id = train_network(url, home_path, data, train)
+    out = {"model_version_id": version_id}
+    if with_knn_baseline:
+        out["knn_version_id"] = train_knn_baseline(url, home_path, version_id)
+    return out
+
+
+@flow(name="cxr-calibrate")
+def calibrate_flow(
+    model_version_id: int,
+    thresholds: ThresholdConfig = ThresholdConfig(),
+    home: str | None = None,
+    database_url: str | None = None,
+) -> int:
+    """Fit per-finding decision thresholds on the validation split."""
+    home_path, url = resolve(home, database_url)
+    return calibrate_thresholds(url, home_path, model_version_id, thresholds)
+
+
+@flow(name="cxr-evaluate")
+def evaluate_flow(
+    model_version_id: int,
+    promote: bool = True,
+    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = "macro_auroc",
+    promotion_margin: float = 0.0,
+    split: Literal["test", "val"] = "test",
+    home: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """Evaluate a model version with its active thresholds; promote it if it beats the champion."""
+    home_path, url = resolve(home, database_url)
+    evaluation_id = evaluate_model(url, home_path, model_version_id, split=split)
+    promoted = promote_if_better(url, model_version_id, promotion_metric, promotion_margin, split) if promote else False
+    return {"evaluation_id": evaluation_id, "promoted": promoted}
+
+
+@flow(name="cxr-score")
+def score_flow(
+    batch_size: int = 64,
+    device: str = "auto",
+    render_report: bool = True,
+    home: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """Score every pending study with the champion model; record failures; write the report."""
+    home_path, url = resolve(home, database_url)
+    run_id = score_new_studies(url, batch_size=batch_size, device=device)
+    report = render_scoring(url, home_path, run_id) if render_report else None
+    return {"scoring_run_id": run_id, "report": report}
+
+
+@flow(name="cxr-report")
+def report_flow(evaluation_id: int, home: str | None = None, database_url: str | None = None) -> str:
+    """Render the HTML evaluation report (with the model-comparison table) of one evaluation."""
+    home_path, url = resolve(home, database_url)
+    return render_evaluation(url, home_path, evaluation_id)

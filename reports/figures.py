@@ -1,0 +1,376 @@
+"""Matplotlib figures for the HTML reports, each returned as a ``data:image/png;base64,...`` URI.
+
+Every function draws on a fresh :class:`matplotlib.figure.Figure` attached to the Agg
+canvas directly (the object-oriented API, no ``pyplot`` state), so it works headless, in
+worker threads, and never changes the process-wide matplotlib backend. Each figure is
+cleared as soon as its PNG has been written. Figures are rendered at a modest DPI so a
+complete report stays a few hundred kilobytes.
+
+Inputs are plain Python/numpy data; nothing here knows about the database or Prefect.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
+
+from cxrmodel.findings import FINDINGS
+
+__all__ = [
+    "DPI",
+    "confusion_matrices_figure",
+    "image_to_data_uri",
+    "label_distribution_figure",
+    "png_to_data_uri",
+    "roc_figure",
+    "roc_grid_figure",
+    "training_curves_figure",
+]
+
+DPI = 90
+PNG_PREFIX = "data:image/png;base64,"
+
+_STYLE: dict[str, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linestyle": "-",
+    "grid.linewidth": 0.6,
+}
+_ACCENT = "#1f4e79"
+_ACCENT_2 = "#c0504d"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def png_to_data_uri(png: bytes) -> str:
+    """Wrap raw PNG bytes in a ``data:image/png;base64,`` URI."""
+    return PNG_PREFIX + base64.b64encode(png).decode("ascii")
+
+
+def _new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finish(fig: Figure, *, tight: bool = True) -> str:
+    """Render ``fig`` to PNG, release it, and return the data URI.
+
+    ``tight`` crops to the drawn content (an extra layout pass; the many-panel grids use
+    fixed margins instead, which is several times faster).
+    """
+    buf = io.BytesIO()
+    extra = {"bbox_inches": "tight", "pad_inches": 0.08} if tight else {}
+    try:
+        fig.savefig(buf, format="png", dpi=DPI, facecolor="white", **extra)
+    finally:
+        fig.clear()
+    return png_to_data_uri(buf.getvalue())
+
+
+def _styled(func):
+    """Run a figure builder inside the report rc style (fonts, grid, spines)."""
+    import functools
+
+    import matplotlib
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_STYLE):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _as_2d(y_true: Any, y_prob: Any, findings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true, dtype=float)
+    p = np.asarray(y_prob, dtype=float)
+    if t.ndim != 2 or p.ndim != 2 or t.shape != p.shape:
+        raise ValueError(f"y_true and y_prob must both be [N, C] with the same shape; got {t.shape} and {p.shape}")
+    if t.shape[1] != len(findings):
+        raise ValueError(f"{t.shape[1]} columns but {len(findings)} finding names")
+    return t, p
+
+
+def _class_roc(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """ROC curve of one class, or None when it cannot be drawn (one label only / no data)."""
+    ok = np.isfinite(t) & np.isfinite(p)
+    t, p = t[ok], p[ok]
+    if t.size == 0 or np.unique(t).size < 2:
+        return None
+    fpr, tpr, _ = roc_curve(t.astype(int), p)
+    return fpr, tpr, float(auc(fpr, tpr))
+
+
+def _palette(n: int) -> list[tuple[float, float, float, float]]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    # even entries first (saturated), then the light ones
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return [cmap(order[i % 20]) for i in range(n)]
+
+
+def _roc_axes_style(ax) -> None:
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=0.8)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+@_styled
+def roc_figure(
+    y_true: Any,
+    y_prob: Any,
+    findings: Sequence[str] = FINDINGS,
+    *,
+    show_micro: bool = True,
+    title: str = "ROC curves (all findings)",
+) -> str:
+    """All findings' ROC curves on one plot, AUC in the legend, plus the chance diagonal.
+
+    ``y_true`` and ``y_prob`` are ``[N, C]`` arrays (0/1 labels and probabilities) with
+    ``C == len(findings)``. Classes whose labels are all one value are skipped (listed in
+    the legend as ``n/a``); non-finite entries are ignored. With ``show_micro`` a dashed
+    black micro-average curve is added.
+    """
+    t, p = _as_2d(y_true, y_prob, findings)
+    fig = _new_figure(7.6, 6.0)
+    ax = fig.add_subplot()
+    colors = _palette(len(findings))
+    styles = ["-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "--", "--", "--", "--"]
+    skipped = []
+    for i, name in enumerate(findings):
+        roc = _class_roc(t[:, i], p[:, i])
+        if roc is None:
+            skipped.append(name)
+            continue
+        fpr, tpr, area = roc
+        ax.plot(fpr, tpr, color=colors[i], linewidth=1.3, linestyle=styles[i % len(styles)],
+                label=f"{name} ({area:.3f})")
+    if show_micro:
+        roc = _class_roc(t.ravel(), p.ravel())
+        if roc is not None:
+            fpr, tpr, area = roc
+            ax.plot(fpr, tpr, color="black", linewidth=2.0, linestyle=":", label=f"micro-average ({area:.3f})")
+    _roc_axes_style(ax)
+    ax.set_xlabel("False positive rate (1 − specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    ax.set_title(title)
+    handles, labels = ax.get_legend_handles_labels()
+    for name in skipped:
+        handles.append(ax.plot([], [], color="none")[0])
+        labels.append(f"{name} (n/a: one label only)")
+    if handles:
+        ax.legend(handles, labels, title="Finding (AUC)", loc="center left", bbox_to_anchor=(1.02, 0.5),
+                  frameon=False)
+    return _finish(fig)
+
+
+@_styled
+def roc_grid_figure(
+    y_true: Any,
+    y_prob: Any,
+    findings: Sequence[str] = FINDINGS,
+    *,
+    ncols: int = 4,
+) -> str:
+    """One small ROC subplot per finding (4x4 grid for the 14 findings; spare cells hidden).
+
+    Classes with a single label value get an empty panel marked ``AUC n/a``.
+    """
+    t, p = _as_2d(y_true, y_prob, findings)
+    n = len(findings)
+    nrows = max(1, math.ceil(n / ncols))
+    fig = _new_figure(2.45 * ncols, 2.55 * nrows, layout=None)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.06, top=0.95, wspace=0.25, hspace=0.55)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        roc = _class_roc(t[:, k], p[:, k])
+        _roc_axes_style(ax)
+        if roc is None:
+            ax.set_title(f"{findings[k]}\nAUC n/a", fontsize=9)
+            ax.text(0.5, 0.5, "one label only", ha="center", va="center", color="#888888", fontsize=8,
+                    transform=ax.transAxes)
+        else:
+            fpr, tpr, area = roc
+            ax.plot(fpr, tpr, color=_ACCENT, linewidth=1.4)
+            ax.fill_between(fpr, tpr, alpha=0.12, color=_ACCENT, step=None)
+            npos = int(np.nansum(t[:, k]))
+            ax.set_title(f"{findings[k]}\nAUC {area:.3f} · n+={npos}", fontsize=9)
+        if k // ncols == nrows - 1 or k + ncols >= n:
+            ax.set_xlabel("FPR")
+            ax.tick_params(labelbottom=True)
+        if k % ncols == 0:
+            ax.set_ylabel("TPR")
+    return _finish(fig, tight=False)
+
+
+@_styled
+def confusion_matrices_figure(per_class: Sequence[Mapping[str, Any]], *, ncols: int = 4) -> str:
+    """One small annotated 2x2 confusion matrix per finding.
+
+    Each mapping needs ``finding, tp, fp, tn, fn``. Rows are the actual class (negative,
+    positive), columns the prediction (negative, positive). Cells show the count and the
+    row percentage; colour is the row-normalised rate so rare findings stay readable.
+    """
+    rows = list(per_class)
+    if not rows:
+        raise ValueError("confusion_matrices_figure needs at least one class")
+    n = len(rows)
+    nrows = max(1, math.ceil(n / ncols))
+    fig = _new_figure(2.45 * ncols, 2.3 * nrows, layout=None)
+    fig.subplots_adjust(left=0.09, right=0.99, bottom=0.05, top=0.95, wspace=0.55, hspace=0.5)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        r = rows[k]
+        counts = np.array([[r["tn"], r["fp"]], [r["fn"], r["tp"]]], dtype=float)
+        totals = counts.sum(axis=1, keepdims=True)
+        rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+        ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+        ax.grid(False)
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, f"{int(counts[i, j]):,}\n{rates[i, j]:.0%}", ha="center", va="center",
+                        fontsize=8.5, color="white" if rates[i, j] > 0.55 else "#1a1a1a")
+        ax.set_xticks([0, 1], ["pred −", "pred +"])
+        ax.set_yticks([0, 1], ["actual −", "actual +"])
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(str(r["finding"]), fontsize=9.5)
+    return _finish(fig, tight=False)
+
+
+def _series(epochs: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, e in enumerate(epochs):
+        v = e.get(key)
+        if v is None:
+            continue
+        v = float(v)
+        if not math.isfinite(v):
+            continue
+        x = e.get("epoch")
+        xs.append(float(x) if x is not None else float(i + 1))
+        ys.append(v)
+    return xs, ys
+
+
+@_styled
+def training_curves_figure(epochs: Sequence[Mapping[str, Any]]) -> str:
+    """Two panels over epochs: train/val loss, and validation macro-F1 / mean AUROC.
+
+    Each mapping has ``epoch, train_loss, val_loss, macro_f1, mean_auroc``; any value may
+    be ``None`` (that point is left out). An empty list gives a placeholder panel.
+    """
+    fig = _new_figure(10.0, 3.6)
+    ax_loss, ax_metric = fig.subplots(1, 2)
+    epochs = list(epochs)
+    any_point = False
+    for ax, series, ylabel, title in (
+        (ax_loss, (("train_loss", "train loss", _ACCENT, "o"), ("val_loss", "validation loss", _ACCENT_2, "s")),
+         "loss", "Loss"),
+        (ax_metric, (("macro_f1", "macro-F1", "#4f8a3c", "o"), ("mean_auroc", "mean AUROC", "#7f5fa8", "s")),
+         "score", "Validation metrics"),
+    ):
+        drawn = False
+        for key, label, color, marker in series:
+            xs, ys = _series(epochs, key)
+            if xs:
+                ax.plot(xs, ys, color=color, marker=marker, markersize=3.5, linewidth=1.5, label=label)
+                drawn = True
+        if drawn:
+            ax.legend(frameon=False)
+            any_point = True
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", color="#888888", transform=ax.transAxes)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if any_point:
+        lo, hi = ax_metric.get_ylim()
+        ax_metric.set_ylim(max(0.0, lo), min(1.02, hi))
+    return _finish(fig)
+
+
+@_styled
+def label_distribution_figure(
+    counts: Mapping[str, int],
+    *,
+    title: str = "Label distribution",
+    xlabel: str = "studies",
+) -> str:
+    """Horizontal bar chart of ``counts`` (label -> count), first key at the top, bars annotated."""
+    names = [str(k) for k in counts]
+    values = [0 if v is None else int(v) for v in counts.values()]
+    height = max(2.0, 0.32 * len(names) + 0.9)
+    fig = _new_figure(7.2, height)
+    ax = fig.add_subplot()
+    if names:
+        y = np.arange(len(names))
+        ax.barh(y, values, color=_ACCENT, height=0.65)
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        vmax = max(values) if max(values) > 0 else 1
+        for yi, v in zip(y, values, strict=True):
+            ax.text(v + vmax * 0.01, yi, f"{v:,}", va="center", fontsize=8)
+        ax.set_xlim(0, vmax * 1.12)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", color="#888888", transform=ax.transAxes)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _finish(fig)
+
+
+def image_to_data_uri(image: Any, *, max_side: int = 320) -> str:
+    """A grayscale image array (``[H, W]``, any numeric range) as a small PNG data URI.
+
+    Useful for the ``examples`` of the evaluation report. The image is min-max scaled to
+    0..255 and downsampled by striding so its longer side is at most ``max_side``.
+    """
+    import matplotlib.image as mpimg
+
+    arr = np.asarray(image, dtype=float)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr[0] if arr.shape[0] == 1 else arr.mean(axis=0)
+    if arr.ndim == 3:
+        arr = arr.mean(axis=-1)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"expected a 2-D image, got shape {np.shape(image)}")
+    step = max(1, math.ceil(max(arr.shape) / max_side))
+    arr = arr[::step, ::step]
+    finite = np.isfinite(arr)
+    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 1.0)
+    scaled = np.zeros_like(arr) if hi <= lo else (np.where(finite, arr, lo) - lo) / (hi - lo)
+    buf = io.BytesIO()
+    mpimg.imsave(buf, (scaled * 255).astype(np.uint8), cmap="gray", vmin=0, vmax=255, format="png")
+    return png_to_data_uri(buf.getvalue())

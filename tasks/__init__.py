@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: each calls ``cxrmodel`` and ``db`` to do one step of the pipeline."""

@@ -1,0 +1,65 @@
+"""Glue shared by the tasks: run identity, studies as frames, cached image loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxrmodel.cache import ImageCache
+from cxrmodel.findings import FINDINGS
+from db import repository as repo
+from db.engine import session_scope
+
+
+def flow_run_id() -> str | None:
+    """The current Prefect flow run's id, or None outside a flow."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:  # pragma: no cover - outside Prefect
+        return None
+
+
+def labelled_frame(database_url: str) -> pd.DataFrame:
+    """All active labelled studies with their split, features, image path and 14 label columns."""
+    with session_scope(database_url) as session:
+        studies = repo.labelled_studies(session)
+        labels = repo.label_table(session, [s.id for s in studies])
+        rows = [
+            {
+                "study_id": s.id,
+                "study_key": s.study_key,
+                "patient_id": s.patient_id,
+                "age": s.age,
+                "sex": s.sex,
+                "view": s.view,
+                "split": s.split,
+                "image_path": s.image_path,
+                **{f: int(labels.get(s.id, {}).get(f, 0)) for f in FINDINGS},
+            }
+            for s in studies
+        ]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        raise RuntimeError("no labelled studies in the database: run the refresh flow first")
+    return frame
+
+
+def cached_loader(cache: ImageCache, frame: pd.DataFrame):
+    """``i -> uint8 [S, S]`` reading row ``i`` of ``frame`` through the image cache."""
+    keys = frame["study_key"].tolist()
+    paths = [Path(p) for p in frame["image_path"]]
+    return lambda i: cache.get(keys[i], paths[i])
+
+
+def model_dir(home: Path, name: str) -> Path:
+    path = Path(home) / "models" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def to_python(values: np.ndarray) -> list[float]:
+    return [float(v) for v in values]

@@ -1,0 +1,195 @@
+"""Data tasks: synthesise, ingest labelled metadata, fill the image cache, register incoming studies."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from cxrmodel.cache import ImageCache
+from cxrmodel.config import DataConfig, SynthConfig
+from cxrmodel.findings import FINDINGS
+from cxrmodel.imaging import ImageDecodeError, file_sha256, is_plain_file_name, parse_patient_age, read_dicom_metadata
+from cxrmodel.metadata import locate_images, read_nih_metadata
+from cxrmodel.splits import assert_no_patient_leak, assign_splits, read_official_lists
+from cxrmodel.synth import generate_dataset
+from db import repository as repo
+from db.engine import session_scope
+from db.models import RefreshRun, Study
+
+METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
+INCOMING_SUFFIXES = {".png", ".dcm", ".jpg", ".jpeg"}
+
+
+@task(name="generate-synthetic-dataset")
+def generate_synthetic(root: Path, synth: SynthConfig) -> dict:
+    """Write (or rewrite identically) the synthetic NIH-layout dataset."""
+    summary = generate_dataset(root, synth)
+    get_run_logger().info(
+        "synthetic dataset: %d studies of %d patients, %d incoming, %d healthy",
+        summary.n_studies, summary.n_patients, summary.n_incoming, summary.n_no_finding,
+    )
+    out = asdict(summary)
+    out["root"] = str(summary.root)
+    return out
+
+
+def find_metadata_file(root: Path) -> Path:
+    for name in METADATA_NAMES:
+        if (root / name).is_file():
+            return root / name
+    raise FileNotFoundError(f"no {' or '.join(METADATA_NAMES)} in {root}")
+
+
+@task(name="ingest-labelled-studies", retries=2, retry_delay_seconds=5)
+def ingest_labelled(database_url: str, root: Path, source: str, data: DataConfig, refresh_run_id: int) -> dict:
+    """Parse the NIH metadata, quarantine bad rows, assign patient-level splits, upsert studies."""
+    logger = get_run_logger()
+    parsed = read_nih_metadata(find_metadata_file(root))
+    frame = parsed.studies
+    quarantine = [
+        {"row_key": q.row_key or f"line {q.row_number}", "row_number": q.row_number, "reason": q.reason, "raw": q.raw}
+        for q in parsed.quarantined
+    ]
+    located = locate_images(root, frame["study_key"])
+    missing = ~frame["study_key"].isin(located.keys())
+    for key in frame.loc[missing, "study_key"]:
+        quarantine.append({"row_key": key, "row_number": None, "reason": "missing image file", "raw": None})
+    frame = frame.loc[~missing].reset_index(drop=True)
+    frame["split"] = assign_splits(
+        frame, val_fraction=data.val_fraction, test_fraction=data.test_fraction, seed=data.split_seed,
+        official=read_official_lists(root),
+    ).to_numpy()
+    assert_no_patient_leak(frame)
+
+    records, labels = [], {}
+    for row in frame.itertuples(index=False):
+        path = located[row.study_key]
+        stat = path.stat()
+        records.append(
+            {
+                "study_key": row.study_key,
+                "patient_id": str(row.patient_id),
+                "follow_up": int(row.follow_up),
+                "age": float(row.age),
+                "sex": row.sex,
+                "view": row.view,
+                "source": source,
+                "split": row.split,
+                "image_path": str(path.resolve()),
+                "content_hash": f"{stat.st_size}:{stat.st_mtime_ns}",
+                "labelled": True,
+            }
+        )
+        labels[row.study_key] = {f: int(getattr(row, f)) for f in FINDINGS}
+    with session_scope(database_url) as session:
+        counts = repo.sync_studies(session, records, labels)
+        repo.set_splits(session, dict(zip(frame["study_key"], frame["split"])))
+        repo.record_quarantine(session, refresh_run_id, source, quarantine)
+    split_counts = frame["split"].value_counts().to_dict()
+    logger.info("studies: %s; quarantined rows: %d; splits: %s", counts, len(quarantine), split_counts)
+    return {"added": counts.added, "updated": counts.updated, "unchanged": counts.unchanged,
+            "quarantined": len(quarantine), "rows": len(parsed.studies) + len(parsed.quarantined), "splits": split_counts}
+
+
+@task(name="build-image-cache")
+def build_cache(database_url: str, cache_root: Path, image_size: int, refresh_run_id: int, source: str, workers: int = 0) -> dict:
+    """Decode every labelled study once into the resized cache; unreadable images are quarantined."""
+    with session_scope(database_url) as session:
+        items = [(s.study_key, s.image_path) for s in repo.labelled_studies(session)]
+    failures = ImageCache(cache_root, image_size).build(items, workers=workers)
+    if failures:
+        with session_scope(database_url) as session:
+            for study in session.query(Study).filter(Study.study_key.in_(list(failures))):
+                study.status = "quarantined"
+            repo.record_quarantine(
+                session, refresh_run_id, source,
+                [{"row_key": k, "row_number": None, "reason": f"unreadable image: {r}", "raw": None} for k, r in failures.items()],
+            )
+    get_run_logger().info("image cache %dpx: %d studies, %d unreadable", image_size, len(items), len(failures))
+    return {"cached": len(items) - len(failures), "failed": len(failures)}
+
+
+def _read_sidecar(folder: Path) -> dict[str, dict]:
+    """Optional ``metadata.csv`` beside incoming images: Image Index, Patient ID, Patient Age,
+    Patient Gender, View Position."""
+    path = folder / "metadata.csv"
+    if not path.is_file():
+        return {}
+    out = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            key = (row.get("Image Index") or "").strip()
+            if key:
+                out[key] = row
+    return out
+
+
+def _clean(value, allowed) -> str | None:
+    value = (value or "").strip().upper()
+    return value if value in allowed else None
+
+
+@task(name="register-incoming-studies", retries=2, retry_delay_seconds=5)
+def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> dict:
+    """Register every PNG/DICOM file in ``folder`` as an unlabelled study awaiting scoring."""
+    folder = Path(folder).resolve()
+    sidecar = _read_sidecar(folder)
+    records, quarantine = [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INCOMING_SUFFIXES):
+        if not is_plain_file_name(path.name) or path.is_symlink():
+            quarantine.append({"row_key": path.name, "row_number": None, "reason": "unsafe file name or symlink", "raw": None})
+            continue
+        meta = {"age": None, "sex": None, "view": None, "patient_id": None}
+        if path.suffix.lower() == ".dcm":
+            try:
+                meta.update(read_dicom_metadata(path))
+            except ImageDecodeError as exc:
+                meta["error"] = str(exc)  # still registered: scoring records the failure
+        row = sidecar.get(path.name)
+        if row is not None:
+            meta["age"] = parse_patient_age(row.get("Patient Age")) if meta["age"] is None else meta["age"]
+            meta["sex"] = meta["sex"] or _clean(row.get("Patient Gender"), ("M", "F"))
+            meta["view"] = meta["view"] or _clean(row.get("View Position"), ("PA", "AP"))
+            meta["patient_id"] = meta["patient_id"] or (row.get("Patient ID") or None)
+        records.append(
+            {
+                "study_key": path.name,
+                "patient_id": meta["patient_id"],
+                "follow_up": None,
+                "age": meta["age"],
+                "sex": meta["sex"],
+                "view": meta["view"],
+                "source": "incoming",
+                "split": "incoming",
+                "image_path": str(path),
+                "content_hash": file_sha256(path),
+                "labelled": False,
+            }
+        )
+    with session_scope(database_url) as session:
+        counts = repo.sync_studies(session, records)
+        repo.record_quarantine(session, refresh_run_id, "incoming", quarantine)
+    get_run_logger().info("incoming %s: %s, %d quarantined", folder, counts, len(quarantine))
+    return {"added": counts.added, "updated": counts.updated, "unchanged": counts.unchanged, "quarantined": len(quarantine)}
+
+
+@task(name="start-refresh-run")
+def start_refresh(database_url: str, source: str, location: str, flow_run_id: str | None) -> int:
+    with session_scope(database_url) as session:
+        return repo.start_refresh(session, source, location, flow_run_id).id
+
+
+@task(name="finish-refresh-run")
+def finish_refresh(database_url: str, refresh_run_id: int, counts: list[dict]) -> dict:
+    totals = {k: sum(c.get(k, 0) for c in counts) for k in ("added", "updated", "unchanged", "quarantined", "rows")}
+    with session_scope(database_url) as session:
+        run = session.get(RefreshRun, refresh_run_id)
+        run.n_rows = totals["rows"]
+        run.n_added, run.n_updated, run.n_unchanged = totals["added"], totals["updated"], totals["unchanged"]
+        run.n_quarantined = totals["quarantined"]
+        run.status = "completed"
+        run.finished_at = repo.now()
+    return totals

@@ -1,0 +1,147 @@
+"""Render reports from database rows and stored test predictions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from cxrmodel.findings import FINDINGS
+from cxrmodel.imaging import read_grayscale
+from db import repository as repo
+from db.engine import session_scope
+from db.models import ClassMetric, Evaluation, ModelVersion, ScoringFailure, ScoringRun, Study, ThresholdSet
+from reports.figures import image_to_data_uri
+from reports.render import render_evaluation_report, render_scoring_report
+
+COMPARISON_FIELDS = ("macro_auroc", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "lrap", "mean_brier", "inference_ms_per_image")
+
+
+def _examples(database_url: str, keys: np.ndarray, y_prob: np.ndarray, thresholds: dict[str, float], n: int = 4) -> list[dict]:
+    """The ``n`` test studies with the most confident positive call, with their top findings."""
+    order = np.argsort(-y_prob.max(axis=1))[:n]
+    with session_scope(database_url) as session:
+        paths = dict(session.query(Study.study_key, Study.image_path).filter(Study.study_key.in_([str(keys[i]) for i in order])).all())
+    examples = []
+    for i in order:
+        key = str(keys[i])
+        top = np.argsort(-y_prob[i])[:3]
+        examples.append(
+            {
+                "study_key": key,
+                "image_data_uri": image_to_data_uri(read_grayscale(paths[key]), max_side=256),
+                "top_findings": [(FINDINGS[j], float(y_prob[i, j]), bool(y_prob[i, j] >= thresholds[FINDINGS[j]])) for j in top],
+            }
+        )
+    return examples
+
+
+@task(name="render-evaluation-report")
+def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
+    """Write the self-contained HTML evaluation report of one evaluation; return its path."""
+    with session_scope(database_url) as session:
+        ev = session.get(Evaluation, evaluation_id)
+        if ev is None:
+            raise ValueError(f"no evaluation with id {evaluation_id}")
+        version = session.get(ModelVersion, ev.model_version_id)
+        tset = session.get(ThresholdSet, ev.threshold_set_id) if ev.threshold_set_id else None
+        thresholds = {t.finding: t.threshold for t in tset.thresholds} if tset else {}
+        notes = {t.finding: t.note for t in tset.thresholds if t.note} if tset else {}
+        per_class = [
+            {c.name: getattr(m, c.name) for c in ClassMetric.__table__.columns if c.name != "evaluation_id"}
+            for m in ev.class_metrics
+        ]
+        aggregates = {c.name: getattr(ev, c.name) for c in Evaluation.__table__.columns
+                      if c.name not in ("id", "model_version_id", "threshold_set_id", "split", "report_path", "created_at")}
+        comparison = [
+            {"name": m.name, "kind": m.kind, "status": m.status, "parameter_count": m.parameter_count,
+             "is_current": m.id == version.id, **{f: getattr(e, f) for f in COMPARISON_FIELDS}}
+            for e, m in repo.latest_evaluations(session, ev.split)
+        ]
+        epochs = repo.epoch_history(session, version.parent_id or version.id)
+        counts = {s: session.query(Study).filter(Study.labelled.is_(True), Study.split == s, Study.status == "active").count() for s in ("train", "val", "test")}
+        source = session.query(Study.source).filter(Study.labelled.is_(True)).first()
+        model = {"name": version.name, "kind": version.kind, "id": version.id, "sha256": version.sha256,
+                 "parameter_count": version.parameter_count, "created_at": version.created_at.isoformat(timespec="seconds")}
+        split, method = ev.split, tset.method if tset else None
+    stored = np.load(Path(version.artifact_path).parent / f"predictions_{split}.npz", allow_pickle=False)
+    y_true, y_prob, keys = stored["y_true"], stored["y_prob"], stored["study_key"]
+    context = {
+        "title": f"Evaluation of {model['name']} on the {split} split",
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": model,
+        "data": {"source": source[0] if source else None, "split": split, "n_studies": int(len(y_true)),
+                 "n_train": counts["train"], "n_val": counts["val"], "n_test": counts["test"]},
+        "thresholds": {"method": method, "values": thresholds, "notes": notes},
+        "aggregates": aggregates,
+        "per_class": per_class,
+        "comparison": comparison,
+        "epochs": epochs,
+        "y_true": y_true,
+        "y_prob": y_prob,
+        "examples": _examples(database_url, keys, y_prob, thresholds) if thresholds else [],
+    }
+    out = Path(home) / "reports" / f"evaluation_{evaluation_id}_{model['name']}.html"
+    render_evaluation_report(context, out)
+    with session_scope(database_url) as session:
+        session.get(Evaluation, evaluation_id).report_path = str(out)
+    create_link_artifact(key="cxr-evaluation-report", link=out.resolve().as_uri(), link_text=out.name,
+                         description=f"HTML evaluation report of {model['name']}")
+    get_run_logger().info("evaluation report: %s", out)
+    return str(out)
+
+
+@task(name="render-scoring-report")
+def render_scoring(database_url: str, home: Path, scoring_run_id: int) -> str:
+    """Write the nightly scoring report of one scoring run; return its path."""
+    from sqlalchemy import func, select
+
+    from db.models import Prediction, StudyLabel
+
+    with session_scope(database_url) as session:
+        run = session.get(ScoringRun, scoring_run_id)
+        version = session.get(ModelVersion, run.model_version_id)
+        failures = [
+            {"study_key": key, "reason": reason}
+            for key, reason in session.execute(
+                select(Study.study_key, ScoringFailure.reason).join(Study, Study.id == ScoringFailure.study_id)
+                .where(ScoringFailure.scoring_run_id == scoring_run_id).order_by(Study.study_key)
+            )
+        ]
+        flagged = dict(session.execute(
+            select(Prediction.finding, func.count()).where(Prediction.scoring_run_id == scoring_run_id, Prediction.decision.is_(True))
+            .group_by(Prediction.finding)
+        ).all())
+        top = {}
+        for finding in FINDINGS:
+            top[finding] = [
+                (k, float(p)) for k, p in session.execute(
+                    select(Study.study_key, Prediction.probability).join(Study, Study.id == Prediction.study_id)
+                    .where(Prediction.scoring_run_id == scoring_run_id, Prediction.finding == finding)
+                    .order_by(Prediction.probability.desc()).limit(3)
+                )
+            ]
+        info = {"id": run.id, "model_name": version.name, "threshold_set_id": run.threshold_set_id,
+                "started_at": run.started_at.isoformat(timespec="seconds"),
+                "finished_at": run.finished_at.isoformat(timespec="seconds") if run.finished_at else None,
+                "n_scored": run.n_scored, "n_skipped": run.n_skipped, "n_failed": run.n_failed}
+        n_train = session.query(Study).filter(Study.labelled.is_(True), Study.split == "train").count()
+        positives = dict(session.execute(
+            select(StudyLabel.finding, func.sum(StudyLabel.value)).join(Study, Study.id == StudyLabel.study_id)
+            .where(Study.split == "train").group_by(StudyLabel.finding)
+        ).all())
+        train_prevalence = {f: (float(positives.get(f) or 0) / n_train) if n_train else None for f in FINDINGS}
+    flags = [
+        {"finding": f, "n_flagged": int(flagged.get(f, 0)), "flag_rate": (flagged.get(f, 0) / info["n_scored"]) if info["n_scored"] else None,
+         "training_prevalence": train_prevalence[f]}
+        for f in FINDINGS
+    ]
+    context = {"title": f"Nightly scoring run {scoring_run_id}", "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "run": info, "failures": failures, "flags": flags, "top_studies": top}
+    out = Path(home) / "reports" / f"scoring_{scoring_run_id}.html"
+    render_scoring_report(context, out)
+    create_markdown_artifact(key="cxr-scoring-report", markdown=f"Scoring report: [{out.name}]({out.resolve().as_uri()})")
+    return str(out)

@@ -1,0 +1,177 @@
+"""Training tasks: seed 004's network and the k-NN embedding baseline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from torch.utils.data import DataLoader
+
+from cxrmodel.artifacts import save_state_dict
+from cxrmodel.balancing import apply_balancing, preset_steps
+from cxrmodel.baselines import KnnEmbeddingModel
+from cxrmodel.cache import ImageCache
+from cxrmodel.config import DataConfig, TrainConfig
+from cxrmodel.data import StudyDataset
+from cxrmodel.findings import FINDINGS
+from cxrmodel.metadata import AgeScaler, labels_matrix, patient_features
+from cxrmodel.model import build_model, count_parameters
+from cxrmodel.train import EpochResult, fit, positive_weights, resolve_device, seed_everything
+from cxrmodel.transforms import eval_transform, train_transform
+from db import repository as repo
+from db.engine import session_scope
+from db.models import ModelVersion, TrainingRun
+from tasks.common import cached_loader, flow_run_id, labelled_frame, model_dir
+from tasks.models import embed_loader, load_model_version
+
+
+def _version_name(kind: str) -> str:
+    return f"{kind}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+
+
+@task(name="train-network")
+def train_network(database_url: str, home: Path, data: DataConfig, train: TrainConfig) -> int:
+    """Train seed 004's model (or the image-only baseline) on the training split; register the
+    best checkpoint as a candidate model version and return its id."""
+    logger = get_run_logger()
+    seed_everything(train.seed)
+    frame = labelled_frame(database_url)
+    train_df = frame[frame["split"] == "train"].reset_index(drop=True)
+    val_df = frame[frame["split"] == "val"].reset_index(drop=True)
+    if train_df.empty or val_df.empty:
+        raise RuntimeError(f"need train and val studies, have {len(train_df)} and {len(val_df)}")
+    steps = preset_steps(data.balancing) if data.balancing != "none" else []
+    balanced = apply_balancing(train_df, steps, seed=data.balancing_seed)
+    train_rows = balanced.frame
+    logger.info("training rows %d -> %d after balancing %r", len(train_df), len(train_rows), data.balancing)
+
+    scaler = AgeScaler.fit(train_df["age"])
+    cache = ImageCache(Path(home) / "cache", data.image_size)
+    device = resolve_device(train.device)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        StudyDataset(
+            cached_loader(cache, train_rows), patient_features(train_rows, scaler), labels_matrix(train_rows),
+            flips=train_rows["flip"].to_numpy(), transform=train_transform(data.image_size) if train.augment else eval_transform(data.image_size),
+        ),
+        batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers, pin_memory=pin, drop_last=len(train_rows) > train.batch_size,
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+    val_loader = DataLoader(
+        StudyDataset(cached_loader(cache, val_df), patient_features(val_df, scaler), labels_matrix(val_df), transform=eval_transform(data.image_size)),
+        batch_size=max(train.batch_size, 64), shuffle=False, num_workers=train.num_workers, pin_memory=pin,
+    )
+    model = build_model(train.architecture, weights_path=train.pretrained_weights, dropout=train.dropout)
+    pos_weight = positive_weights(labels_matrix(train_rows), train.pos_weight_overrides, train.pos_weight_max)
+
+    name = _version_name(train.architecture)
+    out = model_dir(home, name)
+    log_handler = logging.FileHandler(out / "train.log")
+    with session_scope(database_url) as session:
+        run = repo.start_training_run(
+            session, flow_run_id=flow_run_id(), architecture=train.architecture, config=train.model_dump(mode="json"),
+            device=str(device), n_train=len(train_rows), n_val=len(val_df),
+        )
+        run_id = run.id
+
+    history_rows: list[dict] = []
+
+    def on_epoch(result: EpochResult) -> None:
+        row = result.as_dict()
+        history_rows.append(row)
+        with session_scope(database_url) as session:
+            repo.record_epoch(session, run_id, row)
+        message = (
+            f"epoch {result.epoch}/{train.epochs}: train loss {result.train_loss:.4f}, val loss {result.val_loss:.4f}, "
+            f"macro-F1 {result.macro_f1:.3f}, mean AUROC {result.mean_auroc or float('nan'):.3f}, "
+            f"lr {result.learning_rate:.2e}, {result.seconds:.1f}s ({result.images_per_second:.1f} img/s)"
+        )
+        logger.info(message)
+        log_handler.stream.write(message + "\n")
+        log_handler.flush()
+        create_table_artifact(
+            key="cxr-training-epochs",
+            table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in history_rows],
+            description=f"Per-epoch metrics of training run {run_id} ({name}); updated live as each epoch ends.",
+        )
+
+    try:
+        result = fit(model, train_loader, val_loader, train, pos_weight, device, on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
+    except BaseException:
+        with session_scope(database_url) as session:
+            failed = session.get(TrainingRun, run_id)
+            failed.status, failed.finished_at = "failed", repo.now()
+        raise
+    finally:
+        log_handler.close()
+
+    model.load_state_dict(result.best_state)
+    config = {
+        "architecture": train.architecture,
+        "image_size": data.image_size,
+        "age_scaler": scaler.to_dict(),
+        "findings": list(FINDINGS),
+        "train": train.model_dump(mode="json"),
+        "data": data.model_dump(mode="json"),
+        "pos_weight": [float(w) for w in pos_weight],
+        "label_counts_before_balancing": balanced.counts_before,
+        "label_counts_after_balancing": balanced.counts_after,
+        "best_epoch": result.best_epoch,
+    }
+    sha = save_state_dict(model.state_dict(), out / "model.safetensors", metadata={"name": name, "architecture": train.architecture})
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    torch.save(ckpt["optimizer"], out / "optimizer.pt")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    with open(out / "validation_metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history_rows[0]))
+        writer.writeheader()
+        writer.writerows(history_rows)
+    with session_scope(database_url) as session:
+        version = repo.register_model_version(
+            session, name=name, kind=train.architecture, config=config, artifact_path=str(out / "model.safetensors"),
+            sha256=sha, status="candidate", parameter_count=count_parameters(model),
+        )
+        run = session.get(TrainingRun, run_id)
+        run.model_version_id, run.status, run.finished_at = version.id, "completed", repo.now()
+        run.best_epoch, run.best_metric = result.best_epoch, float(result.best_metric)
+        version_id = version.id
+    logger.info("registered %s (id %d), best epoch %d, %s %.3f", name, version_id, result.best_epoch, train.selection_metric, result.best_metric)
+    return version_id
+
+
+@task(name="train-knn-baseline")
+def train_knn_baseline(database_url: str, home: Path, parent_version_id: int) -> int:
+    """Seed 000's baseline: k-NN (GridSearchCV over k) on the trained network's embeddings."""
+    with session_scope(database_url) as session:
+        parent = session.get(ModelVersion, parent_version_id)
+        loaded = load_model_version(parent)
+        parent_name = parent.name
+    frame = labelled_frame(database_url)
+    train_df = frame[frame["split"] == "train"].reset_index(drop=True)
+    cache = ImageCache(Path(home) / "cache", loaded.image_size)
+    loader = DataLoader(
+        StudyDataset(cached_loader(cache, train_df), patient_features(train_df, loaded.age_scaler), transform=eval_transform(loaded.image_size)),
+        batch_size=64,
+    )
+    embeddings = embed_loader(loaded.network, loader, resolve_device("auto"))
+    knn = KnnEmbeddingModel.fit(embeddings, labels_matrix(train_df))
+    name = f"knn_embedding-of-{parent_name}"
+    path = model_dir(home, name) / "knn.npz"
+    sha = knn.save(path)
+    with session_scope(database_url) as session:
+        version = repo.register_model_version(
+            session, name=name, kind="knn_embedding",
+            config={"n_neighbors": knn.n_neighbors, "cv_mean_auroc": knn.cv_score, "image_size": loaded.image_size,
+                    "age_scaler": loaded.age_scaler.to_dict(), "embedding_dim": int(embeddings.shape[1])},
+            artifact_path=str(path), sha256=sha, status="candidate", parent_id=parent_version_id,
+            parameter_count=int(embeddings.size),
+        )
+        get_run_logger().info("k-NN baseline: k=%d (5-fold mean AUROC %.3f)", knn.n_neighbors, knn.cv_score or float("nan"))
+        return version.id
