@@ -37,14 +37,14 @@ class ScoringDataset(Dataset):
 
     def __getitem__(self, i: int):
         item = self.items[i]
-        if item.patient is None:
-            return None, None, item.study_id, "missing metadata: age, sex and view position are all unknown"
         try:
             pixels = resize_square(read_grayscale(Path(item.image_path)), self.size)
         except ImageDecodeError as exc:
             return None, None, item.study_id, str(exc)
         except Exception as exc:  # any decoder bug is a per-study failure, not a dead run
             return None, None, item.study_id, f"unreadable image: {type(exc).__name__}: {exc}"
+        if item.patient is None:
+            return None, None, item.study_id, "missing metadata: age, sex and view position are all unknown"
         image = self.transform(torch.from_numpy(pixels)[None])
         return image, torch.tensor(item.patient, dtype=torch.float32), item.study_id, None
 

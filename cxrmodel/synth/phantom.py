@@ -174,16 +174,16 @@ def render_phantom(
         cx, cy = 0.37 * s, -0.02
         r = np.sqrt(((x - cx) / a.lung_width) ** 2 + ((y - cy) / a.lung_height) ** 2)
         upper_lateral = (y < 0.1) & (s * (x - cx) > -0.05)
-        crescent = lung_of[s] * (r > 0.72) * upper_lateral
+        crescent = lung_of[s] * (r > 0.62) * upper_lateral
         img = img * (1 - crescent) + 0.0 * crescent
-        img += 0.35 * np.exp(-((r - 0.72) ** 2) / (2 * 0.02**2)) * upper_lateral * lung_of[s]
+        img += 0.35 * np.exp(-((r - 0.62) ** 2) / (2 * 0.025**2)) * upper_lateral * lung_of[s]
     if "Nodule" in findings:
         for _ in range(rng.integers(1, 4)):
             cx, cy = pick_point_in_lung(int(rng.choice([-1, 1])), -0.35, 0.2)
-            img += 0.38 * _disc(x, y, cx, cy, rng.uniform(0.045, 0.06), edge=0.008)
+            img += 0.45 * _disc(x, y, cx, cy, rng.uniform(0.06, 0.075), edge=0.008)
     if "Mass" in findings:
         cx, cy = pick_point_in_lung(side, -0.3, 0.15)
-        img += 0.36 * _disc(x, y, cx, cy, rng.uniform(0.14, 0.19), edge=0.015)
+        img += 0.42 * _disc(x, y, cx, cy, rng.uniform(0.15, 0.2), edge=0.015)
     if "Atelectasis" in findings:
         s = -1
         cy = rng.uniform(0.1, 0.25)
@@ -204,10 +204,10 @@ def render_phantom(
         img += (0.46 - 0.25 * np.clip(bronchi, 0, 1)) * upper
     if "Pneumonia" in findings:
         s = side
-        cx, cy = 0.37 * s, rng.uniform(0.18, 0.3)
+        cx, cy = 0.37 * s + s * rng.uniform(0.0, 0.08), rng.uniform(0.02, 0.18)
         mottle = gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma=size / 64)
-        mottle = np.clip(0.6 + mottle / (mottle.std() + 1e-6) * 0.4, 0, 1.2)
-        img += 0.38 * _blob(x, y, cx, cy, 0.13) * mottle * lung_of[s]
+        mottle = np.clip(0.7 + mottle / (mottle.std() + 1e-6) * 0.3, 0, 1.2)
+        img += 0.5 * np.clip(1.6 * _blob(x, y, cx, cy, 0.13), 0, 1) * mottle * lung_of[s]
     if "Edema" in findings:
         haze = _blob(x, y, -0.2, -0.02, 0.16) + _blob(x, y, 0.2, -0.02, 0.16)
         img += 0.30 * haze * lung_mask

@@ -1,0 +1,119 @@
+"""The real Prefect flows, end to end, against the session's test server and a real database."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from cxrmodel.config import DataConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.findings import FINDINGS
+from cxrmodel.synth import generate_dataset
+from db.engine import session_scope
+from db.models import (
+    ClassMetric,
+    EpochMetric,
+    Evaluation,
+    ModelVersion,
+    Prediction,
+    QuarantinedRow,
+    ScoringFailure,
+    ScoringRun,
+    Study,
+)
+
+pytestmark = pytest.mark.slow
+
+TINY_DATA = DataConfig(image_size=32, balancing="none")
+TINY_TRAIN = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset with deliberate defects: a malformed metadata row, a row whose
+    image is missing, a corrupt incoming PNG, an empty incoming file and an incoming PNG with
+    no metadata at all."""
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_dataset(root, SynthConfig(n_studies=120, n_incoming=12, image_size=64, seed=3), workers=1)
+    with open(root / "Data_Entry_2017_v2020.csv", "a", encoding="utf-8") as fh:
+        fh.write("99999999_000.png,Effusion,0,99999999,57,M,PA,64,64,0.1,0.1\n")  # image missing
+        fh.write("99999998_000.png,NotADisease,0,99999998,57,M,PA,64,64,0.1,0.1\n")  # unknown finding
+        fh.write("99999997_000.png,Mass,0,99999997,230,M,PA,64,64\n")  # malformed: too few fields, age 230
+    incoming = root / "incoming"
+    pngs = sorted(incoming.glob("*.png"))
+    data = pngs[0].read_bytes()
+    (incoming / "corrupt_000.png").write_bytes(data[: len(data) // 3])
+    (incoming / "empty_000.png").write_bytes(b"")
+    shutil.copy(pngs[1], incoming / "nometa_000.png")
+    return root
+
+
+def _run_pipeline(root: Path, home: Path, url: str) -> dict:
+    from flows.pipeline import pipeline_flow
+
+    return pipeline_flow(
+        str(root), "synthetic", str(root / "incoming"), TINY_DATA, TINY_TRAIN, ThresholdConfig(),
+        with_knn_baseline=True, home=str(home), database_url=url,
+    )
+
+
+def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_root, database_url, tmp_path):
+    from flows.stages import refresh_flow, score_flow
+
+    result = _run_pipeline(synthetic_root, tmp_path / "home", database_url)
+
+    with session_scope(database_url) as s:
+        labelled = s.scalar(select(func.count()).select_from(Study).where(Study.labelled.is_(True)))
+        incoming = s.scalar(select(func.count()).select_from(Study).where(Study.labelled.is_(False)))
+        assert labelled == 120
+        assert incoming == 12 + 3
+        reasons = {q.row_key: q.reason for q in s.scalars(select(QuarantinedRow))}
+        assert reasons["99999999_000.png"] == "missing image file"
+        assert "unknown finding" in reasons["99999998_000.png"].lower()
+        assert any(k.startswith("99999997") or "line" in k for k in reasons)
+        assert len(reasons) == 3
+
+        versions = {m.kind: m for m in s.scalars(select(ModelVersion))}
+        assert set(versions) == {"densenet121_fpn", "knn_embedding"}
+        assert versions["densenet121_fpn"].status == "champion"
+        assert Path(versions["densenet121_fpn"].artifact_path).is_file()
+        model_dir = Path(versions["densenet121_fpn"].artifact_path).parent
+        for name in ("model.safetensors", "optimizer.pt", "thresholds.json", "config.json", "validation_metrics.csv", "train.log"):
+            assert (model_dir / name).is_file(), name
+        assert s.scalar(select(func.count()).select_from(EpochMetric)) == 1
+
+        evaluations = s.scalars(select(Evaluation)).all()
+        assert len(evaluations) == 2
+        for ev in evaluations:
+            assert s.scalar(select(func.count()).select_from(ClassMetric).where(ClassMetric.evaluation_id == ev.id)) == 14
+            metrics = {m.finding: m for m in ev.class_metrics}
+            for m in metrics.values():
+                assert m.tp + m.fp + m.tn + m.fn == ev.n_studies
+
+        run = s.scalars(select(ScoringRun)).one()
+        assert (run.n_candidates, run.n_scored, run.n_failed) == (15, 12, 3)
+        failures = {
+            k: r for k, r in s.execute(select(Study.study_key, ScoringFailure.reason).join(Study, Study.id == ScoringFailure.study_id))
+        }
+        assert set(failures) == {"corrupt_000.png", "empty_000.png", "nometa_000.png"}
+        assert "empty" in failures["empty_000.png"]
+        assert "metadata" in failures["nometa_000.png"]
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 12 * len(FINDINGS)
+
+    report = Path(result["report"])
+    assert report.is_file()
+    html = report.read_text()
+    assert versions["densenet121_fpn"].name in html and "knn_embedding" in html
+    assert Path(result["scoring"]["report"]).is_file()
+
+    # A second refresh changes nothing; a second scoring run writes no new prediction.
+    again = refresh_flow(str(synthetic_root), "synthetic", str(synthetic_root / "incoming"), TINY_DATA,
+                         home=str(tmp_path / "home"), database_url=database_url)
+    assert (again["added"], again["updated"]) == (0, 0)
+    score_flow(home=str(tmp_path / "home"), database_url=database_url)
+    with session_scope(database_url) as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 12 * len(FINDINGS)
+        latest = s.scalars(select(ScoringRun).order_by(ScoringRun.id.desc())).first()
+        assert (latest.n_candidates, latest.n_scored, latest.n_failed) == (3, 0, 3)
