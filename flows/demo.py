@@ -79,6 +79,7 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
     if result["scoring"].get("report"):
         print(f"scoring report    : {result['scoring']['report']}")
     print(f"database          : {url}")
+    print("stage seconds     : " + ", ".join(f"{k} {v:.0f}" for k, v in result["timings"].items()))
     engine = get_engine(url)
     with engine.connect() as conn:
         summary = conn.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -24,18 +25,33 @@ def pipeline_flow(
 ) -> dict:
     """Run every stage in order and return the ids of what it produced."""
     where = {"home": home, "database_url": database_url}
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 2)
+        clock = now
+
     refreshed = refresh_flow(source_dir, source, incoming_dir, data, **where)
+    lap("refresh")
     trained = train_flow(data, train, with_knn_baseline, **where)
     version_id = trained["model_version_id"]
+    lap("train")
     calibrate_flow(version_id, thresholds, **where)
+    lap("calibrate")
     evaluated = evaluate_flow(version_id, **where)
     baseline = None
     if with_knn_baseline:
         calibrate_flow(trained["knn_version_id"], thresholds, **where)
         baseline = evaluate_flow(trained["knn_version_id"], promote=False, **where)
+    lap("evaluate")
     scored = score_flow(**where)
+    lap("score")
     report = report_flow(evaluated["evaluation_id"], **where)
-    get_run_logger().info("pipeline done: report %s", report)
+    lap("report")
+    get_run_logger().info("pipeline done in %.0f s (%s): report %s", sum(timings.values()), timings, report)
     return {
         "refresh": refreshed,
         "model_version_id": version_id,
@@ -45,4 +61,5 @@ def pipeline_flow(
         "promoted": evaluated["promoted"],
         "scoring": scored,
         "report": report,
+        "timings": timings,
     }

@@ -26,7 +26,9 @@ def _patient_row(study, scaler) -> tuple[float, float, float] | None:
 
 
 @task(name="score-new-studies", retries=2, retry_delay_seconds=10)
-def score_new_studies(database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None) -> int:
+def score_new_studies(
+    database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 1
+) -> int:
     """Score pending studies with the champion and its active thresholds, committing batch by
     batch; failures are recorded with their reason. Returns the scoring run id."""
     logger = get_run_logger()
@@ -52,7 +54,7 @@ def score_new_studies(database_url: str, batch_size: int = 64, device: str = "au
     started = time.perf_counter()
     dataset = ScoringDataset(items, loaded.image_size, eval_transform(loaded.image_size))
     scored = failed = 0
-    for batch in score_batches(loaded.network, dataset, batch_size, resolve_device(device)):
+    for batch in score_batches(loaded.network, dataset, batch_size, resolve_device(device), num_workers=num_workers):
         rows = [
             {"study_id": sid, "model_version_id": champion_id, "finding": finding, "probability": float(p),
              "decision": bool(p >= thresholds[j]), "threshold_set_id": tset_id, "scoring_run_id": run_id}
