@@ -200,8 +200,18 @@ def _dcmread(path: Path, stop_before_pixels: bool):
         raise ImageDecodeError(f"corrupt or truncated image: {exc}", path) from exc
 
 
+def _is_plain_8bit(ds, raw: np.ndarray) -> bool:
+    """8-bit unsigned pixels with an identity modality LUT and no VOI LUT or window."""
+    if raw.dtype != np.uint8:
+        return False
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    has_voi = "WindowCenter" in ds or "VOILUTSequence" in ds or "ModalityLUTSequence" in ds
+    return slope == 1.0 and intercept == 0.0 and not has_voi
+
+
 def _read_dicom(path: Path) -> np.ndarray:
-    """Decode DICOM pixels: modality LUT, VOI LUT/window, min-max to uint8, MONOCHROME1 inverted."""
+    """Decode DICOM pixels: modality LUT, VOI LUT/window, min-max to uint8 (plain 8-bit data kept
+    as is), MONOCHROME1 inverted."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = _read_dicom_dataset(path)
@@ -220,11 +230,16 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}", path) from exc
     if raw.ndim != 2:
         raise ImageDecodeError(f"not a 2-D image after conversion: shape {tuple(raw.shape)}", path)
-    try:
-        values = apply_voi_lut(apply_modality_lut(raw, ds), ds)
-    except Exception as exc:  # noqa: BLE001
-        raise ImageDecodeError(f"corrupt or truncated image: bad LUT/window ({exc})", path) from exc
-    out = _minmax_uint8(values)
+    if _is_plain_8bit(ds, raw):
+        # Already display-ready 8-bit grey with no LUT to apply: keep the values, exactly as
+        # an 8-bit PNG is kept, so PNG and DICOM copies of one image decode identically.
+        out = raw.astype(np.uint8, copy=True)
+    else:
+        try:
+            values = apply_voi_lut(apply_modality_lut(raw, ds), ds)
+        except Exception as exc:  # noqa: BLE001
+            raise ImageDecodeError(f"corrupt or truncated image: bad LUT/window ({exc})", path) from exc
+        out = _minmax_uint8(values)
     if photometric == "MONOCHROME1":
         out = 255 - out
     return _check_2d(out, path)

@@ -84,7 +84,9 @@ def score_batches(
         num_workers=num_workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        # Spawned workers: forking a process that runs Prefect's threads and open database
+        # connections is unsafe.
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
     for images, patient, ids, failed in loader:
         if images is None:

@@ -37,7 +37,12 @@ def densenet121_backbone(weights_path: str | Path | None = None) -> nn.Module:
     net = densenet121(weights=None)
     if weights_path is not None:
         state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        if not isinstance(state, dict):
+            raise ValueError(f"{weights_path} is not a DenseNet121 state dict (got {type(state).__name__})")
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch: another DenseNet depth/growth rate
+            raise ValueError(f"{weights_path} is not a DenseNet121 state dict: {exc}") from exc
         missing_features = [k for k in missing if k.startswith("features.")]
         if missing_features or unexpected:
             raise ValueError(

@@ -138,7 +138,7 @@ def fit(
         np.random.set_state(ckpt["numpy_rng"])
         random.setstate(ckpt["python_rng"])
 
-    stale = 0
+    stale = start_epoch - 1 - best_epoch if history else 0  # epochs since the best one (kept across resume)
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         model.train()

@@ -10,8 +10,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 0.9
 
 
+def grey_to_rgb(image: torch.Tensor) -> torch.Tensor:
+    """``[1, H, W] -> [3, H, W]`` (a view; module-level so transforms pickle for spawned workers)."""
+    return image.expand(3, -1, -1)
+
+
 def _to_three_channel_float() -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Lambda(lambda t: t.expand(3, -1, -1))]
+    return [v2.ToDtype(torch.float32, scale=True), v2.Lambda(grey_to_rgb)]
 
 
 def train_transform(size: int) -> v2.Compose:
