@@ -98,13 +98,14 @@ def evaluate_flow(
 def score_flow(
     batch_size: int = 64,
     device: str = "auto",
-    num_workers: int = 1,
+    num_workers: int = 0,
     render_report: bool = True,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
     """Score every pending study with the champion model; record failures; write the report.
-    ``num_workers`` DataLoader processes decode images while the network runs."""
+    ``num_workers`` spawned DataLoader processes decode images while the network runs (worth it
+    for large nights; for a few hundred studies their start-up costs more than it saves)."""
     home_path, url = resolve(home, database_url)
     run_id = score_new_studies(url, batch_size=batch_size, device=device, num_workers=num_workers)
     report = render_scoring(url, home_path, run_id) if render_report else None

@@ -27,7 +27,7 @@ def _patient_row(study, scaler) -> tuple[float, float, float] | None:
 
 @task(name="score-new-studies", retries=2, retry_delay_seconds=10)
 def score_new_studies(
-    database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 1
+    database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 0
 ) -> int:
     """Score pending studies with the champion and its active thresholds, committing batch by
     batch; failures are recorded with their reason. Returns the scoring run id."""

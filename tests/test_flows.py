@@ -50,6 +50,25 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
+def _artifact_keys() -> set[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read() -> set[str]:
+        async with get_client() as client:
+            # Every filter spelled out: this server rejects the nulls the client sends by default.
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.KEY_ASC, limit=200, offset=0,
+            )
+            return {a.key for a in artifacts if a.key}
+
+    return asyncio.run(read())
+
+
 def _run_pipeline(root: Path, home: Path, url: str) -> dict:
     from flows.pipeline import pipeline_flow
 
@@ -107,6 +126,11 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     html = report.read_text()
     assert versions["densenet121_fpn"].name in html and "knn_embedding" in html
     assert Path(result["scoring"]["report"]).is_file()
+
+    # The Prefect UI shows the key results as artifacts with stable keys.
+    keys = _artifact_keys()
+    assert {"cxr-training-epochs", "cxr-thresholds", "cxr-per-class-metrics", "cxr-evaluation-summary",
+            "cxr-evaluation-report", "cxr-nightly-scoring"} <= keys
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
     again = refresh_flow(str(synthetic_root), "synthetic", str(synthetic_root / "incoming"), TINY_DATA,
