@@ -69,6 +69,9 @@ class Study(Base):
 
 
 class StudyLabel(Base):
+    """A positive finding of a labelled study (absent rows are negatives: 14 x 112k rows of
+    zeros would make up most of the table and say nothing)."""
+
     __tablename__ = "study_labels"
 
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)

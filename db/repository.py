@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -44,52 +44,60 @@ class StudyCounts:
 
 
 def sync_studies(session: Session, records: Sequence[dict], labels: dict[str, dict[str, int]] | None = None) -> StudyCounts:
-    """Insert new studies and update changed ones (by ``study_key``); labels are replaced for
-    added or changed studies. Running it twice with the same input changes nothing."""
+    """Insert new studies and update changed ones (by ``study_key``). ``labels`` maps a study key
+    to its 0/1 value per finding; only positive findings are stored (a labelled study without
+    a ``study_labels`` row for a finding is negative for it). Running it twice with the same
+    input changes nothing."""
     labels = labels or {}
+    positives = {k: frozenset(f for f, v in vals.items() if v) for k, vals in labels.items()}
     keys = [r["study_key"] for r in records]
-    existing: dict[str, Study] = {}
+    existing: dict[str, tuple] = {}
+    columns = [Study.id, Study.study_key, *(getattr(Study, f) for f in STUDY_FIELDS)]
     for start in range(0, len(keys), 5000):
-        chunk = keys[start : start + 5000]
-        for study in session.scalars(select(Study).where(Study.study_key.in_(chunk))):
-            existing[study.study_key] = study
-    existing_labels: dict[int, dict[str, int]] = {}
-    ids = [s.id for s in existing.values()]
+        for row in session.execute(select(*columns).where(Study.study_key.in_(keys[start : start + 5000]))):
+            existing[row.study_key] = row
+    existing_positive: dict[int, set[str]] = {}
+    ids = [row.id for row in existing.values()]
     for start in range(0, len(ids), 5000):
-        for row in session.execute(
-            select(StudyLabel.study_id, StudyLabel.finding, StudyLabel.value).where(StudyLabel.study_id.in_(ids[start : start + 5000]))
+        for sid, finding in session.execute(
+            select(StudyLabel.study_id, StudyLabel.finding).where(
+                StudyLabel.study_id.in_(ids[start : start + 5000]), StudyLabel.value == 1
+            )
         ):
-            existing_labels.setdefault(row.study_id, {})[row.finding] = row.value
+            existing_positive.setdefault(sid, set()).add(finding)
 
+    stamp = now()
     new_rows, changed = [], []
     for rec in records:
-        study = existing.get(rec["study_key"])
-        if study is None:
-            new_rows.append({"study_key": rec["study_key"], "status": "active", **{f: rec.get(f) for f in STUDY_FIELDS}})
+        row = existing.get(rec["study_key"])
+        if row is None:
+            new_rows.append({"study_key": rec["study_key"], "status": "active", "created_at": stamp, "updated_at": stamp,
+                             **{f: rec.get(f) for f in STUDY_FIELDS}})
             continue
-        fields_changed = any(getattr(study, f) != rec.get(f) for f in STUDY_FIELDS if f in rec and f != "split")
-        labels_changed = rec["study_key"] in labels and existing_labels.get(study.id, {}) != labels[rec["study_key"]]
+        fields_changed = any(getattr(row, f) != rec[f] for f in STUDY_FIELDS if f in rec and f != "split")
+        labels_changed = rec["study_key"] in positives and existing_positive.get(row.id, set()) != positives[rec["study_key"]]
         if fields_changed or labels_changed:
-            changed.append((study, rec))
+            changed.append((row.id, rec))
     if new_rows:
-        upsert(session, Study, [{**r, "created_at": now(), "updated_at": now()} for r in new_rows], ["study_key"], [])
-    for study, rec in changed:
-        for f in STUDY_FIELDS:
-            if f in rec:
-                setattr(study, f, rec[f])
-        study.updated_at = now()
-    session.flush()
+        session.execute(insert(Study), new_rows)
+    if changed:
+        session.execute(
+            update(Study),
+            [{"id": sid, "updated_at": stamp, **{f: rec[f] for f in STUDY_FIELDS if f in rec}} for sid, rec in changed],
+        )
 
-    touched = [r["study_key"] for r in new_rows] + [s.study_key for s, _ in changed]
-    touched = [k for k in touched if k in labels]
+    touched = [r["study_key"] for r in new_rows if r["study_key"] in positives]
+    touched += [rec["study_key"] for _, rec in changed if rec["study_key"] in positives]
     if touched:
-        id_of = dict(session.execute(select(Study.study_key, Study.id).where(Study.study_key.in_(touched))).all()) if len(touched) < 30000 else study_ids(session)
-        label_rows = [
-            {"study_id": id_of[k], "finding": finding, "value": int(value)}
-            for k in touched
-            for finding, value in labels[k].items()
-        ]
-        upsert(session, StudyLabel, label_rows, ["study_id", "finding"], ["value"])
+        id_of: dict[str, int] = {}
+        for start in range(0, len(touched), 5000):
+            id_of.update(session.execute(select(Study.study_key, Study.id).where(Study.study_key.in_(touched[start : start + 5000]))).all())
+        changed_ids = [sid for sid, rec in changed if rec["study_key"] in positives]
+        for start in range(0, len(changed_ids), 5000):
+            session.execute(delete(StudyLabel).where(StudyLabel.study_id.in_(changed_ids[start : start + 5000])))
+        label_rows = [{"study_id": id_of[k], "finding": f, "value": 1} for k in touched for f in sorted(positives[k])]
+        if label_rows:
+            session.execute(insert(StudyLabel), label_rows)
     return StudyCounts(added=len(new_rows), updated=len(changed), unchanged=len(records) - len(new_rows) - len(changed))
 
 
@@ -97,12 +105,14 @@ def study_ids(session: Session) -> dict[str, int]:
     return dict(session.execute(select(Study.study_key, Study.id)).all())
 
 
-def set_splits(session: Session, splits: dict[str, str]) -> None:
-    """Write the split of each study key (patient-level assignment computed by the library)."""
+def set_splits(session: Session, splits: dict[str, str]) -> int:
+    """Write the split of each study key whose split differs; returns how many changed."""
+    current = dict(session.execute(select(Study.study_key, Study.split)).all())
     id_of = study_ids(session)
-    rows = [{"id": id_of[k], "split": v} for k, v in splits.items() if k in id_of]
+    rows = [{"id": id_of[k], "split": v} for k, v in splits.items() if k in id_of and current.get(k) != v]
     if rows:
         session.execute(update(Study), rows)
+    return len(rows)
 
 
 def labelled_studies(session: Session) -> list[Study]:
@@ -110,11 +120,12 @@ def labelled_studies(session: Session) -> list[Study]:
 
 
 def label_table(session: Session, study_ids_: Iterable[int]) -> dict[int, dict[str, int]]:
+    """Positive findings per study id (absent findings are negative)."""
     wanted = set(study_ids_)
     out: dict[int, dict[str, int]] = {}
-    for row in session.execute(select(StudyLabel.study_id, StudyLabel.finding, StudyLabel.value)):
-        if row.study_id in wanted:
-            out.setdefault(row.study_id, {})[row.finding] = row.value
+    for sid, finding, value in session.execute(select(StudyLabel.study_id, StudyLabel.finding, StudyLabel.value)):
+        if sid in wanted and value:
+            out.setdefault(sid, {})[finding] = 1
     return out
 
 

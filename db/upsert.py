@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-CHUNK_ROWS = 2000
+CHUNK_ROWS = 10_000
 
 
 def upsert(
@@ -30,15 +30,13 @@ def upsert(
     else:  # pragma: no cover - only the two supported back ends
         raise NotImplementedError(f"upsert is not implemented for {dialect}")
     update_columns = list(update_columns) if update_columns is not None else []
-    # SQLite allows 32,766 bound parameters per statement; stay well under it.
-    chunk = max(1, min(CHUNK_ROWS, 30_000 // max(len(rows[0]), 1)))
-    for start in range(0, len(rows), chunk):
-        stmt = insert(model).values(list(rows[start : start + chunk]))
-        if update_columns:
-            stmt = stmt.on_conflict_do_update(
-                index_elements=conflict_columns, set_={c: stmt.excluded[c] for c in update_columns}
-            )
-        else:
-            stmt = stmt.on_conflict_do_nothing(index_elements=conflict_columns)
-        session.execute(stmt)
+    stmt = insert(model)
+    if update_columns:
+        stmt = stmt.on_conflict_do_update(index_elements=conflict_columns, set_={c: stmt.excluded[c] for c in update_columns})
+    else:
+        stmt = stmt.on_conflict_do_nothing(index_elements=conflict_columns)
+    # executemany with a parameter list: SQLAlchemy batches it into multi-row INSERTs
+    # ("insertmanyvalues") without compiling one giant statement per chunk.
+    for start in range(0, len(rows), CHUNK_ROWS):
+        session.execute(stmt, list(rows[start : start + CHUNK_ROWS]))
     return len(rows)

@@ -374,3 +374,168 @@ def image_to_data_uri(image: Any, *, max_side: int = 320) -> str:
     buf = io.BytesIO()
     mpimg.imsave(buf, (scaled * 255).astype(np.uint8), cmap="gray", vmin=0, vmax=255, format="png")
     return png_to_data_uri(buf.getvalue())
+
+
+# --------------------------------------------------------------------------- dataset report figures
+
+__all__ += ["age_histogram_figure", "cooccurrence_figure", "proportions_figure"]
+
+
+def _compact_count(n: int) -> str:
+    """A count short enough for a heatmap cell (``950 -> '950'``, ``12345 -> '12.3k'``)."""
+    n = int(n)
+    if abs(n) < 10_000:
+        return f"{n:,}"
+    if abs(n) < 1_000_000:
+        return f"{n / 1000:.1f}k" if abs(n) < 100_000 else f"{n / 1000:.0f}k"
+    return f"{n / 1_000_000:.1f}M"
+
+
+@_styled
+def cooccurrence_figure(
+    labels: Any,
+    findings: Sequence[str] = FINDINGS,
+    *,
+    title: str = "Finding co-occurrence (studies)",
+) -> str:
+    """Annotated ``C x C`` heatmap of co-occurrence counts from a ``[N, C]`` 0/1 label array.
+
+    Cell ``(i, j)`` is the number of studies that have both finding ``i`` and finding ``j``;
+    the diagonal is each finding's positive count (its prevalence). Any entry greater than
+    zero counts as positive; NaN counts as negative. Colour uses a square-root scale so the
+    off-diagonal cells stay visible next to the much larger diagonal; a class with no
+    positives gives an all-zero row and column (and an all-zero array a blank map).
+    """
+    arr = np.asarray(labels, dtype=float)
+    if arr.ndim != 2:
+        raise ValueError(f"labels must be a [N, C] array, got shape {arr.shape}")
+    if arr.shape[1] != len(findings):
+        raise ValueError(f"{arr.shape[1]} label columns but {len(findings)} finding names")
+    from matplotlib.colors import PowerNorm
+
+    y = (np.nan_to_num(arr, nan=0.0) > 0).astype(np.int64)
+    counts = y.T @ y
+    n = len(findings)
+    vmax = max(1, int(counts.max()) if counts.size else 1)
+    norm = PowerNorm(gamma=0.5, vmin=0, vmax=vmax)
+    side = max(4.0, 0.55 * n + 2.2)
+    fig = _new_figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    image = ax.imshow(counts, cmap="Blues", norm=norm)
+    ax.grid(False)
+    fontsize = 7.5 if n <= 10 else 6.5
+    for i in range(n):
+        for j in range(n):
+            v = int(counts[i, j])
+            ax.text(j, i, _compact_count(v), ha="center", va="center", fontsize=fontsize,
+                    fontweight="bold" if i == j else "normal",
+                    color="white" if norm(v) > 0.6 else ("#9aa5b1" if v == 0 else "#1a1a1a"))
+    names = [str(f).replace("_", " ") for f in findings]
+    ax.set_xticks(np.arange(n), names, rotation=55, ha="right", rotation_mode="anchor")
+    ax.set_yticks(np.arange(n), names)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"{title} · N={arr.shape[0]:,}")
+    cbar = fig.colorbar(image, ax=ax, shrink=0.75, pad=0.02)
+    cbar.set_label("studies (square-root scale)")
+    return _finish(fig)
+
+
+def _finite(values: Any) -> np.ndarray:
+    arr = np.asarray(values if values is not None else [], dtype=float).ravel()
+    return arr[np.isfinite(arr)]
+
+
+@_styled
+def age_histogram_figure(
+    ages_by_split: Mapping[str, Any],
+    *,
+    bin_width: float = 5.0,
+    percent: bool = True,
+    title: str = "Patient age by split",
+) -> str:
+    """Overlaid age histograms, one per split, on shared bins of ``bin_width`` years.
+
+    ``ages_by_split`` maps a split name to a 1-D array of ages (``None``/NaN are left out).
+    With ``percent`` (the default) each split is scaled to the percentage of its own studies,
+    so a small test split is comparable with a large training split; otherwise raw counts.
+    The legend gives each split's number of studies with a known age.
+    """
+    series = [(str(name), _finite(values)) for name, values in ages_by_split.items()]
+    fig = _new_figure(7.6, 3.8)
+    ax = fig.add_subplot()
+    present = [(name, a) for name, a in series if a.size]
+    if present:
+        hi = max(float(a.max()) for _, a in present)
+        lo = min(float(a.min()) for _, a in present)
+        start = bin_width * math.floor(min(lo, 0.0) / bin_width)
+        stop = bin_width * (math.floor(hi / bin_width) + 1)
+        edges = np.arange(start, stop + bin_width / 2, bin_width)
+        colors = [_ACCENT, _ACCENT_2, "#4f8a3c", "#7f5fa8"] + _palette(max(0, len(present) - 4))
+        for k, (name, a) in enumerate(present):
+            weights = np.full(a.shape, 100.0 / a.size) if percent else None
+            color = colors[k % len(colors)]
+            ax.hist(a, bins=edges, weights=weights, histtype="stepfilled", alpha=0.22, color=color)
+            ax.hist(a, bins=edges, weights=weights, histtype="step", linewidth=1.6, color=color,
+                    label=f"{name} (n={a.size:,})")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.legend(frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no ages recorded", ha="center", va="center", color="#888888", transform=ax.transAxes)
+    ax.set_xlabel("age (years)")
+    ax.set_ylabel("% of the split's studies" if percent else "studies")
+    ax.set_title(title)
+    return _finish(fig)
+
+
+@_styled
+def proportions_figure(
+    table: Mapping[str, Mapping[str, Any]],
+    title: str = "Proportions by split",
+    *,
+    ylabel: str = "share of studies",
+) -> str:
+    """Grouped bars: one group per outer key (e.g. split), one bar per category.
+
+    ``table`` maps a group to ``category -> fraction`` (``{"train": {"F": 0.43, "M": 0.57}}``);
+    categories are the union over groups in first-seen order, a missing or ``None`` value is
+    drawn as 0. Bars are annotated with percentages.
+    """
+    groups = [str(g) for g in table]
+    categories: list[str] = []
+    for row in table.values():
+        for c in row or {}:
+            if str(c) not in categories:
+                categories.append(str(c))
+    fig = _new_figure(max(4.8, 1.3 * len(groups) * max(1, len(categories)) * 0.6 + 2.0), 3.6)
+    ax = fig.add_subplot()
+    if groups and categories:
+        x = np.arange(len(groups))
+        width = 0.8 / len(categories)
+        colors = [_ACCENT, _ACCENT_2] if len(categories) <= 2 else _palette(len(categories))
+        top = 0.0
+        for k, cat in enumerate(categories):
+            values = []
+            for row in table.values():
+                v = {str(c): val for c, val in (row or {}).items()}.get(cat)
+                try:
+                    fv = float(v) if v is not None else 0.0
+                except (TypeError, ValueError):
+                    fv = 0.0
+                values.append(fv if math.isfinite(fv) else 0.0)
+            pos = x - 0.4 + width * (k + 0.5)
+            ax.bar(pos, values, width=width * 0.92, color=colors[k], label=cat)
+            for px, v in zip(pos, values, strict=True):
+                ax.text(px, v, f"{100 * v:.0f}%", ha="center", va="bottom", fontsize=7.5)
+            top = max(top, max(values) if values else 0.0)
+        ax.set_xticks(x, groups)
+        ax.set_ylim(0, max(1.0, top) * 1.12)
+        ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}%")
+        ax.legend(frameon=False, ncols=min(len(categories), 6), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        ax.grid(axis="x", visible=False)
+    else:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", color="#888888", transform=ax.transAxes)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _finish(fig)

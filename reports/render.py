@@ -408,3 +408,228 @@ def render_scoring_report(context: Mapping[str, Any], out_path: Path) -> Path:
     - ``top_studies``: dict finding -> list of ``(study_key, probability)``, highest first.
     """
     return _write_atomic(render_scoring_html(context), Path(out_path))
+
+
+# --------------------------------------------------------------------------- dataset
+
+__all__ += ["QUARANTINE_DETAIL_LIMIT", "render_dataset_html", "render_dataset_report"]
+
+DATASET_KEYS = (
+    "title", "generated_at", "source", "refresh", "split_counts", "label_counts_by_split", "balancing",
+    "labels", "ages_by_split", "sex_by_split", "view_by_split", "quarantined",
+)
+QUARANTINE_DETAIL_LIMIT = 500
+SPLIT_ORDER = ("train", "val", "test")
+NO_FINDING_LABEL = "No Finding"
+
+
+def _split_order(name: Any) -> tuple[int, str]:
+    s = str(name)
+    return (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s)
+
+
+def _label_order(name: Any) -> tuple[int, int, str]:
+    """FINDINGS order, then ``No Finding``, then anything else alphabetically."""
+    s = str(name)
+    if s in FINDING_INDEX:
+        return (0, FINDING_INDEX[s], s)
+    return (1 if s == NO_FINDING_LABEL else 2, 0, s)
+
+
+def _ratio(num: Any, den: Any) -> float | None:
+    n, d = _number(num), _number(den)
+    return n / d if n is not None and d else None
+
+
+def _split_view(split_counts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for name, value in split_counts.items():
+        value = dict(value) if isinstance(value, Mapping) else {"n_studies": value}
+        rows.append({"split": str(name), "n_studies": value.get("n_studies"), "n_patients": value.get("n_patients")})
+    rows.sort(key=lambda r: _split_order(r["split"]))
+    total = sum(int(r["n_studies"] or 0) for r in rows)
+    for r in rows:
+        r["share"] = _ratio(r["n_studies"], total)
+        r["per_patient"] = _ratio(r["n_studies"], r["n_patients"])
+    return rows
+
+
+def _label_table_view(
+    by_split: Mapping[str, Mapping[str, Any]], studies_in: Mapping[str, Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    splits = sorted({str(s) for s in by_split}, key=_split_order)
+    names: set[str] = set(FINDINGS) | {NO_FINDING_LABEL}
+    for counts in by_split.values():
+        names |= {str(k) for k in (counts or {})}
+    rows = []
+    for name in sorted(names, key=_label_order):
+        cells = []
+        for s in splits:
+            counts = {str(k): v for k, v in (by_split.get(s) or {}).items()}
+            n = counts.get(name)
+            cells.append({"split": s, "count": n, "share": _ratio(n, studies_in.get(s))})
+        rows.append({"label": name, "cells": cells, "is_no_finding": name == NO_FINDING_LABEL})
+    return splits, rows
+
+
+def _balancing_view(balancing: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not balancing:
+        return None
+    before = {str(k): v for k, v in (balancing.get("counts_before") or {}).items()}
+    after = {str(k): v for k, v in (balancing.get("counts_after") or {}).items()}
+    rows = [
+        {"label": name, "before": before.get(name), "after": after.get(name),
+         "ratio": _ratio(after.get(name), before.get(name))}
+        for name in sorted(set(before) | set(after), key=_label_order)
+    ]
+    return {
+        "preset": balancing.get("preset"),
+        "seed": balancing.get("seed"),
+        "n_rows_before": balancing.get("n_rows_before"),
+        "n_rows_after": balancing.get("n_rows_after"),
+        "rows": rows,
+        "fig_before": figures.label_distribution_figure(
+            before, title="Before balancing (training split)", xlabel="studies") if before else None,
+        "fig_after": figures.label_distribution_figure(
+            after, title="After balancing (training split)", xlabel="rows, copies included") if after else None,
+    }
+
+
+def _proportion_view(table: Mapping[str, Mapping[str, Any]] | None) -> tuple[list[str], list[dict[str, Any]]]:
+    table = table or {}
+    categories: list[str] = []
+    for row in table.values():
+        for c in row or {}:
+            if str(c) not in categories:
+                categories.append(str(c))
+    rows = []
+    for s in sorted(table, key=_split_order):
+        values = {str(k): v for k, v in (table[s] or {}).items()}
+        rows.append({"split": str(s), "values": [values.get(c) for c in categories]})
+    return categories, rows
+
+
+def _age_stats(ages_by_split: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    out = []
+    for s in sorted(ages_by_split or {}, key=_split_order):
+        arr = np.asarray(ages_by_split[s] if ages_by_split[s] is not None else [], dtype=float).ravel()
+        known = arr[np.isfinite(arr)]
+        out.append({
+            "split": str(s), "n": int(known.size), "n_missing": int(arr.size - known.size),
+            "median": float(np.median(known)) if known.size else None,
+            "min": float(known.min()) if known.size else None,
+            "max": float(known.max()) if known.size else None,
+        })
+    return out
+
+
+def _quarantine_view(rows: Sequence[Mapping[str, Any]] | None, limit: int) -> dict[str, Any]:
+    rows = [dict(r) for r in rows or []]
+    counts: dict[str, int] = {}
+    for r in rows:
+        reason = str(r.get("reason") if r.get("reason") is not None else EMPTY)
+        counts[reason] = counts.get(reason, 0) + 1
+    reasons = [{"reason": k, "count": v, "share": v / len(rows)}
+               for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    shown = rows[: max(0, int(limit))]
+    return {
+        "n": len(rows),
+        "reasons": reasons,
+        "rows": shown,
+        "omitted": len(rows) - len(shown),
+        "limit": int(limit),
+        "has_source": any(r.get("source") is not None for r in shown),
+        "has_run": any(r.get("refresh_run_id") is not None for r in shown),
+        "has_created": any(r.get("created_at") is not None for r in shown),
+    }
+
+
+def render_dataset_html(context: Mapping[str, Any]) -> str:
+    """The dataset report as an HTML string (see :func:`render_dataset_report`)."""
+    _require(context, DATASET_KEYS, "dataset report")
+    ctx = dict(context)
+    splits = _split_view(ctx["split_counts"] or {})
+    studies_in = {r["split"]: r["n_studies"] for r in splits}
+    label_splits, label_rows = _label_table_view(ctx["label_counts_by_split"] or {}, studies_in)
+    quarantine = _quarantine_view(ctx["quarantined"], ctx.get("quarantine_limit") or QUARANTINE_DETAIL_LIMIT)
+    sex_categories, sex_rows = _proportion_view(ctx["sex_by_split"])
+    view_categories, view_rows = _proportion_view(ctx["view_by_split"])
+    age_stats = _age_stats(ctx["ages_by_split"])
+
+    figs: dict[str, str | None] = {"cooccurrence": None, "ages": None, "sex": None, "view": None}
+    labels = ctx["labels"]
+    if labels is not None and np.asarray(labels).size:
+        figs["cooccurrence"] = figures.cooccurrence_figure(labels, tuple(ctx.get("findings") or FINDINGS))
+    if any(a["n"] for a in age_stats):
+        figs["ages"] = figures.age_histogram_figure(ctx["ages_by_split"])
+    if sex_rows and sex_categories:
+        figs["sex"] = figures.proportions_figure(ctx["sex_by_split"], "Sex by split")
+    if view_rows and view_categories:
+        figs["view"] = figures.proportions_figure(ctx["view_by_split"], "View position by split")
+
+    refresh = None
+    if ctx["refresh"]:
+        refresh = {"id": None, "n_rows": None, "n_added": None, "n_updated": None, "n_unchanged": None,
+                   "n_quarantined": None, "status": None, "started_at": None, "finished_at": None,
+                   "source": None, "location": None, **dict(ctx["refresh"])}
+    n_studies = sum(int(r["n_studies"] or 0) for r in splits)
+    n_patients = ctx.get("n_patients")
+    if n_patients is None and splits and all(r["n_patients"] is not None for r in splits):
+        n_patients = sum(int(r["n_patients"]) for r in splits)
+    source = ctx["source"]
+    view = {
+        "title": ctx["title"],
+        "generated_at": ctx["generated_at"],
+        "source": source,
+        "is_synthetic": "synth" in str(source or "").lower(),
+        "refresh": refresh,
+        "splits": splits,
+        "n_studies": n_studies,
+        "n_patients": n_patients,
+        "label_splits": label_splits,
+        "label_rows": label_rows,
+        "balancing": _balancing_view(ctx["balancing"]),
+        "n_labelled_rows": None if labels is None else int(np.asarray(labels).shape[0]),
+        "age_stats": age_stats,
+        "sex_categories": sex_categories,
+        "sex_rows": sex_rows,
+        "view_categories": view_categories,
+        "view_rows": view_rows,
+        "quarantine": quarantine,
+        "figs": figs,
+    }
+    return env.get_template("dataset.html.j2").render(**view)
+
+
+def render_dataset_report(context: Mapping[str, Any], out_path: Path) -> Path:
+    """Render the dataset report to ``out_path`` (atomic write; folders created).
+
+    ``context`` keys (all required; those marked "or None" may be ``None``):
+
+    - ``title`` (str), ``generated_at`` (str) and ``source`` (str: the data source, e.g.
+      ``"nih-local"``; one containing ``"synth"`` adds a synthetic-data badge).
+    - ``refresh``: dict with ``id, n_rows, n_added, n_updated, n_unchanged, n_quarantined``
+      (optional ``status, started_at, finished_at, source, location``), or None.
+    - ``split_counts``: split -> dict with ``n_studies`` and ``n_patients`` (a bare int is
+      read as ``n_studies``). Splits are shown train, val, test, then others by name.
+    - ``label_counts_by_split``: split -> {finding or ``"No Finding"``: number of studies};
+      percentages are of the split's ``n_studies``.
+    - ``balancing``: dict with ``preset`` (str), ``counts_before`` and ``counts_after``
+      (label -> count; see :func:`cxrmodel.balancing.apply_balancing`), optional ``seed``,
+      ``n_rows_before`` and ``n_rows_after``; or None (no training split). Shown as a table
+      with both columns and the after/before ratio, plus a bar chart of each.
+    - ``labels``: ``[N, 14]`` 0/1 array (columns in FINDINGS, or the optional ``findings``
+      key's order) for the co-occurrence heatmap; None or empty skips the figure.
+    - ``ages_by_split``: split -> 1-D array of ages (NaN/None for unknown).
+    - ``sex_by_split`` and ``view_by_split``: split -> {category: fraction}, e.g.
+      ``{"train": {"F": 0.43, "M": 0.57}}``.
+    - ``quarantined``: list of dicts with ``row_key, row_number, reason`` (optional
+      ``source, refresh_run_id, created_at``), in the order to list them. A count per
+      reason is shown first; the detailed list stops after ``quarantine_limit`` (optional,
+      default :data:`QUARANTINE_DETAIL_LIMIT` = 500) rows and says how many were left out.
+    - ``n_patients`` (optional): distinct patients overall (default: the per-split sum).
+
+    Images (all embedded PNG data URIs): balancing before/after bar charts, co-occurrence
+    heatmap, age histogram, sex and view-position bars (each only when it has data).
+    """
+    return _write_atomic(render_dataset_html(context), Path(out_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,18 @@ from cxrmodel.cache import ImageCache
 from cxrmodel.findings import FINDINGS
 from db import repository as repo
 from db.engine import session_scope
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run; a plain logger when a task's function is
+    called directly (``task.fn(...)``, benchmarks, notebooks)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("cxr")
 
 
 def flow_run_id() -> str | None:

@@ -6,7 +6,7 @@ import csv
 from dataclasses import asdict
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from cxrmodel.cache import ImageCache
 from cxrmodel.config import DataConfig, SynthConfig
@@ -17,6 +17,7 @@ from cxrmodel.splits import assert_no_patient_leak, assign_splits, read_official
 from cxrmodel.synth import generate_dataset
 from db import repository as repo
 from db.engine import session_scope
+from tasks.common import run_logger
 from db.models import RefreshRun, Study
 
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -27,7 +28,7 @@ INCOMING_SUFFIXES = {".png", ".dcm", ".jpg", ".jpeg"}
 def generate_synthetic(root: Path, synth: SynthConfig) -> dict:
     """Write (or rewrite identically) the synthetic NIH-layout dataset."""
     summary = generate_dataset(root, synth)
-    get_run_logger().info(
+    run_logger().info(
         "synthetic dataset: %d studies of %d patients, %d incoming, %d healthy",
         summary.n_studies, summary.n_patients, summary.n_incoming, summary.n_no_finding,
     )
@@ -46,7 +47,8 @@ def find_metadata_file(root: Path) -> Path:
 @task(name="ingest-labelled-studies", retries=2, retry_delay_seconds=5)
 def ingest_labelled(database_url: str, root: Path, source: str, data: DataConfig, refresh_run_id: int) -> dict:
     """Parse the NIH metadata, quarantine bad rows, assign patient-level splits, upsert studies."""
-    logger = get_run_logger()
+    logger = run_logger()
+    root = Path(root).resolve()
     parsed = read_nih_metadata(find_metadata_file(root))
     frame = parsed.studies
     quarantine = [
@@ -78,7 +80,7 @@ def ingest_labelled(database_url: str, root: Path, source: str, data: DataConfig
                 "view": row.view,
                 "source": source,
                 "split": row.split,
-                "image_path": str(path.resolve()),
+                "image_path": str(path),
                 "content_hash": f"{stat.st_size}:{stat.st_mtime_ns}",
                 "labelled": True,
             }
@@ -108,7 +110,7 @@ def build_cache(database_url: str, cache_root: Path, image_size: int, refresh_ru
                 session, refresh_run_id, source,
                 [{"row_key": k, "row_number": None, "reason": f"unreadable image: {r}", "raw": None} for k, r in failures.items()],
             )
-    get_run_logger().info("image cache %dpx: %d studies, %d unreadable", image_size, len(items), len(failures))
+    run_logger().info("image cache %dpx: %d studies, %d unreadable", image_size, len(items), len(failures))
     return {"cached": len(items) - len(failures), "failed": len(failures)}
 
 
@@ -172,7 +174,7 @@ def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> d
     with session_scope(database_url) as session:
         counts = repo.sync_studies(session, records)
         repo.record_quarantine(session, refresh_run_id, "incoming", quarantine)
-    get_run_logger().info("incoming %s: %s, %d quarantined", folder, counts, len(quarantine))
+    run_logger().info("incoming %s: %s, %d quarantined", folder, counts, len(quarantine))
     return {"added": counts.added, "updated": counts.updated, "unchanged": counts.unchanged, "quarantined": len(quarantine)}
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cxrmodel.config import ThresholdConfig
@@ -17,7 +17,7 @@ from cxrmodel.thresholds import calibrate_thresholds as calibrate, save_threshol
 from db import repository as repo
 from db.engine import session_scope
 from db.models import Evaluation, ModelVersion
-from tasks.common import labelled_frame
+from tasks.common import labelled_frame, run_logger
 from tasks.models import load_model_version
 
 
@@ -50,7 +50,7 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
     probs, labels, _, _ = predict_split(database_url, home, version_id, "val")
     result = calibrate(labels, probs, config)
     for finding, note in result.notes.items():
-        get_run_logger().warning("%s: %s", finding, note)
+        run_logger().warning("%s: %s", finding, note)
     _, name, folder = _load(database_url, version_id)
     save_thresholds_json(result, folder / "thresholds.json")
     with session_scope(database_url) as session:
@@ -100,7 +100,7 @@ def evaluate_model(database_url: str, home: Path, version_id: int, threshold_set
         ),
         description=f"Evaluation {evaluation_id}",
     )
-    get_run_logger().info("%s on %s: macro AUROC %.3f, macro-F1 %.3f", name, split, agg["macro_auroc"] or float("nan"), agg["macro_f1"])
+    run_logger().info("%s on %s: macro AUROC %.3f, macro-F1 %.3f", name, split, agg["macro_auroc"] or float("nan"), agg["macro_f1"])
     return evaluation_id
 
 
@@ -124,5 +124,5 @@ def promote_if_better(database_url: str, version_id: int, metric: str = "macro_a
         if ours_value > theirs_value + margin:
             repo.promote(session, version_id, f"{metric} {ours_value:.4f} beats champion {current.name} ({theirs_value:.4f}) by more than {margin}")
             return True
-        get_run_logger().info("kept champion %s: %s %.4f vs challenger %.4f", current.name, metric, theirs_value, ours_value)
+        run_logger().info("kept champion %s: %s %.4f vs challenger %.4f", current.name, metric, theirs_value, ours_value)
         return False

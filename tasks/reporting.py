@@ -6,13 +6,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.imaging import read_grayscale
 from db import repository as repo
 from db.engine import session_scope
+from tasks.common import run_logger
 from db.models import ClassMetric, Evaluation, ModelVersion, ScoringFailure, ScoringRun, Study, ThresholdSet
 from reports.figures import image_to_data_uri
 from reports.render import render_evaluation_report, render_scoring_report
@@ -90,7 +91,7 @@ def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
         session.get(Evaluation, evaluation_id).report_path = str(out)
     create_link_artifact(key="cxr-evaluation-report", link=out.resolve().as_uri(), link_text=out.name,
                          description=f"HTML evaluation report of {model['name']}")
-    get_run_logger().info("evaluation report: %s", out)
+    run_logger().info("evaluation report: %s", out)
     return str(out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from cxrmodel.findings import FINDINGS
@@ -15,7 +15,7 @@ from cxrmodel.transforms import eval_transform
 from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion, ScoringRun
-from tasks.common import flow_run_id
+from tasks.common import flow_run_id, run_logger
 from tasks.models import load_model_version
 
 
@@ -31,7 +31,7 @@ def score_new_studies(
 ) -> int:
     """Score pending studies with the champion and its active thresholds, committing batch by
     batch; failures are recorded with their reason. Returns the scoring run id."""
-    logger = get_run_logger()
+    logger = run_logger()
     with session_scope(database_url) as session:
         champion = repo.champion(session)
         if champion is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from torch.utils.data import DataLoader
 
@@ -28,7 +28,7 @@ from cxrmodel.transforms import eval_transform, train_transform
 from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion, TrainingRun
-from tasks.common import cached_loader, flow_run_id, labelled_frame, model_dir
+from tasks.common import cached_loader, flow_run_id, labelled_frame, model_dir, run_logger
 from tasks.models import embed_loader, load_model_version
 
 
@@ -40,7 +40,7 @@ def _version_name(kind: str) -> str:
 def train_network(database_url: str, home: Path, data: DataConfig, train: TrainConfig) -> int:
     """Train seed 004's model (or the image-only baseline) on the training split; register the
     best checkpoint as a candidate model version and return its id."""
-    logger = get_run_logger()
+    logger = run_logger()
     seed_everything(train.seed)
     frame = labelled_frame(database_url)
     train_df = frame[frame["split"] == "train"].reset_index(drop=True)
@@ -173,5 +173,5 @@ def train_knn_baseline(database_url: str, home: Path, parent_version_id: int) ->
             artifact_path=str(path), sha256=sha, status="candidate", parent_id=parent_version_id,
             parameter_count=int(embeddings.size),
         )
-        get_run_logger().info("k-NN baseline: k=%d (5-fold mean AUROC %.3f)", knn.n_neighbors, knn.cv_score or float("nan"))
+        run_logger().info("k-NN baseline: k=%d (5-fold mean AUROC %.3f)", knn.n_neighbors, knn.cv_score or float("nan"))
         return version.id
