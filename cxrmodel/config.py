@@ -64,6 +64,16 @@ class SynthConfig(_Frozen):
     incoming_dicom_fraction: float = Field(0.25, ge=0.0, le=1.0)
 
 
+class HubConfig(_Frozen):
+    """A Hugging Face dataset repository holding NIH ChestX-ray14 (see :mod:`cxrmodel.hub`)."""
+
+    repo_id: str = Field(..., min_length=3, description="e.g. 'org/NIH-Chest-X-ray-dataset'")
+    revision: str = Field(..., min_length=1, description="A commit hash (reproducible) or a tag/branch.")
+    archive_pattern: str = "images_{index:03d}.tar.gz"
+    archives: list[int] = Field(default_factory=lambda: list(range(1, 13)))
+    cache_dir: str | None = Field(None, description="Defaults to huggingface_hub's cache (HF_HUB_CACHE).")
+
+
 class BalancingStep(_Frozen):
     """One step of a balancing recipe, applied to the training split only."""
 

@@ -62,15 +62,20 @@ def synth(
 def refresh(
     source_dir: Annotated[Path, typer.Argument(help="NIH-layout folder (Data_Entry_2017*.csv, images/).")],
     incoming: Annotated[Optional[Path], typer.Option(help="Folder of new PNG/DICOM studies to register.")] = None,
-    source: str = "nih-local",
+    source: Annotated[str, typer.Option(help="nih-local, synthetic or huggingface")] = "nih-local",
+    hub_repo: Annotated[Optional[str], typer.Option(help="Hugging Face dataset repo id (source huggingface).")] = None,
+    hub_revision: Annotated[Optional[str], typer.Option(help="Commit hash or tag to pin (source huggingface).")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     home: HomeOption = None,
 ) -> None:
-    """Refresh studies from a dataset folder (and register incoming studies)."""
+    """Refresh studies from a dataset folder (and register incoming studies). With
+    ``--source huggingface`` the folder is first filled from the Hub (HF_HUB_OFFLINE honoured)."""
+    from cxrmodel.config import HubConfig
     from flows.stages import refresh_flow
 
     _settings(home)
-    result = refresh_flow(str(source_dir), source, str(incoming) if incoming else None, _config(config).data)
+    hub = HubConfig(repo_id=hub_repo, revision=hub_revision) if source == "huggingface" else None
+    result = refresh_flow(str(source_dir), source, str(incoming) if incoming else None, _config(config).data, hub)
     typer.echo(json.dumps(result, indent=2, default=str))
 
 

@@ -8,11 +8,12 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import DataConfig, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
 from db.engine import upgrade_database
 from flows.params import resolve
 from tasks import data as data_tasks
 from tasks.common import flow_run_id
+from tasks.dataset_report import render_dataset
 from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better
 from tasks.reporting import render_evaluation, render_scoring
 from tasks.scoring import score_new_studies
@@ -28,24 +29,33 @@ def synthesize_flow(root: str, synth: SynthConfig = SynthConfig()) -> dict:
 @flow(name="cxr-refresh-data")
 def refresh_flow(
     source_dir: str,
-    source: Literal["synthetic", "nih-local"] = "synthetic",
+    source: Literal["synthetic", "nih-local", "huggingface"] = "synthetic",
     incoming_dir: str | None = None,
     data: DataConfig = DataConfig(),
+    hub: HubConfig | None = None,
+    dataset_report: bool = True,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
     """Read the metadata, quarantine bad rows, split by patient, upsert studies, fill the image
-    cache, and register incoming studies for scoring."""
+    cache, register incoming studies for scoring, and write the dataset report. With ``source='huggingface'`` the
+    dataset is first fetched from ``hub`` into ``source_dir``; every source then takes the
+    same code path."""
     home_path, url = resolve(home, database_url)
     upgrade_database(url)
+    if source == "huggingface":
+        if hub is None:
+            raise ValueError("source 'huggingface' needs the hub parameter (repo_id and revision)")
+        data_tasks.fetch_from_hub(hub, Path(source_dir))
     run_id = data_tasks.start_refresh(url, source, str(source_dir), flow_run_id())
     counts = [data_tasks.ingest_labelled(url, Path(source_dir), source, data, run_id)]
     counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
     if incoming_dir:
         counts.append(data_tasks.register_incoming(url, Path(incoming_dir), run_id))
     totals = data_tasks.finish_refresh(url, run_id, [{k: v for k, v in c.items() if k != "failed"} for c in counts])
+    report = render_dataset(url, home_path, data.balancing, run_id, data.balancing_seed) if dataset_report else None
     get_run_logger().info("refresh %d: %s", run_id, totals)
-    return {"refresh_run_id": run_id, **totals}
+    return {"refresh_run_id": run_id, **totals, "dataset_report": report}
 
 
 @flow(name="cxr-train")

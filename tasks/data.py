@@ -9,7 +9,8 @@ from pathlib import Path
 from prefect import task
 
 from cxrmodel.cache import ImageCache
-from cxrmodel.config import DataConfig, SynthConfig
+from cxrmodel.config import DataConfig, HubConfig, SynthConfig
+from cxrmodel.hub import HubSource, fetch_dataset
 from cxrmodel.findings import FINDINGS
 from cxrmodel.imaging import ImageDecodeError, file_sha256, is_plain_file_name, parse_patient_age, read_dicom_metadata
 from cxrmodel.metadata import locate_images, read_nih_metadata
@@ -176,6 +177,19 @@ def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> d
         repo.record_quarantine(session, refresh_run_id, "incoming", quarantine)
     run_logger().info("incoming %s: %s, %d quarantined", folder, counts, len(quarantine))
     return {"added": counts.added, "updated": counts.updated, "unchanged": counts.unchanged, "quarantined": len(quarantine)}
+
+
+@task(name="fetch-from-hugging-face", retries=3, retry_delay_seconds=30)
+def fetch_from_hub(hub: HubConfig, target: Path) -> str:
+    """Metadata first, then the image archives (cached, resumable, safely extracted) into the
+    NIH layout under ``target``; honours HF_HUB_OFFLINE."""
+    source = HubSource(
+        repo_id=hub.repo_id, revision=hub.revision, archive_pattern=hub.archive_pattern,
+        archives=tuple(hub.archives), cache_dir=hub.cache_dir,
+    )
+    fetch_dataset(source, Path(target))
+    run_logger().info("fetched %s@%s into %s", hub.repo_id, hub.revision, target)
+    return str(target)
 
 
 @task(name="start-refresh-run")

@@ -126,11 +126,13 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     html = report.read_text()
     assert versions["densenet121_fpn"].name in html and "knn_embedding" in html
     assert Path(result["scoring"]["report"]).is_file()
+    dataset_html = Path(result["refresh"]["dataset_report"]).read_text()
+    assert "missing image file" in dataset_html and "Co-occurrence" in dataset_html
 
     # The Prefect UI shows the key results as artifacts with stable keys.
     keys = _artifact_keys()
     assert {"cxr-training-epochs", "cxr-thresholds", "cxr-per-class-metrics", "cxr-evaluation-summary",
-            "cxr-evaluation-report", "cxr-nightly-scoring"} <= keys
+            "cxr-evaluation-report", "cxr-nightly-scoring", "cxr-dataset-report"} <= keys
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
     again = refresh_flow(str(synthetic_root), "synthetic", str(synthetic_root / "incoming"), TINY_DATA,
@@ -141,3 +143,27 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert s.scalar(select(func.count()).select_from(Prediction)) == 12 * len(FINDINGS)
         latest = s.scalars(select(ScoringRun).order_by(ScoringRun.id.desc())).first()
         assert (latest.n_candidates, latest.n_scored, latest.n_failed) == (3, 0, 3)
+
+
+def test_refresh_from_hugging_face_cache_offline(prefect_server, tmp_path, monkeypatch, database_url):
+    """The real huggingface_hub code path against a pre-populated cache, offline."""
+    import huggingface_hub.constants as hf_constants
+    from test_hub import FakeHubCache, _repo_files
+
+    from cxrmodel.config import HubConfig
+    from flows.stages import refresh_flow
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    cache = FakeHubCache(tmp_path / "hf-cache")
+    commit = cache.commit(_repo_files())
+    hub = HubConfig(repo_id=cache.repo_id, revision=commit, archives=[1, 2], cache_dir=str(cache.root))
+    result = refresh_flow(str(tmp_path / "nih"), "huggingface", None, DataConfig(image_size=32), hub,
+                          home=str(tmp_path / "home"), database_url=database_url)
+    assert (result["added"], result["quarantined"]) == (3, 0)
+    with session_scope(database_url) as s:
+        studies = {st.study_key: st for st in s.scalars(select(Study))}
+        assert set(studies) == {"00000001_000.png", "00000002_000.png", "00000013_003.png"}
+        assert studies["00000013_003.png"].split == "test"  # the official test list was honoured
+        assert all(st.source == "huggingface" for st in studies.values())
+        assert Path(studies["00000001_000.png"].image_path).is_file()
