@@ -52,7 +52,7 @@ def refresh_flow(
     counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
     if incoming_dir:
         counts.append(data_tasks.register_incoming(url, Path(incoming_dir), run_id))
-    totals = data_tasks.finish_refresh(url, run_id, [{k: v for k, v in c.items() if k != "failed"} for c in counts])
+    totals = data_tasks.finish_refresh(url, run_id, counts)
     report = render_dataset(url, home_path, data.balancing, run_id, data.balancing_seed) if dataset_report else None
     get_run_logger().info("refresh %d: %s", run_id, totals)
     return {"refresh_run_id": run_id, **totals, "dataset_report": report}

@@ -99,20 +99,24 @@ def ingest_labelled(database_url: str, root: Path, source: str, data: DataConfig
 
 @task(name="build-image-cache")
 def build_cache(database_url: str, cache_root: Path, image_size: int, refresh_run_id: int, source: str, workers: int = 0) -> dict:
-    """Decode every labelled study once into the resized cache; unreadable images are quarantined."""
+    """Decode every labelled study once into the resized cache. Unreadable images are
+    quarantined; a previously unreadable study whose file now decodes becomes active again."""
     with session_scope(database_url) as session:
-        items = [(s.study_key, s.image_path) for s in repo.labelled_studies(session)]
+        studies = session.query(Study.study_key, Study.image_path, Study.status).filter(Study.labelled.is_(True)).all()
+    items = [(key, path) for key, path, _ in studies]
     failures = ImageCache(cache_root, image_size).build(items, workers=workers)
-    if failures:
-        with session_scope(database_url) as session:
-            for study in session.query(Study).filter(Study.study_key.in_(list(failures))):
-                study.status = "quarantined"
+    recovered = [key for key, _, status in studies if status == "quarantined" and key not in failures]
+    with session_scope(database_url) as session:
+        if failures:
+            session.query(Study).filter(Study.study_key.in_(list(failures))).update({"status": "quarantined"}, synchronize_session=False)
             repo.record_quarantine(
                 session, refresh_run_id, source,
                 [{"row_key": k, "row_number": None, "reason": f"unreadable image: {r}", "raw": None} for k, r in failures.items()],
             )
-    run_logger().info("image cache %dpx: %d studies, %d unreadable", image_size, len(items), len(failures))
-    return {"cached": len(items) - len(failures), "failed": len(failures)}
+        if recovered:
+            session.query(Study).filter(Study.study_key.in_(recovered)).update({"status": "active"}, synchronize_session=False)
+    run_logger().info("image cache %dpx: %d studies, %d unreadable, %d recovered", image_size, len(items), len(failures), len(recovered))
+    return {"cached": len(items) - len(failures), "quarantined": len(failures), "recovered": len(recovered)}
 
 
 def _read_sidecar(folder: Path) -> dict[str, dict]:

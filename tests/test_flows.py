@@ -41,6 +41,9 @@ def synthetic_root(tmp_path_factory) -> Path:
         fh.write("99999999_000.png,Effusion,0,99999999,57,M,PA,64,64,0.1,0.1\n")  # image missing
         fh.write("99999998_000.png,NotADisease,0,99999998,57,M,PA,64,64,0.1,0.1\n")  # unknown finding
         fh.write("99999997_000.png,Mass,0,99999997,230,M,PA,64,64\n")  # malformed: too few fields, age 230
+    first = sorted((root / "images").glob("*.png"))[0]
+    (root / "images" / "unreadable.bak").write_bytes(first.read_bytes())
+    first.write_bytes(first.read_bytes()[:100])  # truncated: quarantined at cache build
     incoming = root / "incoming"
     pngs = sorted(incoming.glob("*.png"))
     data = pngs[0].read_bytes()
@@ -92,7 +95,11 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert reasons["99999999_000.png"] == "missing image file"
         assert "unknown finding" in reasons["99999998_000.png"].lower()
         assert any(k.startswith("99999997") or "line" in k for k in reasons)
-        assert len(reasons) == 3
+        truncated = sorted((synthetic_root / "images").glob("*.png"))[0].name
+        assert reasons[truncated].startswith("unreadable image")
+        assert s.scalar(select(Study.status).where(Study.study_key == truncated)) == "quarantined"
+        assert len(reasons) == 4
+        assert result["refresh"]["quarantined"] == 4
 
         versions = {m.kind: m for m in s.scalars(select(ModelVersion))}
         assert set(versions) == {"densenet121_fpn", "knn_embedding"}
@@ -138,6 +145,20 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     again = refresh_flow(str(synthetic_root), "synthetic", str(synthetic_root / "incoming"), TINY_DATA,
                          home=str(tmp_path / "home"), database_url=database_url)
     assert (again["added"], again["updated"]) == (0, 0)
+
+    # Repairing the truncated image: the next refresh sees the change and reactivates the study.
+    bad = sorted((synthetic_root / "images").glob("*.png"))[0]
+    original = (synthetic_root / "images" / "unreadable.bak").read_bytes()
+    truncated_bytes = bad.read_bytes()
+    bad.write_bytes(original)
+    try:
+        repaired = refresh_flow(str(synthetic_root), "synthetic", None, TINY_DATA, dataset_report=False,
+                                home=str(tmp_path / "home"), database_url=database_url)
+    finally:
+        bad.write_bytes(truncated_bytes)  # the module-scoped dataset is shared with the next case
+    assert repaired["updated"] == 1
+    with session_scope(database_url) as s:
+        assert s.scalar(select(Study.status).where(Study.study_key == bad.name)) == "active"
     score_flow(home=str(tmp_path / "home"), database_url=database_url)
     with session_scope(database_url) as s:
         assert s.scalar(select(func.count()).select_from(Prediction)) == 12 * len(FINDINGS)
