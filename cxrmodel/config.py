@@ -121,11 +121,41 @@ class TrainConfig(_Frozen):
         default_factory=dict, description="Manual positive weights, e.g. Pneumonia: 4.5"
     )
     pos_weight_max: float | None = Field(None, gt=0, description="Clip computed positive weights.")
-    pretrained_weights: Path | None = Field(None, description="Local torchvision DenseNet121 state dict.")
+    weights: Literal["scratch", "imagenet", "file", "hub"] = Field(
+        "scratch", description="Backbone initialisation; see cxrmodel.weights."
+    )
+    pretrained_weights: Path | None = Field(None, description="weights='file': a local DenseNet121 state dict.")
+    weights_hub_repo: str | None = Field(None, description="weights='hub': a Hugging Face model repo id.")
+    weights_hub_file: str = Field("densenet121.pth", description="weights='hub': state-dict file in that repo.")
+    weights_hub_revision: str | None = None
+    weights_hub_cache_dir: str | None = Field(None, description="Defaults to huggingface_hub's cache.")
     augment: bool = True
     num_workers: int = Field(0, ge=0)
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _weights_source(self) -> TrainConfig:
+        if self.pretrained_weights is not None and self.weights == "scratch":
+            object.__setattr__(self, "weights", "file")  # a given file implies weights='file'
+        if self.weights == "file" and self.pretrained_weights is None:
+            raise ValueError("weights='file' needs pretrained_weights")
+        if self.weights == "hub" and not self.weights_hub_repo:
+            raise ValueError("weights='hub' needs weights_hub_repo")
+        return self
+
+    def backbone_kwargs(self) -> dict:
+        """Keyword arguments for :func:`cxrmodel.model.build_model` (fetches hub weights)."""
+        if self.weights == "imagenet":
+            return {"imagenet": True}
+        if self.weights == "file":
+            return {"weights_path": self.pretrained_weights}
+        if self.weights == "hub":
+            from cxrmodel.weights import fetch_hub_weights
+
+            path = fetch_hub_weights(self.weights_hub_repo, self.weights_hub_file, self.weights_hub_revision, self.weights_hub_cache_dir)
+            return {"weights_path": path}
+        return {}
 
     @field_validator("pos_weight_overrides")
     @classmethod

@@ -18,6 +18,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
 from cxrmodel.findings import NUM_FINDINGS
+from cxrmodel.weights import imagenet_densenet121, load_state_dict_file
 
 #: DenseNet121 blocks tapped for the pyramid, with their channel counts in torchvision.
 PYRAMID_LEVELS: OrderedDict[str, tuple[str, int]] = OrderedDict(
@@ -28,27 +29,18 @@ PYRAMID_LEVELS: OrderedDict[str, tuple[str, int]] = OrderedDict(
 NUM_PATIENT_FEATURES = 3  # age scaled to [0, 1], sex (M=0, F=1), view (PA=0, AP=1)
 
 
-def densenet121_backbone(weights_path: str | Path | None = None) -> nn.Module:
-    """A torchvision DenseNet121, from a local state-dict file when given, else random init.
+def densenet121_backbone(weights_path: str | Path | None = None, imagenet: bool = False) -> nn.Module:
+    """A torchvision DenseNet121: ImageNet weights (torchvision's weights API) when ``imagenet``,
+    else from a local state-dict file when given, else random initialisation.
 
     ``weights_path`` may hold either the whole torchvision state dict (``classifier.*``
-    included) or only its ``features.*`` part.
+    included) or only its ``features.*`` part; legacy key names are accepted.
     """
+    if imagenet:
+        return imagenet_densenet121()
     net = densenet121(weights=None)
     if weights_path is not None:
-        state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{weights_path} is not a DenseNet121 state dict (got {type(state).__name__})")
-        try:
-            missing, unexpected = net.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatch: another DenseNet depth/growth rate
-            raise ValueError(f"{weights_path} is not a DenseNet121 state dict: {exc}") from exc
-        missing_features = [k for k in missing if k.startswith("features.")]
-        if missing_features or unexpected:
-            raise ValueError(
-                f"{weights_path} is not a DenseNet121 state dict "
-                f"(missing {missing_features[:3]}..., unexpected {list(unexpected)[:3]}...)"
-            )
+        load_state_dict_file(net, weights_path)
     return net
 
 
@@ -139,19 +131,19 @@ class DenseNetClassifier(nn.Module):
 
 
 def densenet121_fpn(
-    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.3
+    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.3, imagenet: bool = False
 ) -> DenseNetFPNClassifier:
-    """Seed 004's model with a DenseNet121 backbone (local ImageNet weights when given)."""
+    """Seed 004's model with a DenseNet121 backbone (ImageNet or local-file weights when asked)."""
     return DenseNetFPNClassifier(
-        PyramidBackbone(densenet121_backbone(weights_path)), num_classes=num_classes, dropout=dropout
+        PyramidBackbone(densenet121_backbone(weights_path, imagenet)), num_classes=num_classes, dropout=dropout
     )
 
 
 def densenet121_chexnet(
-    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.0
+    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.0, imagenet: bool = False
 ) -> DenseNetClassifier:
     """The CheXNet-style image-only baseline."""
-    return DenseNetClassifier(densenet121_backbone(weights_path), num_classes=num_classes)
+    return DenseNetClassifier(densenet121_backbone(weights_path, imagenet), num_classes=num_classes)
 
 
 ARCHITECTURES = {"densenet121_fpn": densenet121_fpn, "densenet121": densenet121_chexnet}

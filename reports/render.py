@@ -359,6 +359,18 @@ def render_evaluation_report(context: Mapping[str, Any], out_path: Path) -> Path
 # --------------------------------------------------------------------------- scoring
 
 
+def _top_study_view(entry: Sequence[Any]) -> dict[str, Any]:
+    """``(study_key, probability)`` or ``(study_key, probability, similar)`` where ``similar`` is a
+    list of ``(similar_key, cosine, findings_str)`` (or None)."""
+    key, probability, *rest = entry
+    similar = rest[0] if rest else None
+    return {
+        "study_key": key,
+        "probability": probability,
+        "similar": [{"study_key": s[0], "cosine": s[1], "findings": s[2]} for s in similar or []],
+    }
+
+
 def render_scoring_html(context: Mapping[str, Any]) -> str:
     """The nightly scoring report as an HTML string (see :func:`render_scoring_report`)."""
     _require(context, SCORING_KEYS, "scoring report")
@@ -372,7 +384,7 @@ def render_scoring_html(context: Mapping[str, Any]) -> str:
         f["drift"] = f["ratio"] is not None and (f["ratio"] >= 2.0 or f["ratio"] <= 0.5)
     top = ctx["top_studies"] or {}
     top_studies = [
-        {"finding": name, "studies": [{"study_key": k, "probability": p} for k, p in top[name]]}
+        {"finding": name, "studies": [_top_study_view(entry) for entry in top[name]]}
         for name in sorted(top, key=_finding_order)
     ]
     flag_fig = None
@@ -388,6 +400,7 @@ def render_scoring_html(context: Mapping[str, Any]) -> str:
         "failures": [dict(f) for f in ctx["failures"] or []],
         "flags": flags,
         "top_studies": top_studies,
+        "has_similar": any(s["similar"] for group in top_studies for s in group["studies"]),
         "flag_fig": flag_fig,
     }
     return env.get_template("scoring.html.j2").render(**view)
@@ -406,6 +419,8 @@ def render_scoring_report(context: Mapping[str, Any], out_path: Path) -> Path:
       (rates as fractions). Findings whose flag rate is at least 2x or at most 0.5x the
       training prevalence are marked for review. Also drawn as one bar chart.
     - ``top_studies``: dict finding -> list of ``(study_key, probability)``, highest first.
+      An optional third element per study lists its most similar labelled studies as
+      ``(similar_key, cosine, findings_str)``; they are shown as a compact sub-list.
     """
     return _write_atomic(render_scoring_html(context), Path(out_path))
 

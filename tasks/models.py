@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrmodel.artifacts import load_state_dict
-from cxrmodel.baselines import KnnEmbeddingModel
+from cxrmodel.baselines import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.cache import ImageCache
 from cxrmodel.data import StudyDataset
 from cxrmodel.metadata import AgeScaler, patient_features
@@ -24,30 +25,55 @@ from tasks.common import cached_loader
 NETWORK_KINDS = ("densenet121_fpn", "densenet121")
 
 
+class EmbeddingHead(Protocol):
+    """A classifier fitted on a parent network's image embeddings."""
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+#: Embedding-baseline kinds and how each loads its artefact ``(path, expected_sha256)``.
+EMBEDDING_HEADS = {
+    "knn_embedding": KnnEmbeddingModel.load,
+    "mlp_embedding": MlpEmbeddingModel.load,
+}
+
+
 @dataclass
 class LoadedModel:
-    """A model version ready to predict: the network, and for embedding baselines the fitted head."""
+    """A model version ready to predict: the network, and for embedding baselines the fitted
+    head (k-NN, MLP) that turns the network's embeddings into probabilities."""
 
     version_id: int
     kind: str
     network: torch.nn.Module
     image_size: int
     age_scaler: AgeScaler
-    knn: KnnEmbeddingModel | None = None
+    embedding_head: EmbeddingHead | None = None
 
-    def predict_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
-        """Probabilities ``[N, 14]`` for labelled studies read through the image cache."""
-        dev = resolve_device(device)
+    @property
+    def knn(self) -> EmbeddingHead | None:
+        """Old name of :attr:`embedding_head` (any embedding head, not only k-NN)."""
+        return self.embedding_head
+
+    def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int) -> DataLoader:
         dataset = StudyDataset(
             cached_loader(ImageCache(cache_root, self.image_size), frame),
             patient_features(frame, self.age_scaler),
             transform=eval_transform(self.image_size),
         )
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        if self.knn is None:
-            probs, _, _ = predict_loader(self.network.to(dev), loader, dev)
-            return probs
-        return self.knn.predict_proba(embed_loader(self.network, loader, dev))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+    def embed_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
+        """The network's image embeddings ``[N, d]`` for labelled studies read through the image cache."""
+        return embed_loader(self.network, self._frame_loader(frame, cache_root, batch_size), resolve_device(device))
+
+    def predict_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
+        """Probabilities ``[N, 14]`` for labelled studies read through the image cache."""
+        if self.embedding_head is not None:
+            return self.embedding_head.predict_proba(self.embed_frame(frame, cache_root, batch_size, device))
+        dev = resolve_device(device)
+        probs, _, _ = predict_loader(self.network.to(dev), self._frame_loader(frame, cache_root, batch_size), dev)
+        return probs
 
 
 @torch.no_grad()
@@ -65,8 +91,10 @@ def load_model_version(version: ModelVersion, parent: ModelVersion | None = None
         network = build_model(version.kind)
         network.load_state_dict(load_state_dict(version.artifact_path, version.sha256))
         return LoadedModel(version.id, version.kind, network.eval(), config["image_size"], AgeScaler.from_dict(config["age_scaler"]))
+    if version.kind not in EMBEDDING_HEADS:
+        raise ValueError(f"model version {version.name} has unknown kind {version.kind!r}")
     if parent is None:
         raise ValueError(f"model version {version.name} ({version.kind}) needs its parent network")
     base = load_model_version(parent)
-    knn = KnnEmbeddingModel.load(version.artifact_path, version.sha256)
-    return LoadedModel(version.id, version.kind, base.network, base.image_size, base.age_scaler, knn=knn)
+    head = EMBEDDING_HEADS[version.kind](version.artifact_path, version.sha256)
+    return LoadedModel(version.id, version.kind, base.network, base.image_size, base.age_scaler, embedding_head=head)

@@ -95,6 +95,30 @@ def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
     return str(out)
 
 
+def _with_similar_cases(database_url: str, version_id: int, top: dict[str, list[tuple]], k: int = 3) -> dict[str, list[tuple]]:
+    """``top`` with a third element per study: its ``k`` most similar labelled studies as
+    ``(study_key, cosine, findings)``. Unchanged (with a warning) when the model has no
+    embedding index or the lookup fails: the similar cases are a help, not the report."""
+    from cxrmodel.artifacts import ArtifactIntegrityError
+    from tasks.similarity import load_index, similar_to
+
+    keys = sorted({key for rows in top.values() for key, *_ in rows})
+    if not keys:
+        return top
+    try:
+        with session_scope(database_url) as session:
+            paths = dict(session.query(Study.study_key, Study.image_path).filter(Study.study_key.in_(keys)).all())
+        loaded, index, _ = load_index(database_url, version_id)
+        similar = similar_to(database_url, loaded, index, paths, k)
+    except (ArtifactIntegrityError, RuntimeError, ValueError, OSError) as exc:
+        run_logger().warning("scoring report without similar cases: %s", exc)
+        return top
+    return {
+        finding: [(key, p, [(s["study_key"], s["cosine"], s["findings_text"]) for s in similar.get(key, [])]) for key, p, *_ in rows]
+        for finding, rows in top.items()
+    }
+
+
 @task(name="render-scoring-report")
 def render_scoring(database_url: str, home: Path, scoring_run_id: int) -> str:
     """Write the nightly scoring report of one scoring run; return its path."""
@@ -135,6 +159,7 @@ def render_scoring(database_url: str, home: Path, scoring_run_id: int) -> str:
             .where(Study.split == "train").group_by(StudyLabel.finding)
         ).all())
         train_prevalence = {f: (float(positives.get(f) or 0) / n_train) if n_train else None for f in FINDINGS}
+    top = _with_similar_cases(database_url, run.model_version_id, top)
     flags = [
         {"finding": f, "n_flagged": int(flagged.get(f, 0)), "flag_rate": (flagged.get(f, 0) / info["n_scored"]) if info["n_scored"] else None,
          "training_prevalence": train_prevalence[f]}

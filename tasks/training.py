@@ -1,4 +1,4 @@
-"""Training tasks: seed 004's network and the k-NN embedding baseline."""
+"""Training tasks: seed 004's network and the k-NN and MLP embedding baselines."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from cxrmodel.artifacts import save_state_dict
 from cxrmodel.balancing import apply_balancing, preset_steps
-from cxrmodel.baselines import KnnEmbeddingModel
+from cxrmodel.baselines import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.cache import ImageCache
 from cxrmodel.config import DataConfig, TrainConfig
 from cxrmodel.data import StudyDataset
@@ -29,7 +29,7 @@ from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion, TrainingRun
 from tasks.common import cached_loader, flow_run_id, labelled_frame, model_dir, run_logger
-from tasks.models import embed_loader, load_model_version
+from tasks.models import LoadedModel, load_model_version
 
 
 def _version_name(kind: str) -> str:
@@ -146,32 +146,68 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     return version_id
 
 
-@task(name="train-knn-baseline")
-def train_knn_baseline(database_url: str, home: Path, parent_version_id: int) -> int:
-    """Seed 000's baseline: k-NN (GridSearchCV over k) on the trained network's embeddings."""
+def _embed_training_split(database_url: str, home: Path, parent_version_id: int) -> tuple[LoadedModel, str, np.ndarray, np.ndarray]:
+    """(parent network, parent name, embeddings ``[N, d]``, labels ``[N, 14]``) of the training
+    split, embedded by the parent network through the image cache: what every embedding
+    baseline is fitted on."""
     with session_scope(database_url) as session:
         parent = session.get(ModelVersion, parent_version_id)
+        if parent is None:
+            raise ValueError(f"no model version with id {parent_version_id}")
         loaded = load_model_version(parent)
         parent_name = parent.name
     frame = labelled_frame(database_url)
     train_df = frame[frame["split"] == "train"].reset_index(drop=True)
-    cache = ImageCache(Path(home) / "cache", loaded.image_size)
-    loader = DataLoader(
-        StudyDataset(cached_loader(cache, train_df), patient_features(train_df, loaded.age_scaler), transform=eval_transform(loaded.image_size)),
-        batch_size=64,
-    )
-    embeddings = embed_loader(loaded.network, loader, resolve_device("auto"))
-    knn = KnnEmbeddingModel.fit(embeddings, labels_matrix(train_df))
+    if train_df.empty:
+        raise RuntimeError("no labelled studies in the training split")
+    embeddings = loaded.embed_frame(train_df, Path(home) / "cache")
+    return loaded, parent_name, embeddings, labels_matrix(train_df)
+
+
+def _register_baseline(database_url: str, *, name: str, kind: str, config: dict, path: Path, sha: str, parent_version_id: int, parameter_count: int) -> int:
+    with session_scope(database_url) as session:
+        version = repo.register_model_version(
+            session, name=name, kind=kind, config=config, artifact_path=str(path), sha256=sha, status="candidate",
+            parent_id=parent_version_id, parameter_count=parameter_count,
+        )
+        return version.id
+
+
+@task(name="train-knn-baseline")
+def train_knn_baseline(database_url: str, home: Path, parent_version_id: int) -> int:
+    """Seed 000's baseline: k-NN (GridSearchCV over k) on the trained network's embeddings."""
+    loaded, parent_name, embeddings, labels = _embed_training_split(database_url, home, parent_version_id)
+    knn = KnnEmbeddingModel.fit(embeddings, labels)
     name = f"knn_embedding-of-{parent_name}"
     path = model_dir(home, name) / "knn.npz"
     sha = knn.save(path)
-    with session_scope(database_url) as session:
-        version = repo.register_model_version(
-            session, name=name, kind="knn_embedding",
-            config={"n_neighbors": knn.n_neighbors, "cv_mean_auroc": knn.cv_score, "image_size": loaded.image_size,
-                    "age_scaler": loaded.age_scaler.to_dict(), "embedding_dim": int(embeddings.shape[1])},
-            artifact_path=str(path), sha256=sha, status="candidate", parent_id=parent_version_id,
-            parameter_count=int(embeddings.size),
-        )
-        run_logger().info("k-NN baseline: k=%d (5-fold mean AUROC %.3f)", knn.n_neighbors, knn.cv_score or float("nan"))
-        return version.id
+    version_id = _register_baseline(
+        database_url, name=name, kind="knn_embedding",
+        config={"n_neighbors": knn.n_neighbors, "cv_mean_auroc": knn.cv_score, "image_size": loaded.image_size,
+                "age_scaler": loaded.age_scaler.to_dict(), "embedding_dim": int(embeddings.shape[1])},
+        path=path, sha=sha, parent_version_id=parent_version_id, parameter_count=int(embeddings.size),
+    )
+    run_logger().info("k-NN baseline: k=%d (5-fold mean AUROC %.3f)", knn.n_neighbors, knn.cv_score or float("nan"))
+    return version_id
+
+
+@task(name="train-mlp-baseline")
+def train_mlp_baseline(database_url: str, home: Path, parent_version_id: int) -> int:
+    """Seed 000's other baseline: a small MLP (d -> 128 -> 14) on the trained network's
+    embeddings, early-stopped on a held-out tenth of the training split."""
+    loaded, parent_name, embeddings, labels = _embed_training_split(database_url, home, parent_version_id)
+    mlp = MlpEmbeddingModel.fit(embeddings, labels, seed=0)
+    name = f"mlp_embedding-of-{parent_name}"
+    path = model_dir(home, name) / "mlp.safetensors"
+    sha = mlp.save(path)
+    version_id = _register_baseline(
+        database_url, name=name, kind="mlp_embedding",
+        config={"hidden_dim": int(mlp.network[0].out_features), "dropout": float(mlp.network[2].p),
+                "best_epoch": mlp.best_epoch, "epochs_run": mlp.epochs_run, "max_epochs": mlp.max_epochs,
+                "held_out_bce": mlp.val_loss, "image_size": loaded.image_size,
+                "age_scaler": loaded.age_scaler.to_dict(), "embedding_dim": int(embeddings.shape[1])},
+        path=path, sha=sha, parent_version_id=parent_version_id,
+        parameter_count=sum(p.numel() for p in mlp.network.parameters()),
+    )
+    run_logger().info("MLP baseline: best epoch %d of %d (held-out BCE %.4f)", mlp.best_epoch, mlp.epochs_run, mlp.val_loss or float("nan"))
+    return version_id
