@@ -171,7 +171,7 @@ class MlpEmbeddingModel:
                     loss = loss_fn(network(x_fit[idx]), y_fit[idx])
                     loss.backward()
                     optimiser.step()
-                    total += float(loss) * len(idx)
+                    total += float(loss.detach()) * len(idx)
                 network.eval()
                 with torch.no_grad():
                     val_loss = float(loss_fn(network(x_val), y_val))

@@ -3,6 +3,10 @@ best checkpoint by macro-F1 (or mean AUROC), optional early stopping, resumable 
 
 Framework-free: callers observe progress through ``on_epoch`` (the Prefect task writes each
 epoch to the database from there).
+
+Data-parallel training (:mod:`cxrmodel.distributed`, one process per device) goes through the
+same :func:`fit`: pass the ``DistributedDataParallel``-wrapped model and a training loader
+whose sampler is a ``DistributedSampler``; see :func:`fit` for what changes.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrmodel.config import TrainConfig
+from cxrmodel.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
 from cxrmodel.findings import FINDINGS
 from cxrmodel.metrics import epoch_summary
 
@@ -117,8 +123,20 @@ def fit(
     """Train ``model`` for ``config.epochs`` epochs and return the best state by
     ``config.selection_metric``. With ``checkpoint_path`` a full checkpoint (model, optimiser,
     scheduler, epoch, history, RNG state) is written after every epoch; ``resume=True``
-    continues from it."""
+    continues from it.
+
+    Data-parallel training: call this on every rank with the DDP-wrapped ``model``. A
+    ``DistributedSampler`` behind ``train_loader`` gets ``set_epoch(epoch)`` each epoch; the
+    returned states and checkpoints hold the unwrapped module's state dict (no ``module.``
+    prefix). When a process group with several ranks exists, each epoch ends by summing the
+    training loss and image counts over the ranks (``train_loss`` and ``images_per_second``
+    are global) and copying rank 0's BatchNorm buffers to every rank; rank 0 alone then
+    evaluates the whole ``val_loader`` and broadcasts its predictions, so every rank reports
+    the same metrics and takes the same scheduler, selection and early-stopping decisions.
+    Pass ``checkpoint_path`` (and ``on_epoch`` callbacks that write anything) on rank 0 only.
+    """
     model.to(device)
+    core = unwrap(model)  # the plain module: state dicts, checkpoints and validation
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -128,7 +146,7 @@ def fit(
     best_metric, best_epoch, best_state = -float("inf"), 0, None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
+        core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch = ckpt["epoch"] + 1
@@ -141,6 +159,8 @@ def fit(
     stale = start_epoch - 1 - best_epoch if history else 0  # epochs since the best one (kept across resume)
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
+        if isinstance(getattr(train_loader, "sampler", None), DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         model.train()
         running, seen = 0.0, 0
         for batch in train_loader:
@@ -152,7 +172,14 @@ def fit(
             running += float(loss.detach()) * len(y)
             seen += len(y)
         train_seconds = time.perf_counter() - started
-        probs, labels, val_loss = predict_loader(model, val_loader, device, criterion)
+        if core is not model and is_distributed():  # DDP: see the docstring
+            running, seen = all_reduce_sum([running, seen], device)
+            seen = int(seen)
+            broadcast_buffers(core)
+            validation = predict_loader(core, val_loader, device, criterion) if dist.get_rank() == 0 else None
+            probs, labels, val_loss = broadcast_object(validation)
+        else:
+            probs, labels, val_loss = predict_loader(core, val_loader, device, criterion)
         scheduler.step(val_loss)
         summary = epoch_summary(labels.astype(int), probs)
         result = EpochResult(
@@ -171,11 +198,11 @@ def fit(
         metric = result.macro_f1 if config.selection_metric == "macro_f1" else (result.mean_auroc or 0.0)
         if metric > best_metric:
             best_metric, best_epoch, stale = metric, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
         else:
             stale += 1
         if checkpoint_path is not None:
-            _save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state)
+            _save_checkpoint(checkpoint_path, core, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state)
         if on_epoch is not None:
             on_epoch(result)
         if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:

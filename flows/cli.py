@@ -80,14 +80,21 @@ def refresh(
 
 
 @app.command()
-def train(config: ConfigOption = DEFAULT_CONFIG, epochs: Optional[int] = None, knn_baseline: bool = True, home: HomeOption = None) -> None:
-    """Train seed 004's model on the training split (epoch progress is logged live)."""
+def train(
+    config: ConfigOption = DEFAULT_CONFIG,
+    epochs: Optional[int] = None,
+    knn_baseline: bool = True,
+    mlp_baseline: bool = True,
+    home: HomeOption = None,
+) -> None:
+    """Train seed 004's model on the training split (epoch progress is logged live), index the
+    labelled studies' embeddings, and fit the k-NN and MLP embedding baselines."""
     from flows.stages import train_flow
 
     _settings(home)
     cfg = _config(config)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
-    typer.echo(json.dumps(train_flow(cfg.data, train_cfg, knn_baseline), indent=2))
+    typer.echo(json.dumps(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline), indent=2))
 
 
 @app.command()
@@ -115,6 +122,29 @@ def score(batch_size: int = 64, home: HomeOption = None) -> None:
 
     _settings(home)
     typer.echo(json.dumps(score_flow(batch_size=batch_size), indent=2))
+
+
+@app.command()
+def similar(
+    study_key: Annotated[str, typer.Argument(help="Study key (image file name) of a labelled or incoming study.")],
+    k: Annotated[int, typer.Option("--k", min=1, help="How many similar labelled studies to list.")] = 5,
+    home: HomeOption = None,
+) -> None:
+    """List the labelled studies most similar to one study in the champion's embedding space."""
+    from flows.stages import similar_flow
+
+    _settings(home)
+    rows = similar_flow(study_key, k)
+    if not rows:
+        typer.echo(f"no similar labelled studies found for {study_key}")
+        return
+    table = [("#", "study", "cosine", "split", "findings")] + [
+        (str(i), r["study_key"], f"{r['cosine']:.3f}", str(r.get("split") or ""), r["findings_text"]) for i, r in enumerate(rows, 1)
+    ]
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    typer.echo(f"labelled studies most similar to {study_key}:")
+    for row in table:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""The whole pipeline: refresh -> train -> calibrate -> evaluate (+ baseline) -> score -> report."""
+"""The whole pipeline: refresh -> train -> calibrate -> evaluate (+ baselines) -> score -> report."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def pipeline_flow(
     train: TrainConfig = TrainConfig(),
     thresholds: ThresholdConfig = ThresholdConfig(),
     with_knn_baseline: bool = True,
+    with_mlp_baseline: bool = True,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
@@ -36,16 +37,20 @@ def pipeline_flow(
 
     refreshed = refresh_flow(source_dir, source, incoming_dir, data, **where)
     lap("refresh")
-    trained = train_flow(data, train, with_knn_baseline, **where)
+    trained = train_flow(data, train, with_knn_baseline, with_mlp_baseline, **where)
     version_id = trained["model_version_id"]
     lap("train")
     calibrate_flow(version_id, thresholds, **where)
     lap("calibrate")
     evaluated = evaluate_flow(version_id, **where)
-    baseline = None
-    if with_knn_baseline:
-        calibrate_flow(trained["knn_version_id"], thresholds, **where)
-        baseline = evaluate_flow(trained["knn_version_id"], promote=False, **where)
+    # Embedding baselines: calibrated and evaluated like the network, never promoted; they land
+    # in the report's model-comparison table.
+    baselines: dict[str, dict] = {}
+    for kind in ("knn", "mlp"):
+        baseline_id = trained.get(f"{kind}_version_id")
+        if baseline_id is not None:
+            calibrate_flow(baseline_id, thresholds, **where)
+            baselines[kind] = evaluate_flow(baseline_id, promote=False, **where)
     lap("evaluate")
     scored = score_flow(**where)
     lap("score")
@@ -56,8 +61,11 @@ def pipeline_flow(
         "refresh": refreshed,
         "model_version_id": version_id,
         "knn_version_id": trained.get("knn_version_id"),
+        "mlp_version_id": trained.get("mlp_version_id"),
+        "embedding_index": trained.get("embedding_index"),
         "evaluation_id": evaluated["evaluation_id"],
-        "baseline_evaluation_id": baseline["evaluation_id"] if baseline else None,
+        "baseline_evaluation_id": baselines["knn"]["evaluation_id"] if "knn" in baselines else None,
+        "mlp_baseline_evaluation_id": baselines["mlp"]["evaluation_id"] if "mlp" in baselines else None,
         "promoted": evaluated["promoted"],
         "scoring": scored,
         "report": report,

@@ -17,7 +17,8 @@ from tasks.dataset_report import render_dataset
 from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better
 from tasks.reporting import render_evaluation, render_scoring
 from tasks.scoring import score_new_studies
-from tasks.training import train_knn_baseline, train_network
+from tasks.similarity import index_embeddings, similar_cases
+from tasks.training import train_knn_baseline, train_mlp_baseline, train_network
 
 
 @flow(name="cxr-synthesize", log_prints=True)
@@ -63,15 +64,19 @@ def train_flow(
     data: DataConfig = DataConfig(),
     train: TrainConfig = TrainConfig(),
     with_knn_baseline: bool = True,
+    with_mlp_baseline: bool = True,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
-    """Train seed 004's network on the training split (and the k-NN embedding baseline)."""
+    """Train seed 004's network on the training split, index the embeddings of every labelled
+    study for similar-case retrieval, and fit the k-NN and MLP embedding baselines."""
     home_path, url = resolve(home, database_url)
     version_id = train_network(url, home_path, data, train)
-    out = {"model_version_id": version_id}
+    out = {"model_version_id": version_id, "embedding_index": index_embeddings(url, home_path, version_id)}
     if with_knn_baseline:
         out["knn_version_id"] = train_knn_baseline(url, home_path, version_id)
+    if with_mlp_baseline:
+        out["mlp_version_id"] = train_mlp_baseline(url, home_path, version_id)
     return out
 
 
@@ -120,6 +125,14 @@ def score_flow(
     run_id = score_new_studies(url, batch_size=batch_size, device=device, num_workers=num_workers)
     report = render_scoring(url, home_path, run_id) if render_report else None
     return {"scoring_run_id": run_id, "report": report}
+
+
+@flow(name="cxr-similar")
+def similar_flow(study_key: str, k: int = 5, home: str | None = None, database_url: str | None = None) -> list[dict]:
+    """The ``k`` labelled studies most similar to one study (labelled or incoming) in the
+    champion's embedding space, with cosine similarity and their positive findings."""
+    home_path, url = resolve(home, database_url)
+    return similar_cases(url, home_path, study_key, k)
 
 
 @flow(name="cxr-report")

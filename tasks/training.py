@@ -5,17 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from torch.utils.data import DataLoader
 
 from cxrmodel.artifacts import save_state_dict
-from cxrmodel.balancing import apply_balancing, preset_steps
+from cxrmodel.balancing import BalancingResult, apply_balancing, preset_steps
 from cxrmodel.baselines import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.cache import ImageCache
 from cxrmodel.config import DataConfig, TrainConfig
@@ -23,7 +26,7 @@ from cxrmodel.data import StudyDataset
 from cxrmodel.findings import FINDINGS
 from cxrmodel.metadata import AgeScaler, labels_matrix, patient_features
 from cxrmodel.model import build_model, count_parameters
-from cxrmodel.train import EpochResult, fit, positive_weights, resolve_device, seed_everything
+from cxrmodel.train import EpochResult, FitResult, fit, positive_weights, resolve_device, seed_everything
 from cxrmodel.transforms import eval_transform, train_transform
 from db import repository as repo
 from db.engine import session_scope
@@ -36,13 +39,24 @@ def _version_name(kind: str) -> str:
     return f"{kind}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
 
 
-@task(name="train-network")
-def train_network(database_url: str, home: Path, data: DataConfig, train: TrainConfig) -> int:
-    """Train seed 004's model (or the image-only baseline) on the training split; register the
-    best checkpoint as a candidate model version and return its id."""
-    logger = run_logger()
-    seed_everything(train.seed)
-    frame = labelled_frame(database_url)
+@dataclass
+class TrainingData:
+    """What one training run learns from, built the same way by :func:`train_network` and by
+    every rank of the data-parallel entry point :mod:`flows.train_ddp`."""
+
+    train_rows: pd.DataFrame  # the training split after balancing
+    val_rows: pd.DataFrame
+    n_train_before_balancing: int
+    balanced: BalancingResult
+    scaler: AgeScaler
+    train_dataset: StudyDataset
+    val_dataset: StudyDataset
+    pos_weight: torch.Tensor
+
+
+def prepare_training_data(frame: pd.DataFrame, home: Path, data: DataConfig, train: TrainConfig) -> TrainingData:
+    """Training and validation datasets from :func:`tasks.common.labelled_frame`'s frame:
+    balancing (training split only), the age scaler, cached image loaders, positive weights."""
     train_df = frame[frame["split"] == "train"].reset_index(drop=True)
     val_df = frame[frame["split"] == "val"].reset_index(drop=True)
     if train_df.empty or val_df.empty:
@@ -50,38 +64,34 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     steps = preset_steps(data.balancing) if data.balancing != "none" else []
     balanced = apply_balancing(train_df, steps, seed=data.balancing_seed)
     train_rows = balanced.frame
-    logger.info("training rows %d -> %d after balancing %r", len(train_df), len(train_rows), data.balancing)
 
     scaler = AgeScaler.fit(train_df["age"])
     cache = ImageCache(Path(home) / "cache", data.image_size)
-    device = resolve_device(train.device)
-    pin = device.type == "cuda"
-    train_loader = DataLoader(
-        StudyDataset(
-            cached_loader(cache, train_rows), patient_features(train_rows, scaler), labels_matrix(train_rows),
-            flips=train_rows["flip"].to_numpy(), transform=train_transform(data.image_size) if train.augment else eval_transform(data.image_size),
-        ),
-        batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers, pin_memory=pin, drop_last=len(train_rows) > train.batch_size,
-        generator=torch.Generator().manual_seed(train.seed),
+    train_dataset = StudyDataset(
+        cached_loader(cache, train_rows), patient_features(train_rows, scaler), labels_matrix(train_rows),
+        flips=train_rows["flip"].to_numpy(), transform=train_transform(data.image_size) if train.augment else eval_transform(data.image_size),
     )
-    val_loader = DataLoader(
-        StudyDataset(cached_loader(cache, val_df), patient_features(val_df, scaler), labels_matrix(val_df), transform=eval_transform(data.image_size)),
-        batch_size=max(train.batch_size, 64), shuffle=False, num_workers=train.num_workers, pin_memory=pin,
-    )
-    model = build_model(train.architecture, weights_path=train.pretrained_weights, dropout=train.dropout)
+    val_dataset = StudyDataset(cached_loader(cache, val_df), patient_features(val_df, scaler), labels_matrix(val_df), transform=eval_transform(data.image_size))
     pos_weight = positive_weights(labels_matrix(train_rows), train.pos_weight_overrides, train.pos_weight_max)
+    return TrainingData(train_rows, val_df, len(train_df), balanced, scaler, train_dataset, val_dataset, pos_weight)
 
-    name = _version_name(train.architecture)
-    out = model_dir(home, name)
-    log_handler = logging.FileHandler(out / "train.log")
+
+def open_training_run(database_url: str, train: TrainConfig, device: str, prepared: TrainingData, flow_run: str | None) -> int:
+    """Insert the ``training_runs`` row (status 'running'); return its id."""
     with session_scope(database_url) as session:
         run = repo.start_training_run(
-            session, flow_run_id=flow_run_id(), architecture=train.architecture, config=train.model_dump(mode="json"),
-            device=str(device), n_train=len(train_rows), n_val=len(val_df),
+            session, flow_run_id=flow_run, architecture=train.architecture, config=train.model_dump(mode="json"),
+            device=device, n_train=len(prepared.train_rows), n_val=len(prepared.val_rows),
         )
-        run_id = run.id
+        return run.id
 
-    history_rows: list[dict] = []
+
+def epoch_recorder(
+    database_url: str, run_id: int, name: str, train: TrainConfig, logger, log_handler: logging.FileHandler,
+    history_rows: list[dict], table_artifact: bool = True,
+) -> Callable[[EpochResult], None]:
+    """``fit``'s ``on_epoch``: one ``epoch_metrics`` row, a log line (run log and ``train.log``)
+    and, with ``table_artifact``, the live Prefect table of every epoch so far."""
 
     def on_epoch(result: EpochResult) -> None:
         row = result.as_dict()
@@ -96,34 +106,43 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
         logger.info(message)
         log_handler.stream.write(message + "\n")
         log_handler.flush()
-        create_table_artifact(
-            key="cxr-training-epochs",
-            table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in history_rows],
-            description=f"Per-epoch metrics of training run {run_id} ({name}); updated live as each epoch ends.",
-        )
+        if table_artifact:
+            create_table_artifact(
+                key="cxr-training-epochs",
+                table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in history_rows],
+                description=f"Per-epoch metrics of training run {run_id} ({name}); updated live as each epoch ends.",
+            )
 
-    try:
-        result = fit(model, train_loader, val_loader, train, pos_weight, device, on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
-    except BaseException:
-        with session_scope(database_url) as session:
-            failed = session.get(TrainingRun, run_id)
-            failed.status, failed.finished_at = "failed", repo.now()
-        raise
-    finally:
-        log_handler.close()
+    return on_epoch
 
+
+def fail_training_run(database_url: str, run_id: int) -> None:
+    with session_scope(database_url) as session:
+        failed = session.get(TrainingRun, run_id)
+        failed.status, failed.finished_at = "failed", repo.now()
+
+
+def register_trained_model(
+    database_url: str, out: Path, name: str, run_id: int, model: torch.nn.Module, result: FitResult,
+    prepared: TrainingData, data: DataConfig, train: TrainConfig, history_rows: list[dict], extra_config: dict | None = None,
+) -> int:
+    """Load the best state into ``model`` (the plain module), write the artefacts into ``out``
+    (model.safetensors, optimizer.pt from ``out/checkpoint.pt``, config.json,
+    validation_metrics.csv), register the candidate model version and close the training
+    run. ``extra_config`` is merged into the version's config. Returns the version id."""
     model.load_state_dict(result.best_state)
     config = {
         "architecture": train.architecture,
         "image_size": data.image_size,
-        "age_scaler": scaler.to_dict(),
+        "age_scaler": prepared.scaler.to_dict(),
         "findings": list(FINDINGS),
         "train": train.model_dump(mode="json"),
         "data": data.model_dump(mode="json"),
-        "pos_weight": [float(w) for w in pos_weight],
-        "label_counts_before_balancing": balanced.counts_before,
-        "label_counts_after_balancing": balanced.counts_after,
+        "pos_weight": [float(w) for w in prepared.pos_weight],
+        "label_counts_before_balancing": prepared.balanced.counts_before,
+        "label_counts_after_balancing": prepared.balanced.counts_after,
         "best_epoch": result.best_epoch,
+        **(extra_config or {}),
     }
     sha = save_state_dict(model.state_dict(), out / "model.safetensors", metadata={"name": name, "architecture": train.architecture})
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -141,7 +160,47 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
         run = session.get(TrainingRun, run_id)
         run.model_version_id, run.status, run.finished_at = version.id, "completed", repo.now()
         run.best_epoch, run.best_metric = result.best_epoch, float(result.best_metric)
-        version_id = version.id
+        return version.id
+
+
+@task(name="train-network")
+def train_network(database_url: str, home: Path, data: DataConfig, train: TrainConfig) -> int:
+    """Train seed 004's model (or the image-only baseline) on the training split; register the
+    best checkpoint as a candidate model version and return its id."""
+    logger = run_logger()
+    seed_everything(train.seed)
+    prepared = prepare_training_data(labelled_frame(database_url), home, data, train)
+    train_rows = prepared.train_rows
+    logger.info("training rows %d -> %d after balancing %r", prepared.n_train_before_balancing, len(train_rows), data.balancing)
+
+    device = resolve_device(train.device)
+    pin = device.type == "cuda"
+    train_loader = DataLoader(
+        prepared.train_dataset,
+        batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers, pin_memory=pin, drop_last=len(train_rows) > train.batch_size,
+        generator=torch.Generator().manual_seed(train.seed),
+    )
+    val_loader = DataLoader(
+        prepared.val_dataset,
+        batch_size=max(train.batch_size, 64), shuffle=False, num_workers=train.num_workers, pin_memory=pin,
+    )
+    model = build_model(train.architecture, dropout=train.dropout, **train.backbone_kwargs())
+
+    name = _version_name(train.architecture)
+    out = model_dir(home, name)
+    log_handler = logging.FileHandler(out / "train.log")
+    run_id = open_training_run(database_url, train, str(device), prepared, flow_run_id())
+    history_rows: list[dict] = []
+    on_epoch = epoch_recorder(database_url, run_id, name, train, logger, log_handler, history_rows)
+    try:
+        result = fit(model, train_loader, val_loader, train, prepared.pos_weight, device, on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
+    except BaseException:
+        fail_training_run(database_url, run_id)
+        raise
+    finally:
+        log_handler.close()
+
+    version_id = register_trained_model(database_url, out, name, run_id, model, result, prepared, data, train, history_rows)
     logger.info("registered %s (id %d), best epoch %d, %s %.3f", name, version_id, result.best_epoch, train.selection_metric, result.best_metric)
     return version_id
 
@@ -171,6 +230,7 @@ def _register_baseline(database_url: str, *, name: str, kind: str, config: dict,
             parent_id=parent_version_id, parameter_count=parameter_count,
         )
         return version.id
+
 
 
 @task(name="train-knn-baseline")

@@ -102,7 +102,9 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert result["refresh"]["quarantined"] == 4
 
         versions = {m.kind: m for m in s.scalars(select(ModelVersion))}
-        assert set(versions) == {"densenet121_fpn", "knn_embedding"}
+        assert set(versions) == {"densenet121_fpn", "knn_embedding", "mlp_embedding"}
+        assert versions["mlp_embedding"].parent_id == versions["densenet121_fpn"].id
+        assert Path(versions["densenet121_fpn"].config["embedding_index"]).is_file()
         assert versions["densenet121_fpn"].status == "champion"
         assert Path(versions["densenet121_fpn"].artifact_path).is_file()
         model_dir = Path(versions["densenet121_fpn"].artifact_path).parent
@@ -111,7 +113,7 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert s.scalar(select(func.count()).select_from(EpochMetric)) == 1
 
         evaluations = s.scalars(select(Evaluation)).all()
-        assert len(evaluations) == 2
+        assert len(evaluations) == 3
         for ev in evaluations:
             assert s.scalar(select(func.count()).select_from(ClassMetric).where(ClassMetric.evaluation_id == ev.id)) == 14
             metrics = {m.finding: m for m in ev.class_metrics}
@@ -131,8 +133,8 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     report = Path(result["report"])
     assert report.is_file()
     html = report.read_text()
-    assert versions["densenet121_fpn"].name in html and "knn_embedding" in html
-    assert Path(result["scoring"]["report"]).is_file()
+    assert versions["densenet121_fpn"].name in html and "knn_embedding" in html and "mlp_embedding" in html
+    assert 'class="similar' in Path(result["scoring"]["report"]).read_text()
     dataset_html = Path(result["refresh"]["dataset_report"]).read_text()
     assert "missing image file" in dataset_html and "Co-occurrence" in dataset_html
 

@@ -1,0 +1,1 @@
+"""Deployment definitions: schedules, work pools and concurrency of the pipeline's flows."""

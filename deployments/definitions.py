@@ -1,0 +1,37 @@
+"""The pipeline's deployments, defined once in Python and used by ``cxr serve`` (a long-running
+process that executes scheduled runs itself) and mirrored by ``deployments/prefect.yaml``
+(``prefect deploy --all``, for workers on work pools).
+
+- nightly data refresh (default 01:00), then nightly scoring (default 02:00, ``0 2 * * *``),
+  at most one scoring run at a time (a new one is cancelled while another runs);
+- weekly retraining + calibration + evaluation on the GPU work pool (Sunday 03:00);
+- on-demand report rendering (no schedule).
+
+Times are in ``CXR_TIMEZONE`` (default UTC); pools in ``CXR_CPU_POOL`` / ``CXR_GPU_POOL``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ScheduleSettings(BaseSettings):
+    """Schedules and pools, from ``CXR_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
+
+    timezone: str = "UTC"
+    refresh_cron: str = "0 1 * * *"
+    scoring_cron: str = "0 2 * * *"
+    retrain_cron: str = "0 3 * * 0"
+    cpu_pool: str = "cxr-cpu"
+    gpu_pool: str = "cxr-gpu"
+    source_dir: str = Field("/data/nih", description="Folder the nightly refresh reads.")
+    incoming_dir: str | None = Field("/data/incoming", description="Folder of new studies to register.")
+
+
+REFRESH = "nightly-refresh"
+SCORING = "nightly-scoring"
+RETRAIN = "weekly-retrain"
+REPORT = "render-report"
