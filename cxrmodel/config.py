@@ -131,6 +131,13 @@ class TrainConfig(_Frozen):
     weights_hub_cache_dir: str | None = Field(None, description="Defaults to huggingface_hub's cache.")
     augment: bool = True
     num_workers: int = Field(0, ge=0)
+    prefetch_factor: int | None = Field(None, ge=1, description="Batches each loader worker prepares ahead.")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision: 'auto' = bf16 on a CUDA device that supports it, else off."
+    )
+    channels_last: bool | None = Field(None, description="NHWC memory format; None = on CUDA only.")
+    compile: bool = Field(False, description="torch.compile the training forward pass.")
+    resume_checkpoint: Path | None = Field(None, description="checkpoint.pt of an earlier run to continue.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0
 
@@ -184,6 +191,9 @@ class PipelineConfig(_Frozen):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
+    chexnet_baseline: TrainConfig | None = Field(
+        None, description="Also train the image-only CheXNet-style DenseNet121 with this recipe (a baseline)."
+    )
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

@@ -11,6 +11,7 @@ whose sampler is a ``DistributedSampler``; see :func:`fit` for what changes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -84,12 +85,42 @@ def positive_weights(
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _forward(model: nn.Module, batch, device: torch.device):
+@dataclass(frozen=True)
+class Acceleration:
+    """How the training loop uses the device: autocast dtype, memory format, loss scaling."""
+
+    autocast_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    scale_loss: bool
+
+    @classmethod
+    def for_device(cls, config: TrainConfig, device: torch.device) -> Acceleration:
+        cuda = device.type == "cuda"
+        dtype = None
+        if config.amp == "bf16" or (config.amp == "auto" and cuda and torch.cuda.is_bf16_supported()):
+            dtype = torch.bfloat16
+        elif config.amp == "fp16":
+            dtype = torch.float16
+        channels_last = config.channels_last if config.channels_last is not None else cuda
+        return cls(dtype, torch.channels_last if channels_last else torch.contiguous_format, dtype == torch.float16 and cuda)
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+
+PLAIN = Acceleration(None, torch.contiguous_format, False)
+
+
+def _forward(model: nn.Module, batch, device: torch.device, accel: Acceleration = PLAIN):
     image, patient, labels, _ = batch
-    image = image.to(device, non_blocking=True)
+    image = image.to(device, non_blocking=True, memory_format=accel.memory_format)
     patient = patient.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
-    return model(image, patient), labels
+    with accel.autocast(device):
+        logits = model(image, patient)
+    return logits.float(), labels
 
 
 @torch.no_grad()
@@ -135,8 +166,11 @@ def fit(
     the same metrics and takes the same scheduler, selection and early-stopping decisions.
     Pass ``checkpoint_path`` (and ``on_epoch`` callbacks that write anything) on rank 0 only.
     """
-    model.to(device)
+    accel = Acceleration.for_device(config, device)
+    model.to(device, memory_format=accel.memory_format)
     core = unwrap(model)  # the plain module: state dicts, checkpoints and validation
+    step_model = torch.compile(model) if config.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=accel.scale_loss)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -164,11 +198,12 @@ def fit(
         model.train()
         running, seen = 0.0, 0
         for batch in train_loader:
-            logits, y = _forward(model, batch, device)
+            logits, y = _forward(step_model, batch, device, accel)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             running += float(loss.detach()) * len(y)
             seen += len(y)
         train_seconds = time.perf_counter() - started

@@ -35,3 +35,46 @@ REFRESH = "nightly-refresh"
 SCORING = "nightly-scoring"
 RETRAIN = "weekly-retrain"
 REPORT = "render-report"
+
+
+def build_deployments(settings: ScheduleSettings | None = None) -> list:
+    """The four deployments as Prefect ``RunnerDeployment`` objects (for ``serve`` or ``apply``)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from flows.pipeline import retrain_flow
+    from flows.stages import refresh_flow, report_flow, score_flow
+
+    s = settings or ScheduleSettings()
+    return [
+        refresh_flow.to_deployment(
+            REFRESH,
+            schedules=[CronSchedule(cron=s.refresh_cron, timezone=s.timezone)],
+            parameters={"source_dir": s.source_dir, "source": "nih-local", "incoming_dir": s.incoming_dir},
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            tags=["cxr", "nightly"],
+            description="Nightly: register new studies and refresh labelled data.",
+        ),
+        score_flow.to_deployment(
+            SCORING,
+            schedules=[CronSchedule(cron=s.scoring_cron, timezone=s.timezone)],
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            tags=["cxr", "nightly"],
+            description="Nightly: score every study without a prediction from the champion.",
+        ),
+        retrain_flow.to_deployment(
+            RETRAIN,
+            schedules=[CronSchedule(cron=s.retrain_cron, timezone=s.timezone)],
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            tags=["cxr", "gpu"],
+            description="Weekly on the GPU pool: train, calibrate, evaluate, promote if better.",
+        ),
+        report_flow.to_deployment(REPORT, tags=["cxr"], description="On demand: render an evaluation report."),
+    ]
+
+
+def serve_all(settings: ScheduleSettings | None = None) -> None:  # pragma: no cover - blocks forever
+    """Run the deployments in this process (``cxr serve``)."""
+    from prefect import serve
+
+    serve(*build_deployments(settings))

@@ -172,5 +172,14 @@ def demo(
     typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
 
 
+@app.command()
+def serve() -> None:  # pragma: no cover - runs until interrupted
+    """Serve the deployments (nightly refresh and scoring, weekly retrain, reports) in this
+    process; schedules and pools come from CXR_* variables (see deployments/definitions.py)."""
+    from deployments.definitions import serve_all
+
+    serve_all()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -21,10 +21,13 @@ def pipeline_flow(
     thresholds: ThresholdConfig = ThresholdConfig(),
     with_knn_baseline: bool = True,
     with_mlp_baseline: bool = True,
+    chexnet_baseline: TrainConfig | None = None,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
-    """Run every stage in order and return the ids of what it produced."""
+    """Run every stage in order and return the ids of what it produced. ``chexnet_baseline``
+    (a training recipe) adds the image-only DenseNet121 baseline, trained, calibrated and
+    evaluated through the same flows, never promoted."""
     where = {"home": home, "database_url": database_url}
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -52,6 +55,12 @@ def pipeline_flow(
             calibrate_flow(baseline_id, thresholds, **where)
             baselines[kind] = evaluate_flow(baseline_id, promote=False, **where)
     lap("evaluate")
+    if chexnet_baseline is not None:
+        recipe = chexnet_baseline.model_copy(update={"architecture": "densenet121"})
+        chexnet = train_flow(data, recipe, False, False, with_embedding_index=False, **where)
+        calibrate_flow(chexnet["model_version_id"], thresholds, **where)
+        baselines["chexnet"] = evaluate_flow(chexnet["model_version_id"], promote=False, **where)
+        lap("chexnet baseline")
     scored = score_flow(**where)
     lap("score")
     report = report_flow(evaluated["evaluation_id"], **where)
@@ -66,8 +75,30 @@ def pipeline_flow(
         "evaluation_id": evaluated["evaluation_id"],
         "baseline_evaluation_id": baselines["knn"]["evaluation_id"] if "knn" in baselines else None,
         "mlp_baseline_evaluation_id": baselines["mlp"]["evaluation_id"] if "mlp" in baselines else None,
+        "chexnet_evaluation_id": baselines["chexnet"]["evaluation_id"] if "chexnet" in baselines else None,
         "promoted": evaluated["promoted"],
         "scoring": scored,
         "report": report,
         "timings": timings,
     }
+
+
+@flow(name="cxr-retrain")
+def retrain_flow(
+    data: DataConfig = DataConfig(),
+    train: TrainConfig = TrainConfig(),
+    thresholds: ThresholdConfig = ThresholdConfig(),
+    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = "macro_auroc",
+    promotion_margin: float = 0.0,
+    home: str | None = None,
+    database_url: str | None = None,
+) -> dict:
+    """The weekly job on the GPU pool: train a challenger on the current data, calibrate its
+    thresholds, evaluate it on the test split and promote it if it beats the champion."""
+    where = {"home": home, "database_url": database_url}
+    trained = train_flow(data, train, **where)
+    version_id = trained["model_version_id"]
+    calibrate_flow(version_id, thresholds, **where)
+    evaluated = evaluate_flow(version_id, True, promotion_metric, promotion_margin, **where)
+    report = report_flow(evaluated["evaluation_id"], **where)
+    return {"model_version_id": version_id, **evaluated, "report": report}

@@ -65,14 +65,18 @@ def train_flow(
     train: TrainConfig = TrainConfig(),
     with_knn_baseline: bool = True,
     with_mlp_baseline: bool = True,
+    with_embedding_index: bool = True,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
-    """Train seed 004's network on the training split, index the embeddings of every labelled
-    study for similar-case retrieval, and fit the k-NN and MLP embedding baselines."""
+    """Train seed 004's network (or, with ``train.architecture='densenet121'``, the image-only
+    baseline) on the training split, index the embeddings of every labelled study for
+    similar-case retrieval, and fit the k-NN and MLP embedding baselines."""
     home_path, url = resolve(home, database_url)
     version_id = train_network(url, home_path, data, train)
-    out = {"model_version_id": version_id, "embedding_index": index_embeddings(url, home_path, version_id)}
+    out = {"model_version_id": version_id}
+    if with_embedding_index:
+        out["embedding_index"] = index_embeddings(url, home_path, version_id)
     if with_knn_baseline:
         out["knn_version_id"] = train_knn_baseline(url, home_path, version_id)
     if with_mlp_baseline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -174,16 +175,16 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     logger.info("training rows %d -> %d after balancing %r", prepared.n_train_before_balancing, len(train_rows), data.balancing)
 
     device = resolve_device(train.device)
-    pin = device.type == "cuda"
+    loader_options = {
+        "num_workers": train.num_workers,
+        "pin_memory": device.type == "cuda",  # page-locked batches, copied with non_blocking=True
+        **({"prefetch_factor": train.prefetch_factor or 4, "persistent_workers": True} if train.num_workers else {}),
+    }
     train_loader = DataLoader(
-        prepared.train_dataset,
-        batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers, pin_memory=pin, drop_last=len(train_rows) > train.batch_size,
-        generator=torch.Generator().manual_seed(train.seed),
+        prepared.train_dataset, batch_size=train.batch_size, shuffle=True, drop_last=len(train_rows) > train.batch_size,
+        generator=torch.Generator().manual_seed(train.seed), **loader_options,
     )
-    val_loader = DataLoader(
-        prepared.val_dataset,
-        batch_size=max(train.batch_size, 64), shuffle=False, num_workers=train.num_workers, pin_memory=pin,
-    )
+    val_loader = DataLoader(prepared.val_dataset, batch_size=max(train.batch_size, 64), shuffle=False, **loader_options)
     model = build_model(train.architecture, dropout=train.dropout, **train.backbone_kwargs())
 
     name = _version_name(train.architecture)
@@ -192,8 +193,17 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     run_id = open_training_run(database_url, train, str(device), prepared, flow_run_id())
     history_rows: list[dict] = []
     on_epoch = epoch_recorder(database_url, run_id, name, train, logger, log_handler, history_rows)
+    checkpoint = out / "checkpoint.pt"
+    if train.resume_checkpoint is not None:
+        if not Path(train.resume_checkpoint).is_file():
+            raise FileNotFoundError(f"resume checkpoint not found: {train.resume_checkpoint}")
+        shutil.copyfile(train.resume_checkpoint, checkpoint)
+        logger.info("resuming from %s", train.resume_checkpoint)
     try:
-        result = fit(model, train_loader, val_loader, train, prepared.pos_weight, device, on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
+        result = fit(
+            model, train_loader, val_loader, train, prepared.pos_weight, device, on_epoch=on_epoch,
+            checkpoint_path=checkpoint, resume=train.resume_checkpoint is not None,
+        )
     except BaseException:
         fail_training_run(database_url, run_id)
         raise

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from db.engine import get_engine
 from flows.cli import app
 
-COMMANDS = ["demo", "synth", "refresh", "train", "calibrate", "evaluate", "score", "report"]
+COMMANDS = ["demo", "synth", "refresh", "train", "calibrate", "evaluate", "score", "report", "similar", "serve"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -77,7 +77,7 @@ def _run_pipeline(root: Path, home: Path, url: str) -> dict:
 
     return pipeline_flow(
         str(root), "synthetic", str(root / "incoming"), TINY_DATA, TINY_TRAIN, ThresholdConfig(),
-        with_knn_baseline=True, home=str(home), database_url=url,
+        with_knn_baseline=True, chexnet_baseline=TINY_TRAIN, home=str(home), database_url=url,
     )
 
 
@@ -102,7 +102,8 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert result["refresh"]["quarantined"] == 4
 
         versions = {m.kind: m for m in s.scalars(select(ModelVersion))}
-        assert set(versions) == {"densenet121_fpn", "knn_embedding", "mlp_embedding"}
+        assert set(versions) == {"densenet121_fpn", "knn_embedding", "mlp_embedding", "densenet121"}
+        assert versions["densenet121"].status == "candidate"  # baselines are never promoted
         assert versions["mlp_embedding"].parent_id == versions["densenet121_fpn"].id
         assert Path(versions["densenet121_fpn"].config["embedding_index"]).is_file()
         assert versions["densenet121_fpn"].status == "champion"
@@ -110,10 +111,10 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         model_dir = Path(versions["densenet121_fpn"].artifact_path).parent
         for name in ("model.safetensors", "optimizer.pt", "thresholds.json", "config.json", "validation_metrics.csv", "train.log"):
             assert (model_dir / name).is_file(), name
-        assert s.scalar(select(func.count()).select_from(EpochMetric)) == 1
+        assert s.scalar(select(func.count()).select_from(EpochMetric)) == 2  # one epoch of each network
 
         evaluations = s.scalars(select(Evaluation)).all()
-        assert len(evaluations) == 3
+        assert len(evaluations) == 4
         for ev in evaluations:
             assert s.scalar(select(func.count()).select_from(ClassMetric).where(ClassMetric.evaluation_id == ev.id)) == 14
             metrics = {m.finding: m for m in ev.class_metrics}
