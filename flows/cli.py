@@ -10,6 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
+# The temporary Prefect server a command starts would otherwise try to send telemetry.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 from cxrmodel.config import PipelineConfig, Settings, SynthConfig, load_pipeline_config
 
 app = typer.Typer(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)

@@ -53,6 +53,10 @@ def ensure_synthetic(root: Path, synth: SynthConfig) -> None:
         print(f"synthetic dataset already at {root}")
         return
     synthesize_flow(str(root), synth)
+    # One deliberately truncated incoming file: scoring records it as a failure with its reason.
+    incoming = sorted((root / "incoming").glob("*.png"))
+    if incoming:
+        (root / "incoming" / "truncated_demo.png").write_bytes(incoming[0].read_bytes()[:200])
     marker.write_text(json.dumps(wanted, indent=2))
 
 
