@@ -9,41 +9,9 @@ from sqlalchemy import text
 
 from cxrmodel.config import PipelineConfig, Settings, SynthConfig
 from db.engine import get_engine, upgrade_database
+from db.queries import DEMO_QUERIES, EXAMPLE_QUERIES
 from flows.pipeline import pipeline_flow
 from flows.stages import synthesize_flow
-
-#: Example queries printed by the demo (and listed in the README); bound parameters only.
-EXAMPLE_QUERIES: dict[str, tuple[str, dict]] = {
-    "Per-class metrics of the champion on the test split": (
-        """
-        SELECT cm.finding, ROUND(cm.auroc, 3) AS auroc, ROUND(cm.f1, 3) AS f1,
-               ROUND(cm.threshold, 2) AS threshold, cm.tp, cm.fp, cm.fn
-        FROM class_metrics cm
-        JOIN evaluations e ON e.id = cm.evaluation_id
-        JOIN model_versions mv ON mv.id = e.model_version_id
-        WHERE mv.status = :status AND e.split = :split
-        ORDER BY cm.auroc DESC
-        """,
-        {"status": "champion", "split": "test"},
-    ),
-    "Incoming studies flagged for Effusion, most confident first": (
-        """
-        SELECT s.study_key, s.age, s.sex, s.view, ROUND(p.probability, 3) AS probability
-        FROM predictions p JOIN studies s ON s.id = p.study_id
-        WHERE p.finding = :finding AND p.decision = :flagged
-        ORDER BY p.probability DESC LIMIT 5
-        """,
-        {"finding": "Effusion", "flagged": True},
-    ),
-    "Scoring failures and their reasons": (
-        """
-        SELECT s.study_key, f.reason FROM scoring_failures f JOIN studies s ON s.id = f.study_id
-        ORDER BY s.study_key LIMIT :n
-        """,
-        {"n": 5},
-    ),
-}
-
 
 def ensure_synthetic(root: Path, synth: SynthConfig) -> None:
     """Generate the dataset unless the same configuration is already on disk."""
@@ -89,7 +57,7 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
         summary = conn.execute(
             text(
                 """
-                SELECT mv.name, mv.kind, mv.status, ROUND(e.macro_auroc, 3), ROUND(e.macro_f1, 3), ROUND(e.micro_f1, 3)
+                SELECT mv.name, mv.kind, mv.status, ROUND(CAST(e.macro_auroc AS NUMERIC), 3), ROUND(CAST(e.macro_f1 AS NUMERIC), 3), ROUND(CAST(e.micro_f1 AS NUMERIC), 3)
                 FROM evaluations e JOIN model_versions mv ON mv.id = e.model_version_id
                 WHERE e.split = :split ORDER BY e.id
                 """
@@ -103,7 +71,8 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
         ).first()
         if scoring:
             print(f"\nLatest scoring run {scoring[0]}: {scoring[2]} scored, {scoring[3]} failed of {scoring[1]} pending studies")
-        for title, (sql, params) in EXAMPLE_QUERIES.items():
+        for title in DEMO_QUERIES:
+            sql, params = EXAMPLE_QUERIES[title]
             print(f"\n-- {title}\n{' '.join(sql.split())}")
             res = conn.execute(text(sql), params)
             _print_table(res.all(), list(res.keys()))

@@ -139,6 +139,25 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     dataset_html = Path(result["refresh"]["dataset_report"]).read_text()
     assert "missing image file" in dataset_html and "Co-occurrence" in dataset_html
 
+    # Every example query of the README runs on this database and returns what it should.
+    from sqlalchemy import text
+
+    from db.engine import get_engine
+    from db.queries import EXAMPLE_QUERIES
+
+    with get_engine(database_url).connect() as conn:
+        rows = {title: conn.execute(text(sql), params).all() for title, (sql, params) in EXAMPLE_QUERIES.items()}
+    assert {r[0] for r in rows["Failures of the latest night and their reasons"]} == {"corrupt_000.png", "empty_000.png", "nometa_000.png"}
+    assert len(rows["Per-class metrics of the champion on the test split"]) == 14
+    assert len(rows["One study's history across model versions"]) == 14  # 90000000_000.dcm, one model
+    assert len(rows["Flag rate per finding per night"]) == 14
+    flagged = rows["Studies scored in the latest night, with their flagged findings"]
+    with session_scope(database_url) as s:
+        n_flagged = s.scalar(select(func.count()).select_from(Prediction).where(Prediction.decision.is_(True)))
+    assert len(flagged) == min(10, n_flagged)
+    strongest = rows["Latest prediction per study and finding (the view), strongest Effusion calls"]
+    assert [r[1] for r in strongest] == sorted((r[1] for r in strongest), reverse=True) and len(strongest) == 5
+
     # The Prefect UI shows the key results as artifacts with stable keys.
     keys = _artifact_keys()
     assert {"cxr-training-epochs", "cxr-thresholds", "cxr-per-class-metrics", "cxr-evaluation-summary",
