@@ -12,7 +12,6 @@ from cxrmodel.model import (
     NUM_PATIENT_FEATURES,
     DenseNetClassifier,
     DenseNetFPNClassifier,
-    PyramidBackbone,
     build_model,
     count_parameters,
     densenet121_backbone,

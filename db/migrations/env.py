@@ -1,7 +1,6 @@
 """Alembic environment: batch mode on SQLite, the models' naming convention everywhere."""
 
 from alembic import context
-from sqlalchemy import pool
 
 from db.engine import get_engine
 from db.models import Base
