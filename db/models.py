@@ -33,12 +33,15 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON}
+
 
 class Study(Base):
     """One image: the NIH image index is the study key."""
@@ -63,6 +66,7 @@ class Study(Base):
 
     labels: Mapped[list[StudyLabel]] = relationship(back_populates="study", cascade="all, delete-orphan")
 
+
 class StudyLabel(Base):
     """A positive finding of a labelled study (absent rows are negatives: 14 x 112k rows of
     zeros would make up most of the table and say nothing)."""
@@ -74,6 +78,7 @@ class StudyLabel(Base):
     value: Mapped[int] = mapped_column(SmallInteger)
 
     study: Mapped[Study] = relationship(back_populates="labels")
+
 
 class RefreshRun(Base):
     __tablename__ = "refresh_runs"
@@ -91,6 +96,7 @@ class RefreshRun(Base):
     n_quarantined: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(16), default="running")
 
+
 class QuarantinedRow(Base):
     """A source row that could not become a study, with the reason. Never silently dropped."""
 
@@ -106,6 +112,7 @@ class QuarantinedRow(Base):
     raw: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
 
@@ -119,6 +126,7 @@ class ModelVersion(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     parameter_count: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
 
 class TrainingRun(Base):
     __tablename__ = "training_runs"
@@ -139,6 +147,7 @@ class TrainingRun(Base):
 
     epochs: Mapped[list[EpochMetric]] = relationship(cascade="all, delete-orphan", order_by="EpochMetric.epoch")
 
+
 class EpochMetric(Base):
     __tablename__ = "epoch_metrics"
     __table_args__ = (UniqueConstraint("training_run_id", "epoch"),)
@@ -155,6 +164,7 @@ class EpochMetric(Base):
     learning_rate: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
 
+
 class ThresholdSet(Base):
     __tablename__ = "threshold_sets"
 
@@ -168,6 +178,7 @@ class ThresholdSet(Base):
 
     thresholds: Mapped[list[Threshold]] = relationship(cascade="all, delete-orphan")
 
+
 class Threshold(Base):
     __tablename__ = "thresholds"
 
@@ -175,6 +186,7 @@ class Threshold(Base):
     finding: Mapped[str] = mapped_column(String(32), primary_key=True)
     threshold: Mapped[float] = mapped_column(Float)
     note: Mapped[str | None] = mapped_column(String(256))
+
 
 class Evaluation(Base):
     __tablename__ = "evaluations"
@@ -204,6 +216,7 @@ class Evaluation(Base):
 
     class_metrics: Mapped[list[ClassMetric]] = relationship(cascade="all, delete-orphan")
 
+
 class ClassMetric(Base):
     __tablename__ = "class_metrics"
 
@@ -224,6 +237,7 @@ class ClassMetric(Base):
     tn: Mapped[int]
     fn: Mapped[int]
 
+
 class ScoringRun(Base):
     __tablename__ = "scoring_runs"
 
@@ -238,6 +252,7 @@ class ScoringRun(Base):
     n_failed: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
 
 class Prediction(Base):
     """One probability and decision per study, model version and finding."""
@@ -258,6 +273,7 @@ class Prediction(Base):
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+
 class ScoringFailure(Base):
     __tablename__ = "scoring_failures"
     __table_args__ = (UniqueConstraint("scoring_run_id", "study_id"),)
@@ -267,6 +283,7 @@ class ScoringFailure(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
 
 class Promotion(Base):
     __tablename__ = "promotions"

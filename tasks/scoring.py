@@ -19,6 +19,13 @@ from tasks.common import flow_run_id, run_logger
 from tasks.models import load_model_version
 
 
+def _in_prefect_run() -> bool:
+    """True inside a Prefect flow or task run (not when ``score_new_studies.fn`` is called directly)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def _patient_row(study, scaler) -> tuple[float, float, float] | None:
     if study.age is None and study.sex is None and study.view is None:
         return None
@@ -76,10 +83,11 @@ def score_new_studies(
         run = session.get(ScoringRun, run_id)
         run.status, run.finished_at = "completed", repo.now()
     logger.info("scoring run %d with %s: %d scored, %d failed in %.1fs", run_id, champion_name, scored, failed, seconds)
-    create_markdown_artifact(
-        key="cxr-nightly-scoring",
-        markdown=f"## Scoring run {run_id}\n\nModel **{champion_name}**, threshold set {tset_id}.\n\n"
-        f"| candidates | scored | failed | seconds |\n|---|---|---|---|\n| {len(items)} | {scored} | {failed} | {seconds:.1f} |",
-        description=f"Nightly scoring run {run_id}",
-    )
+    if _in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
+        create_markdown_artifact(
+            key="cxr-nightly-scoring",
+            markdown=f"## Scoring run {run_id}\n\nModel **{champion_name}**, threshold set {tset_id}.\n\n"
+            f"| candidates | scored | failed | seconds |\n|---|---|---|---|\n| {len(items)} | {scored} | {failed} | {seconds:.1f} |",
+            description=f"Nightly scoring run {run_id}",
+        )
     return run_id
