@@ -46,26 +46,27 @@ def build_deployments(settings: ScheduleSettings | None = None) -> list:
     from flows.stages import refresh_flow, report_flow, score_flow
 
     s = settings or ScheduleSettings()
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     return [
         refresh_flow.to_deployment(
             REFRESH,
             schedules=[CronSchedule(cron=s.refresh_cron, timezone=s.timezone)],
             parameters={"source_dir": s.source_dir, "source": "nih-local", "incoming_dir": s.incoming_dir},
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            concurrency_limit=one_at_a_time,
             tags=["cxr", "nightly"],
             description="Nightly: register new studies and refresh labelled data.",
         ),
         score_flow.to_deployment(
             SCORING,
             schedules=[CronSchedule(cron=s.scoring_cron, timezone=s.timezone)],
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            concurrency_limit=one_at_a_time,
             tags=["cxr", "nightly"],
             description="Nightly: score every study without a prediction from the champion.",
         ),
         retrain_flow.to_deployment(
             RETRAIN,
             schedules=[CronSchedule(cron=s.retrain_cron, timezone=s.timezone)],
-            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+            concurrency_limit=one_at_a_time,
             tags=["cxr", "gpu"],
             description="Weekly on the GPU pool: train, calibrate, evaluate, promote if better.",
         ),

@@ -18,7 +18,7 @@ from db import repository as repo
 from db.engine import session_scope
 from db.models import Evaluation, ModelVersion
 from tasks.common import labelled_frame, run_logger
-from tasks.models import load_model_version
+from tasks.models import LoadedModel, load_model_version
 
 
 def _load(database_url: str, version_id: int):
@@ -30,9 +30,8 @@ def _load(database_url: str, version_id: int):
         return load_model_version(version, parent), version.name, Path(version.artifact_path).parent
 
 
-def predict_split(database_url: str, home: Path, version_id: int, split: str):
-    """(probabilities, labels, frame, ms per image) of a model version on a labelled split."""
-    loaded, _, _ = _load(database_url, version_id)
+def predict_split(database_url: str, home: Path, loaded: LoadedModel, split: str):
+    """(probabilities, labels, frame, ms per image) of a loaded model version on a labelled split."""
     frame = labelled_frame(database_url)
     frame = frame[frame["split"] == split].reset_index(drop=True)
     if frame.empty:
@@ -47,11 +46,11 @@ def predict_split(database_url: str, home: Path, version_id: int, split: str):
 def calibrate_thresholds(database_url: str, home: Path, version_id: int, config: ThresholdConfig) -> int:
     """Fit per-finding thresholds on the validation split; store them as the active set and as
     ``thresholds.json`` beside the model."""
-    probs, labels, _, _ = predict_split(database_url, home, version_id, "val")
+    loaded, name, folder = _load(database_url, version_id)
+    probs, labels, _, _ = predict_split(database_url, home, loaded, "val")
     result = calibrate(labels, probs, config)
     for finding, note in result.notes.items():
         run_logger().warning("%s: %s", finding, note)
-    _, name, folder = _load(database_url, version_id)
     save_thresholds_json(result, folder / "thresholds.json")
     with session_scope(database_url) as session:
         tset = repo.save_threshold_set(
@@ -76,9 +75,9 @@ def evaluate_model(database_url: str, home: Path, version_id: int, threshold_set
         values = {t.finding: t.threshold for t in tset.thresholds}
         threshold_set_id = tset.id
     thresholds = np.array([values[f] for f in FINDINGS])
-    probs, labels, frame, ms = predict_split(database_url, home, version_id, split)
+    loaded, name, folder = _load(database_url, version_id)
+    probs, labels, frame, ms = predict_split(database_url, home, loaded, split)
     result = evaluate_multilabel(labels, probs, thresholds)
-    _, name, folder = _load(database_url, version_id)
     predictions_path = folder / f"predictions_{split}.npz"
     np.savez_compressed(predictions_path, y_true=labels, y_prob=probs.astype(np.float32), study_key=frame["study_key"].to_numpy(dtype=str))
     with session_scope(database_url) as session:

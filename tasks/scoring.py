@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
+from cxrmodel.metadata import patient_features
 from cxrmodel.train import resolve_device
 from cxrmodel.transforms import eval_transform
 from db import repository as repo
@@ -26,10 +28,15 @@ def _in_prefect_run() -> bool:
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
 
 
-def _patient_row(study, scaler) -> tuple[float, float, float] | None:
-    if study.age is None and study.sex is None and study.view is None:
-        return None
-    return (float(scaler.transform([study.age])[0]), 1.0 if study.sex == "F" else 0.0, 1.0 if study.view == "AP" else 0.0)
+def _patient_rows(studies, scaler) -> list[tuple[float, float, float] | None]:
+    """Patient features of each study, encoded by :func:`cxrmodel.metadata.patient_features`;
+    None where age, sex and view are all unknown (scored as a failure: missing metadata)."""
+    frame = pd.DataFrame({"age": [s.age for s in studies], "sex": [s.sex for s in studies], "view": [s.view for s in studies]})
+    features = patient_features(frame, scaler)
+    return [
+        None if s.age is None and s.sex is None and s.view is None else tuple(float(v) for v in row)
+        for s, row in zip(studies, features)
+    ]
 
 
 @task(name="score-new-studies", retries=2, retry_delay_seconds=10)
@@ -50,7 +57,7 @@ def score_new_studies(
         loaded = load_model_version(champion, parent)
         thresholds = np.array([{t.finding: t.threshold for t in tset.thresholds}[f] for f in FINDINGS])
         pending = repo.studies_to_score(session, champion.id, limit=limit)
-        items = [ScoringItem(s.id, s.image_path, _patient_row(s, loaded.age_scaler)) for s in pending]
+        items = [ScoringItem(s.id, s.image_path, p) for s, p in zip(pending, _patient_rows(pending, loaded.age_scaler))]
         run = repo.start_scoring_run(
             session, model_version_id=champion.id, threshold_set_id=tset.id, flow_run_id=flow_run_id(), n_candidates=len(items)
         )
