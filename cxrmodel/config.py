@@ -185,12 +185,30 @@ class ThresholdConfig(_Frozen):
     adjustment: float = Field(0.05, ge=0, le=0.5)
 
 
+class EvaluationConfig(_Frozen):
+    """What an evaluation computes beyond the point metrics, and how promotion decides."""
+
+    n_bootstrap: int = Field(1000, ge=0, description="Patient-level bootstrap resamples for the CIs (0: none).")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    calibration: Literal["none", "temperature", "platt"] = Field(
+        "none", description="Per-class probability calibration fitted on validation; Brier and ECE before/after."
+    )
+    ece_bins: int = Field(15, ge=2, le=100)
+    subgroup_min_studies: int = Field(20, ge=1, description="Smaller subgroups are listed without metrics.")
+    embedding_map: bool = Field(True, description="2-D t-SNE map of the test studies' embeddings in the report.")
+    map_max_points: int = Field(2000, ge=10)
+    random_state: int = 0
+    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = "macro_auroc"
+    promotion_margin: float = Field(0.0, ge=0, le=1)
+
+
 class PipelineConfig(_Frozen):
     """Everything one end-to-end run needs."""
 
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     chexnet_baseline: TrainConfig | None = Field(
         None, description="Also train the image-only CheXNet-style DenseNet121 with this recipe (a baseline)."
     )

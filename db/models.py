@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -125,6 +126,8 @@ class ModelVersion(Base):
     status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     parameter_count: Mapped[int | None]
+    # A champion pinned by hand stays champion: automatic promotion leaves it alone until unpinned.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -211,10 +214,21 @@ class Evaluation(Base):
     lrap: Mapped[float | None] = mapped_column(Float)
     mean_brier: Mapped[float] = mapped_column(Float)
     inference_ms_per_image: Mapped[float | None] = mapped_column(Float)
+    # 95 % bootstrap intervals, resampling patients (n_bootstrap resamples).
+    macro_auroc_ci_low: Mapped[float | None] = mapped_column(Float)
+    macro_auroc_ci_high: Mapped[float | None] = mapped_column(Float)
+    macro_f1_ci_low: Mapped[float | None] = mapped_column(Float)
+    macro_f1_ci_high: Mapped[float | None] = mapped_column(Float)
+    n_bootstrap: Mapped[int | None]
+    mean_ece: Mapped[float | None] = mapped_column(Float)
+    calibration_method: Mapped[str | None] = mapped_column(String(16))
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     report_path: Mapped[str | None] = mapped_column(Text)
+    bundle_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     class_metrics: Mapped[list[ClassMetric]] = relationship(cascade="all, delete-orphan")
+    subgroup_metrics: Mapped[list[SubgroupMetric]] = relationship(cascade="all, delete-orphan")
 
 
 class ClassMetric(Base):
@@ -236,6 +250,33 @@ class ClassMetric(Base):
     fp: Mapped[int]
     tn: Mapped[int]
     fn: Mapped[int]
+    auroc_ci_low: Mapped[float | None] = mapped_column(Float)
+    auroc_ci_high: Mapped[float | None] = mapped_column(Float)
+    f1_ci_low: Mapped[float | None] = mapped_column(Float)
+    f1_ci_high: Mapped[float | None] = mapped_column(Float)
+    ece: Mapped[float | None] = mapped_column(Float)
+    # Brier and ECE after the evaluation's probability calibration (None when uncalibrated).
+    brier_calibrated: Mapped[float | None] = mapped_column(Float)
+    ece_calibrated: Mapped[float | None] = mapped_column(Float)
+
+
+class SubgroupMetric(Base):
+    """Aggregate metrics of one evaluation restricted to a subgroup (sex, age band, view)."""
+
+    __tablename__ = "subgroup_metrics"
+
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), primary_key=True)
+    attribute: Mapped[str] = mapped_column(String(16), primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    n_studies: Mapped[int]
+    n_positive_labels: Mapped[int | None]
+    macro_auroc: Mapped[float | None] = mapped_column(Float)
+    macro_f1: Mapped[float | None] = mapped_column(Float)
+    micro_f1: Mapped[float | None] = mapped_column(Float)
+    exact_match: Mapped[float | None] = mapped_column(Float)
+    hamming_loss: Mapped[float | None] = mapped_column(Float)
+    mean_brier: Mapped[float | None] = mapped_column(Float)
+    mean_ece: Mapped[float | None] = mapped_column(Float)
 
 
 class ScoringRun(Base):
@@ -292,4 +333,5 @@ class Promotion(Base):
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     previous_champion_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     reason: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(16), default="promote", server_default="promote")  # promote | pin | rollback
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

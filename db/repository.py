@@ -23,6 +23,7 @@ from db.models import (
     ScoringRun,
     Study,
     StudyLabel,
+    SubgroupMetric,
     Threshold,
     ThresholdSet,
     TrainingRun,
@@ -158,15 +159,20 @@ def champion(session: Session) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.status == "champion"))
 
 
-def promote(session: Session, version_id: int, reason: str) -> None:
-    """Make ``version_id`` the champion (the previous one retires) and record why."""
+def promote(session: Session, version_id: int, reason: str, action: str = "promote") -> None:
+    """Make ``version_id`` the champion (the previous one retires) and record why.
+
+    ``action`` says how: ``promote`` (automatic, after an evaluation), ``pin`` or ``rollback``
+    (by hand, see :mod:`db.registry`). A new champion starts unpinned unless it was pinned.
+    """
     previous = champion(session)
     if previous is not None and previous.id == version_id:
         return
     if previous is not None:
         previous.status = "retired"
+        previous.pinned = False
     session.get(ModelVersion, version_id).status = "champion"
-    session.add(Promotion(model_version_id=version_id, previous_champion_id=previous.id if previous else None, reason=reason))
+    session.add(Promotion(model_version_id=version_id, previous_champion_id=previous.id if previous else None, reason=reason, action=action))
     session.flush()
 
 
@@ -223,9 +229,17 @@ def active_threshold_set(session: Session, model_version_id: int) -> ThresholdSe
 
 
 def save_evaluation(
-    session: Session, model_version_id: int, threshold_set_id: int | None, split: str, aggregates: dict, per_class: Sequence[dict], **extra
+    session: Session,
+    model_version_id: int,
+    threshold_set_id: int | None,
+    split: str,
+    aggregates: dict,
+    per_class: Sequence[dict],
+    subgroups: Sequence[dict] = (),
+    **extra,
 ) -> Evaluation:
-    """Store (or replace) the evaluation of a model version with a threshold set on a split."""
+    """Store (or replace) the evaluation of a model version with a threshold set on a split,
+    with its per-class rows and subgroup rows (keys ``attribute``, ``group`` and the metrics)."""
     old = session.scalar(
         select(Evaluation).where(
             Evaluation.model_version_id == model_version_id,
@@ -245,6 +259,11 @@ def save_evaluation(
     )
     metric_columns = {c.name for c in ClassMetric.__table__.columns}
     ev.class_metrics = [ClassMetric(**{k: v for k, v in row.items() if k in metric_columns}) for row in per_class]
+    subgroup_columns = {c.name for c in SubgroupMetric.__table__.columns}
+    ev.subgroup_metrics = [
+        SubgroupMetric(group_name=str(row["group"]), **{k: v for k, v in row.items() if k in subgroup_columns})
+        for row in subgroups
+    ]
     session.add(ev)
     session.flush()
     return ev

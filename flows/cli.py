@@ -18,6 +18,8 @@ from cxrmodel.config import PipelineConfig, Settings, SynthConfig, load_pipeline
 app = typer.Typer(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+models_app = typer.Typer(help="The model registry: list versions, pin a champion, roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -44,6 +46,78 @@ def db_upgrade(home: HomeOption = None, revision: str = "head") -> None:
     settings = _settings(home)
     upgrade_database(settings.resolved_database_url, revision)
     typer.echo(f"database at {settings.resolved_database_url} is at revision {revision}")
+
+
+def _registry_change(home: Path | None, change) -> None:
+    """Run one registry change in its own transaction; a refused change exits with status 1."""
+    from db.engine import session_scope
+    from db.registry import RegistryError
+
+    url = _settings(home).resolved_database_url
+    try:
+        with session_scope(url) as session:
+            typer.echo(change(session))
+    except RegistryError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the promotion history).")]
+
+
+@models_app.command("list")
+def models_list(home: HomeOption = None) -> None:
+    """Every model version with its status and newest test macro AUROC (95 % CI)."""
+    from db.registry import list_versions
+
+    def show(session) -> str:
+        lines = [f"{'name':40} {'kind':16} {'status':10} {'pinned':6} macro AUROC [95% CI]"]
+        for v in list_versions(session):
+            auroc = "-" if v.macro_auroc is None else f"{v.macro_auroc:.3f}"
+            if v.macro_auroc_ci[0] is not None:
+                auroc += f" [{v.macro_auroc_ci[0]:.3f}, {v.macro_auroc_ci[1]:.3f}]"
+            lines.append(f"{v.name:40} {v.kind:16} {v.status:10} {'yes' if v.pinned else '':6} {auroc}")
+        return "\n".join(lines)
+
+    _registry_change(home, show)
+
+
+@models_app.command("pin")
+def models_pin(name: Annotated[str, typer.Argument(help="Model version name.")], reason: ReasonOption = "pinned by hand", home: HomeOption = None) -> None:
+    """Make a model version the champion and keep it there (automatic promotion skips it)."""
+    from db.registry import pin
+
+    _registry_change(home, lambda s: f"champion: {pin(s, name, reason).name} (pinned)")
+
+
+@models_app.command("unpin")
+def models_unpin(reason: ReasonOption = "unpinned by hand", home: HomeOption = None) -> None:
+    """Let automatic promotion replace the champion again."""
+    from db.registry import unpin
+
+    _registry_change(home, lambda s: f"champion: {unpin(s, reason).name} (not pinned)")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: ReasonOption = "rolled back by hand", home: HomeOption = None) -> None:
+    """Bring back the champion the current one replaced (pinned, so it stays)."""
+    from db.registry import rollback
+
+    _registry_change(home, lambda s: f"champion: {rollback(s, reason).name} (pinned)")
+
+
+@models_app.command("history")
+def models_history(home: HomeOption = None) -> None:
+    """Every champion change, newest first."""
+    from db.registry import history
+
+    def show(session) -> str:
+        return "\n".join(
+            f"{h['at']:%Y-%m-%d %H:%M:%S}  {h['action']:8}  {h['champion']}  (was {h['previous'] or '-'})  {h['reason']}"
+            for h in history(session)
+        ) or "no promotions yet"
+
+    _registry_change(home, show)
 
 
 @app.command()
@@ -110,12 +184,12 @@ def calibrate(model_version_id: int, config: ConfigOption = DEFAULT_CONFIG, home
 
 
 @app.command()
-def evaluate(model_version_id: int, promote: bool = True, home: HomeOption = None) -> None:
+def evaluate(model_version_id: int, promote: bool = True, config: ConfigOption = DEFAULT_CONFIG, home: HomeOption = None) -> None:
     """Evaluate a model version on the test split; promote it if it beats the champion."""
     from flows.stages import evaluate_flow
 
     _settings(home)
-    typer.echo(json.dumps(evaluate_flow(model_version_id, promote=promote), indent=2))
+    typer.echo(json.dumps(evaluate_flow(model_version_id, promote=promote, evaluation=_config(config).evaluation), indent=2))
 
 
 @app.command()

@@ -44,7 +44,7 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
     upgrade_database(url)
     result = pipeline_flow(
         str(data_root), "synthetic", str(data_root / "incoming"), config.data, config.train, config.thresholds,
-        chexnet_baseline=config.chexnet_baseline, home=str(home), database_url=url,
+        config.evaluation, chexnet_baseline=config.chexnet_baseline, home=str(home), database_url=url,
     )
     print("\n=== chest X-ray pipeline demo (research tool, not for clinical use) ===")
     print(f"evaluation report : {result['report']}")

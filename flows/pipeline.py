@@ -7,7 +7,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
 from flows.stages import calibrate_flow, evaluate_flow, refresh_flow, report_flow, score_flow, train_flow
 
 
@@ -19,6 +19,7 @@ def pipeline_flow(
     data: DataConfig = DataConfig(),
     train: TrainConfig = TrainConfig(),
     thresholds: ThresholdConfig = ThresholdConfig(),
+    evaluation: EvaluationConfig = EvaluationConfig(),
     with_knn_baseline: bool = True,
     with_mlp_baseline: bool = True,
     chexnet_baseline: TrainConfig | None = None,
@@ -45,7 +46,7 @@ def pipeline_flow(
     lap("train")
     calibrate_flow(version_id, thresholds, **where)
     lap("calibrate")
-    evaluated = evaluate_flow(version_id, **where)
+    evaluated = evaluate_flow(version_id, evaluation=evaluation, **where)
     # Embedding baselines: calibrated and evaluated like the network, never promoted; they land
     # in the report's model-comparison table.
     baselines: dict[str, dict] = {}
@@ -53,13 +54,13 @@ def pipeline_flow(
         baseline_id = trained.get(f"{kind}_version_id")
         if baseline_id is not None:
             calibrate_flow(baseline_id, thresholds, **where)
-            baselines[kind] = evaluate_flow(baseline_id, promote=False, **where)
+            baselines[kind] = evaluate_flow(baseline_id, promote=False, evaluation=evaluation, **where)
     lap("evaluate")
     if chexnet_baseline is not None:
         recipe = chexnet_baseline.model_copy(update={"architecture": "densenet121"})
         chexnet = train_flow(data, recipe, False, False, with_embedding_index=False, **where)
         calibrate_flow(chexnet["model_version_id"], thresholds, **where)
-        baselines["chexnet"] = evaluate_flow(chexnet["model_version_id"], promote=False, **where)
+        baselines["chexnet"] = evaluate_flow(chexnet["model_version_id"], promote=False, evaluation=evaluation, **where)
         lap("chexnet baseline")
     scored = score_flow(**where)
     lap("score")
@@ -88,8 +89,7 @@ def retrain_flow(
     data: DataConfig = DataConfig(),
     train: TrainConfig = TrainConfig(),
     thresholds: ThresholdConfig = ThresholdConfig(),
-    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = "macro_auroc",
-    promotion_margin: float = 0.0,
+    evaluation: EvaluationConfig = EvaluationConfig(),
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
@@ -99,6 +99,6 @@ def retrain_flow(
     trained = train_flow(data, train, **where)
     version_id = trained["model_version_id"]
     calibrate_flow(version_id, thresholds, **where)
-    evaluated = evaluate_flow(version_id, True, promotion_metric, promotion_margin, **where)
+    evaluated = evaluate_flow(version_id, True, evaluation, **where)
     report = report_flow(evaluated["evaluation_id"], **where)
     return {"model_version_id": version_id, **evaluated, "report": report}

@@ -8,7 +8,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import DataConfig, EvaluationConfig, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
 from db.engine import upgrade_database
 from flows.params import resolve
 from tasks import data as data_tasks
@@ -100,16 +100,19 @@ def calibrate_flow(
 def evaluate_flow(
     model_version_id: int,
     promote: bool = True,
-    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = "macro_auroc",
-    promotion_margin: float = 0.0,
+    evaluation: EvaluationConfig = EvaluationConfig(),
     split: Literal["test", "val"] = "test",
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
-    """Evaluate a model version with its active thresholds; promote it if it beats the champion."""
+    """Evaluate a model version with its active thresholds (bootstrap intervals, calibration,
+    subgroups); promote it if it beats the champion by ``evaluation.promotion_margin``."""
     home_path, url = resolve(home, database_url)
-    evaluation_id = evaluate_model(url, home_path, model_version_id, split=split)
-    promoted = promote_if_better(url, model_version_id, promotion_metric, promotion_margin, split) if promote else False
+    evaluation_id = evaluate_model(url, home_path, model_version_id, split=split, config=evaluation)
+    promoted = (
+        promote_if_better(url, model_version_id, evaluation.promotion_metric, evaluation.promotion_margin, split)
+        if promote else False
+    )
     return {"evaluation_id": evaluation_id, "promoted": promoted}
 
 

@@ -9,7 +9,8 @@ import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from cxrmodel.config import ThresholdConfig
+from cxrmodel.config import EvaluationConfig, ThresholdConfig
+from cxrmodel.embedding_map import embedding_map
 from cxrmodel.findings import FINDINGS
 from cxrmodel.metadata import labels_matrix
 from cxrmodel.metrics import evaluate_multilabel
@@ -65,9 +66,66 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
     return set_id
 
 
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _add_calibration_error(per_class: list[dict], aggregates: dict, labels: np.ndarray, probs: np.ndarray, n_bins: int) -> None:
+    from cxrmodel.calibration import expected_calibration_error  # TEMP lazy until the module lands
+
+    for j, row in enumerate(per_class):
+        row["ece"] = expected_calibration_error(labels[:, j], probs[:, j], n_bins=n_bins)
+    aggregates["mean_ece"] = float(np.mean([row["ece"] for row in per_class]))
+
+
+def _add_intervals(per_class: list[dict], aggregates: dict, labels, probs, thresholds, patients, config: EvaluationConfig) -> None:
+    """95 % (``config.confidence``) bootstrap intervals over patients for AUROC and F1."""
+    from cxrmodel.bootstrap import bootstrap_ci  # TEMP lazy
+
+    boot = bootstrap_ci(labels, probs, thresholds, patients, config.n_bootstrap, config.confidence, config.random_state)
+    for j, row in enumerate(per_class):
+        row["auroc_ci_low"], row["auroc_ci_high"] = (_none_if_nan(v) for v in boot.auroc_ci[j])
+        row["f1_ci_low"], row["f1_ci_high"] = (_none_if_nan(v) for v in boot.f1_ci[j])
+    aggregates["macro_auroc_ci_low"], aggregates["macro_auroc_ci_high"] = (_none_if_nan(v) for v in boot.macro_auroc_ci)
+    aggregates["macro_f1_ci_low"], aggregates["macro_f1_ci_high"] = (_none_if_nan(v) for v in boot.macro_f1_ci)
+    aggregates["n_bootstrap"] = boot.n_resamples
+
+
+def _calibrate_probabilities(per_class: list[dict], aggregates: dict, labels, probs, val_labels, val_probs, config: EvaluationConfig) -> np.ndarray:
+    """Fit per-class probability calibration on validation; Brier and ECE after it on ``probs``."""
+    from cxrmodel.calibration import ProbabilityCalibrator, calibration_summary  # TEMP lazy
+
+    calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration)
+    calibrated = calibrator.transform(probs)
+    for row, after in zip(per_class, calibration_summary(labels, probs, calibrated, n_bins=config.ece_bins)):
+        row["brier_calibrated"], row["ece_calibrated"] = after["brier_after"], after["ece_after"]
+    for finding, note in calibrator.notes.items():
+        run_logger().warning("calibration of %s: %s", finding, note)
+    aggregates["calibration_method"] = config.calibration
+    aggregates["calibration"] = calibrator.to_dict()
+    return calibrated
+
+
+def _subgroups(labels, probs, thresholds, frame, config: EvaluationConfig) -> list[dict]:
+    from cxrmodel.subgroups import age_band, subgroup_metrics  # TEMP lazy
+
+    attributes = {"sex": frame["sex"].to_numpy(dtype=object), "age_band": age_band(frame["age"].to_numpy(dtype=float)),
+                  "view": frame["view"].to_numpy(dtype=object)}
+    return subgroup_metrics(labels, probs, thresholds, attributes, min_studies=config.subgroup_min_studies)
+
+
 @task(name="evaluate-model")
-def evaluate_model(database_url: str, home: Path, version_id: int, threshold_set_id: int | None = None, split: str = "test") -> int:
-    """Metrics of a model version on ``split`` with its active (or the given) threshold set."""
+def evaluate_model(
+    database_url: str,
+    home: Path,
+    version_id: int,
+    threshold_set_id: int | None = None,
+    split: str = "test",
+    config: EvaluationConfig = EvaluationConfig(),
+) -> int:
+    """Metrics of a model version on ``split`` with its active (or the given) threshold set:
+    seed 004's metrics, patient-level bootstrap intervals, calibration error (and optional
+    probability calibration fitted on validation), subgroup metrics and an embedding map."""
     with session_scope(database_url) as session:
         tset = session.get(repo.ThresholdSet, threshold_set_id) if threshold_set_id else repo.active_threshold_set(session, version_id)
         if tset is None:
@@ -78,29 +136,58 @@ def evaluate_model(database_url: str, home: Path, version_id: int, threshold_set
     loaded, name, folder = _load(database_url, version_id)
     probs, labels, frame, ms = predict_split(database_url, home, loaded, split)
     result = evaluate_multilabel(labels, probs, thresholds)
-    predictions_path = folder / f"predictions_{split}.npz"
-    np.savez_compressed(predictions_path, y_true=labels, y_prob=probs.astype(np.float32), study_key=frame["study_key"].to_numpy(dtype=str))
+    per_class, aggregates = [dict(row) for row in result.per_class], dict(result.aggregates)
+    _add_calibration_error(per_class, aggregates, labels, probs, config.ece_bins)
+    if config.n_bootstrap:
+        patients = frame["patient_id"].fillna(frame["study_key"]).astype(str).to_numpy()
+        _add_intervals(per_class, aggregates, labels, probs, thresholds, patients, config)
+    arrays = {"y_true": labels, "y_prob": probs.astype(np.float32), "study_key": frame["study_key"].to_numpy(dtype=str)}
+    if config.calibration != "none":
+        val_probs, val_labels, _, _ = predict_split(database_url, home, loaded, "val")
+        arrays["y_prob_calibrated"] = _calibrate_probabilities(per_class, aggregates, labels, probs, val_labels, val_probs, config).astype(np.float32)
+    subgroups = _subgroups(labels, probs, thresholds, frame, config)
+    if config.embedding_map and loaded.embedding_head is None and len(frame) >= 4:
+        arrays["map_xy"], arrays["map_rows"] = embedding_map(
+            loaded.embed_frame(frame, Path(home) / "cache"), config.map_max_points, config.random_state
+        )
+    np.savez_compressed(folder / f"predictions_{split}.npz", **arrays)
     with session_scope(database_url) as session:
         evaluation = repo.save_evaluation(
-            session, version_id, threshold_set_id, split, result.aggregates, result.per_class, inference_ms_per_image=ms
+            session, version_id, threshold_set_id, split, aggregates, per_class, subgroups, inference_ms_per_image=ms
         )
         evaluation_id = evaluation.id
-    agg = result.aggregates
+    _publish_evaluation(name, split, evaluation_id, aggregates, per_class, subgroups)
+    return evaluation_id
+
+
+def _rounded(row: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def _publish_evaluation(name: str, split: str, evaluation_id: int, aggregates: dict, per_class: list[dict], subgroups: list[dict]) -> None:
     create_table_artifact(
         key="cxr-per-class-metrics",
-        table=[{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in result.per_class],
+        table=[_rounded(row) for row in per_class],
         description=f"Per-class metrics of {name} on {split} (evaluation {evaluation_id})",
     )
+    create_table_artifact(
+        key="cxr-subgroup-metrics",
+        table=[_rounded(row) for row in subgroups],
+        description=f"Metrics of {name} on {split} by sex, age band and view (evaluation {evaluation_id})",
+    )
+    scalars = {k: v for k, v in aggregates.items() if not isinstance(v, dict)}
     create_markdown_artifact(
         key="cxr-evaluation-summary",
         markdown=(
             f"## {name} on {split}\n\n| metric | value |\n|---|---|\n"
-            + "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in agg.items())
+            + "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
         ),
         description=f"Evaluation {evaluation_id}",
     )
-    run_logger().info("%s on %s: macro AUROC %.3f, macro-F1 %.3f", name, split, agg["macro_auroc"] or float("nan"), agg["macro_f1"])
-    return evaluation_id
+    run_logger().info(
+        "%s on %s: macro AUROC %.3f [%s, %s], macro-F1 %.3f", name, split, aggregates["macro_auroc"] or float("nan"),
+        aggregates.get("macro_auroc_ci_low"), aggregates.get("macro_auroc_ci_high"), aggregates["macro_f1"],
+    )
 
 
 @task(name="promote-if-better")
@@ -117,6 +204,9 @@ def promote_if_better(database_url: str, version_id: int, metric: str = "macro_a
             return True
         if current.id == version_id:
             return True
+        if current.pinned:
+            run_logger().info("kept champion %s: it is pinned (cxr models unpin to allow promotion)", current.name)
+            return False
         theirs = session.query(Evaluation).filter_by(model_version_id=current.id, split=split).order_by(Evaluation.id.desc()).first()
         ours_value = getattr(ours, metric) or 0.0
         theirs_value = (getattr(theirs, metric) or 0.0) if theirs else 0.0
