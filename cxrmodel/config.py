@@ -176,8 +176,9 @@ class TrainConfig(_Frozen):
 class ThresholdConfig(_Frozen):
     """Per-finding decision thresholds (seed 004, 'dynamic threshold per class')."""
 
-    method: Literal["youden", "precision_constrained_f1", "dynamic_f1"] = "dynamic_f1"
+    method: Literal["youden", "precision_constrained_f1", "dynamic_f1", "fixed_sensitivity"] = "dynamic_f1"
     min_precision: float = Field(0.40, ge=0, le=1)
+    min_sensitivity: float = Field(0.90, gt=0, le=1, description="fixed_sensitivity: the operating point for triage.")
     grid_start: float = 0.10
     grid_stop: float = 0.85
     grid_step: float = 0.05

@@ -248,6 +248,8 @@ def calibrate_thresholds(y_true: ArrayLike, y_prob: ArrayLike, config: Threshold
     """Run the method named by ``config.method`` with the config's precision floor, grid and F1 rule."""
     if config.method == "youden":
         return youden_thresholds(y_true, y_prob)
+    if config.method == "fixed_sensitivity":
+        return fixed_sensitivity_thresholds(y_true, y_prob, config.min_sensitivity)
     grid = threshold_grid(config.grid_start, config.grid_stop, config.grid_step)
     if config.method == "precision_constrained_f1":
         return precision_constrained_f1_thresholds(y_true, y_prob, config.min_precision, grid)

@@ -215,19 +215,6 @@ def test_youden_and_sensitivity_match_brute_force(seed):
         assert sens.thresholds[j] == cands[np.flatnonzero(rec >= 0.9)[0]]
 
 
-def test_calibration_is_fast():
-    rng = np.random.default_rng(7)
-    y_true = (rng.random((25_000, C)) < 0.1).astype(int)
-    y_prob = np.clip(0.3 * y_true + 0.7 * rng.random((25_000, C)), 0, 1)
-    for method in ("youden", "precision_constrained_f1", "dynamic_f1"):
-        start = time.perf_counter()
-        calibrate_thresholds(y_true, y_prob, ThresholdConfig(method=method))
-        assert time.perf_counter() - start < 2.0, method
-    start = time.perf_counter()
-    fixed_sensitivity_thresholds(y_true, y_prob)
-    assert time.perf_counter() - start < 2.0
-
-
 # ------------------------------------------------------------------------- dispatch and JSON
 
 
@@ -247,6 +234,9 @@ def test_calibrate_dispatches_with_config_values():
         res.thresholds, dynamic_f1_thresholds(y_true, y_prob, low_f1=0.5, adjustment=0.02).thresholds
     )
     assert res.method == "dynamic_f1"
+    res = calibrate_thresholds(y_true, y_prob, ThresholdConfig(method="fixed_sensitivity", min_sensitivity=0.8))
+    np.testing.assert_array_equal(res.thresholds, fixed_sensitivity_thresholds(y_true, y_prob, 0.8).thresholds)
+    assert res.method == "fixed_sensitivity"
 
 
 def test_invalid_parameters_raise():
