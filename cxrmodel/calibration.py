@@ -21,6 +21,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
+from threadpoolctl import threadpool_limits
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.metrics import _check_findings, validate_multilabel
@@ -37,6 +38,7 @@ CALIBRATION_METHODS: tuple[str, ...] = ("temperature", "platt")
 PROB_CLIP = 1e-7
 # Temperatures searched by the bounded 1-D minimisation (over log T).
 TEMPERATURE_BOUNDS: tuple[float, float] = (1e-2, 1e2)
+PLATT_C = 1e6  # inverse L2 strength of the Platt regression: effectively none
 
 
 def _binary(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -96,9 +98,25 @@ def _fit_temperature(t: np.ndarray, z: np.ndarray) -> tuple[float, bool]:
 
 
 def _fit_platt(t: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    """Slope and intercept of an unpenalised logistic regression of the labels on ``z``."""
-    model = LogisticRegression(C=np.inf, max_iter=1000).fit(z[:, None], t)
+    """Slope and intercept of an effectively unpenalised logistic regression of the labels on
+    ``z`` (``C = 1e6`` keeps the slope finite when the classes are separable; the tight
+    tolerance matters: the default one leaves intercepts of rare classes off by ~0.03)."""
+    model = LogisticRegression(C=PLATT_C, tol=1e-8, max_iter=1000).fit(z[:, None], t)
     return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def _fit_one(method: str, t: np.ndarray, z: np.ndarray) -> tuple[float, float, float, str | None]:
+    """``(temperature, slope, intercept, note or None)`` of one class; identity where it cannot be fitted."""
+    n_pos = int(t.sum())
+    if n_pos in (0, t.size):
+        return 1.0, 1.0, 0.0, f"single label value in the fitting data (all {1 if n_pos else 0}): identity"
+    if method == "temperature":
+        temp, at_bound = _fit_temperature(t, z)
+        return temp, 1.0, 0.0, f"temperature {temp:.4g} at the search bound {TEMPERATURE_BOUNDS}" if at_bound else None
+    a, b = _fit_platt(t, z)
+    if a <= 0:
+        return 1.0, 1.0, 0.0, f"Platt slope {a:.4g} <= 0 (scores anti-correlated with labels): identity"
+    return 1.0, a, b, None
 
 
 def _check_probabilities(y_prob: ArrayLike, n_classes: int) -> np.ndarray:
@@ -137,10 +155,10 @@ class ProbabilityCalibrator:
         """Fit one calibration per column of ``y_prob`` ``[N, C]`` against ``y_true`` ``[N, C]``.
 
         Temperature: ``T`` in ``[0.01, 100]`` minimising the log loss (bounded search over
-        ``log T``). Platt: unpenalised :class:`~sklearn.linear_model.LogisticRegression` on
-        ``logit(p)``. A class with a single label value keeps identity (``T = 1``; slope 1,
-        intercept 0), as does a Platt fit whose slope is not positive (it would reverse the
-        ranking); both leave a note.
+        ``log T``). Platt: :class:`~sklearn.linear_model.LogisticRegression` on ``logit(p)``
+        with ``C = 1e6`` (effectively unpenalised). A class with a single label value keeps
+        identity (``T = 1``; slope 1, intercept 0), as does a Platt fit whose slope is not
+        positive (it would reverse the ranking); both leave a note.
         """
         if method not in CALIBRATION_METHODS:
             raise ValueError(f"method must be one of {CALIBRATION_METHODS}; got {method!r}")
@@ -150,20 +168,12 @@ class ProbabilityCalibrator:
         n_classes = t.shape[1]
         temperature, slope, intercept = np.ones(n_classes), np.ones(n_classes), np.zeros(n_classes)
         notes: dict[str, str] = {}
-        for j, name in enumerate(names):
-            n_pos = int(t[:, j].sum())
-            if n_pos in (0, t.shape[0]):
-                notes[name] = f"single label value in the fitting data (all {1 if n_pos else 0}): identity"
-            elif method == "temperature":
-                temperature[j], at_bound = _fit_temperature(t[:, j], z[:, j])
-                if at_bound:
-                    notes[name] = f"temperature {temperature[j]:.4g} at the search bound {TEMPERATURE_BOUNDS}"
-            else:
-                a, b = _fit_platt(t[:, j], z[:, j])
-                if a > 0:
-                    slope[j], intercept[j] = a, b
-                else:
-                    notes[name] = f"Platt slope {a:.4g} <= 0 (scores anti-correlated with labels): identity"
+        # One feature: thread pools only add start-up and, on busy cores, spin-waiting (10x slower).
+        with threadpool_limits(limits=1):
+            for j, name in enumerate(names):
+                temperature[j], slope[j], intercept[j], note = _fit_one(method, t[:, j], z[:, j])
+                if note:
+                    notes[name] = note
         return cls(method, names, temperature, slope, intercept, notes)
 
     def transform(self, y_prob: ArrayLike) -> np.ndarray:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.optimize import minimize
 from scipy.special import expit, logit
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
@@ -103,10 +104,17 @@ def test_platt_matches_sklearn_logistic_regression_and_recovers_known_map():
     cal = ProbabilityCalibrator.fit(y, p, "platt", findings=NAMES)
     for j in range(3):
         features = logit(np.clip(p[:, j], 1e-7, 1 - 1e-7))[:, None]
-        lr = LogisticRegression(C=np.inf, max_iter=1000).fit(features, y[:, j])
-        assert cal.slope[j] == pytest.approx(lr.coef_[0, 0], rel=1e-6)
-        assert cal.intercept[j] == pytest.approx(lr.intercept_[0], rel=1e-6, abs=1e-8)
-        np.testing.assert_allclose(cal.transform(p)[:, j], lr.predict_proba(features)[:, 1], atol=1e-9)
+        lr = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(features, y[:, j])  # no penalty at all
+        assert cal.slope[j] == pytest.approx(lr.coef_[0, 0], rel=1e-5)
+        assert cal.intercept[j] == pytest.approx(lr.intercept_[0], rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(cal.transform(p)[:, j], lr.predict_proba(features)[:, 1], atol=1e-6)
+
+        def log_loss(w, x=features[:, 0], t=y[:, j]):
+            s = w[0] * x + w[1]
+            return np.mean(np.logaddexp(0.0, s) - t * s)
+
+        direct = minimize(log_loss, [1.0, 0.0], method="BFGS", options={"gtol": 1e-10}).x
+        np.testing.assert_allclose([cal.slope[j], cal.intercept[j]], direct, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(cal.slope, true_slope, rtol=0.06)
     np.testing.assert_allclose(cal.intercept, true_intercept, atol=0.06)
 
@@ -182,3 +190,12 @@ def test_calibrator_validation():
         ProbabilityCalibrator.from_dict({"method": "temperature", "parameters": {"a": {"slope": 1.0}}})
     with pytest.raises(ValueError, match="positive"):
         ProbabilityCalibrator.from_dict({"method": "temperature", "parameters": {"a": {"temperature": -1.0}}})
+
+
+def test_separable_validation_data_gives_finite_parameters():
+    p = np.array([[0.1], [0.2], [0.3], [0.7], [0.8], [0.9]])
+    y = np.array([[0], [0], [0], [1], [1], [1]])
+    platt = ProbabilityCalibrator.fit(y, p, "platt", findings=("x",))
+    assert np.isfinite(platt.slope).all() and platt.slope[0] > 1.0  # C = 1e6 keeps it finite
+    temp = ProbabilityCalibrator.fit(y, p, "temperature", findings=("x",))
+    assert temp.temperature[0] == pytest.approx(0.01) and "search bound" in temp.notes["x"]
