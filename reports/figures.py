@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import auc, roc_curve
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from cxrmodel.findings import FINDINGS
 
@@ -109,13 +109,21 @@ def _as_2d(y_true: Any, y_prob: Any, findings: Sequence[str]) -> tuple[np.ndarra
     return t, p
 
 
-def _class_roc(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """ROC curve of one class, or None when it cannot be drawn (one label only / no data)."""
+def _finite_pairs(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The finite ``(labels as int, probabilities)`` of one class; None with one label value only."""
     ok = np.isfinite(t) & np.isfinite(p)
     t, p = t[ok], p[ok]
     if t.size == 0 or np.unique(t).size < 2:
         return None
-    fpr, tpr, _ = roc_curve(t.astype(int), p)
+    return t.astype(int), p
+
+
+def _class_roc(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """ROC curve of one class, or None when it cannot be drawn (one label only / no data)."""
+    pairs = _finite_pairs(t, p)
+    if pairs is None:
+        return None
+    fpr, tpr, _ = roc_curve(*pairs)
     return fpr, tpr, float(auc(fpr, tpr))
 
 
@@ -128,11 +136,70 @@ def _palette(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(order[i % 20]) for i in range(n)]
 
 
-def _roc_axes_style(ax) -> None:
-    ax.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=0.8)
+def _panel_grid(n: int, ncols: int, draw, xlabel: str, ylabel: str) -> str:
+    """``n`` small square panels on a grid with shared axes and fixed margins (several times
+    faster than a tight layout), ``draw(ax, k)`` filling panel ``k``; spare cells hidden; axis
+    labels on the bottom panel of each column and the first panel of each row."""
+    nrows = max(1, math.ceil(n / ncols))
+    fig = _new_figure(2.45 * ncols, 2.55 * nrows, layout=None)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.06, top=0.95, wspace=0.25, hspace=0.55)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_visible(False)
+            continue
+        draw(ax, k)
+        if k // ncols == nrows - 1 or k + ncols >= n:
+            ax.set_xlabel(xlabel)
+            ax.tick_params(labelbottom=True)
+        if k % ncols == 0:
+            ax.set_ylabel(ylabel)
+    return _finish(fig, tight=False)
+
+
+def _one_label_only(ax, finding: str, metric: str) -> None:
+    ax.set_title(f"{finding}\n{metric} n/a", fontsize=9)
+    ax.text(0.5, 0.5, "one label only", ha="center", va="center", color="#888888", fontsize=8,
+            transform=ax.transAxes)
+
+
+def _all_curves(ax, t: np.ndarray, p: np.ndarray, findings: Sequence[str], curve, *, show_micro: bool,
+                legend_title: str, drawstyle: str = "default") -> None:
+    """Every class's ``curve(t, p) -> (x, y, score) | None`` on ``ax`` (score in the legend), the
+    micro-average (all cells pooled) as a dotted black line, classes without a curve listed as n/a."""
+    colors = _palette(len(findings))
+    skipped = []
+    for i, name in enumerate(findings):
+        drawn = curve(t[:, i], p[:, i])
+        if drawn is None:
+            skipped.append(name)
+            continue
+        x, y, score = drawn
+        ax.plot(x, y, color=colors[i], linewidth=1.3, linestyle="-" if i < 10 else "--", drawstyle=drawstyle,
+                label=f"{name} ({score:.3f})")
+    if show_micro:
+        drawn = curve(t.ravel(), p.ravel())
+        if drawn is not None:
+            x, y, score = drawn
+            ax.plot(x, y, color="black", linewidth=2.0, linestyle=":", drawstyle=drawstyle,
+                    label=f"micro-average ({score:.3f})")
+    handles, labels = ax.get_legend_handles_labels()
+    for name in skipped:
+        handles.append(ax.plot([], [], color="none")[0])
+        labels.append(f"{name} (n/a: one label only)")
+    if handles:
+        ax.legend(handles, labels, title=legend_title, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+
+
+def _unit_square(ax) -> None:
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
+
+
+def _roc_axes_style(ax) -> None:
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=0.8)
+    _unit_square(ax)
 
 
 # --------------------------------------------------------------------------- figures
@@ -154,36 +221,25 @@ def roc_figure(
     the legend as ``n/a``); non-finite entries are ignored. With ``show_micro`` a dashed
     black micro-average curve is added.
     """
+    return _curves_figure(y_true, y_prob, findings, _class_roc, show_micro=show_micro, title=title,
+                          legend_title="Finding (AUC)", xlabel="False positive rate (1 − specificity)",
+                          ylabel="True positive rate (sensitivity)", diagonal=True)
+
+
+def _curves_figure(y_true: Any, y_prob: Any, findings: Sequence[str], curve, *, show_micro: bool, title: str,
+                   legend_title: str, xlabel: str, ylabel: str, diagonal: bool = False,
+                   drawstyle: str = "default") -> str:
     t, p = _as_2d(y_true, y_prob, findings)
     fig = _new_figure(7.6, 6.0)
     ax = fig.add_subplot()
-    colors = _palette(len(findings))
-    styles = ["-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "--", "--", "--", "--"]
-    skipped = []
-    for i, name in enumerate(findings):
-        roc = _class_roc(t[:, i], p[:, i])
-        if roc is None:
-            skipped.append(name)
-            continue
-        fpr, tpr, area = roc
-        ax.plot(fpr, tpr, color=colors[i], linewidth=1.3, linestyle=styles[i % len(styles)],
-                label=f"{name} ({area:.3f})")
-    if show_micro:
-        roc = _class_roc(t.ravel(), p.ravel())
-        if roc is not None:
-            fpr, tpr, area = roc
-            ax.plot(fpr, tpr, color="black", linewidth=2.0, linestyle=":", label=f"micro-average ({area:.3f})")
-    _roc_axes_style(ax)
-    ax.set_xlabel("False positive rate (1 − specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
+    _all_curves(ax, t, p, findings, curve, show_micro=show_micro, legend_title=legend_title, drawstyle=drawstyle)
+    if diagonal:
+        _roc_axes_style(ax)
+    else:
+        _unit_square(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    handles, labels = ax.get_legend_handles_labels()
-    for name in skipped:
-        handles.append(ax.plot([], [], color="none")[0])
-        labels.append(f"{name} (n/a: one label only)")
-    if handles:
-        ax.legend(handles, labels, title="Finding (AUC)", loc="center left", bbox_to_anchor=(1.02, 0.5),
-                  frameon=False)
     return _finish(fig)
 
 
@@ -199,34 +255,30 @@ def roc_grid_figure(
 
     Classes with a single label value get an empty panel marked ``AUC n/a``.
     """
+    def draw(ax, fpr, tpr, _t) -> None:
+        ax.plot(fpr, tpr, color=_ACCENT, linewidth=1.4)
+        ax.fill_between(fpr, tpr, alpha=0.12, color=_ACCENT, step=None)
+
+    return _curve_panels(y_true, y_prob, findings, ncols, _class_roc, "AUC", draw, ("FPR", "TPR"), diagonal=True)
+
+
+def _curve_panels(y_true: Any, y_prob: Any, findings: Sequence[str], ncols: int, curve, metric: str, draw,
+                  labels: tuple[str, str], diagonal: bool = False) -> str:
+    """One panel per finding: ``curve(t, p) -> (x, y, score) | None`` drawn by ``draw(ax, x, y, t)``,
+    titled with the score and the number of positives (n+)."""
     t, p = _as_2d(y_true, y_prob, findings)
-    n = len(findings)
-    nrows = max(1, math.ceil(n / ncols))
-    fig = _new_figure(2.45 * ncols, 2.55 * nrows, layout=None)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.06, top=0.95, wspace=0.25, hspace=0.55)
-    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.set_visible(False)
-            continue
-        roc = _class_roc(t[:, k], p[:, k])
-        _roc_axes_style(ax)
-        if roc is None:
-            ax.set_title(f"{findings[k]}\nAUC n/a", fontsize=9)
-            ax.text(0.5, 0.5, "one label only", ha="center", va="center", color="#888888", fontsize=8,
-                    transform=ax.transAxes)
-        else:
-            fpr, tpr, area = roc
-            ax.plot(fpr, tpr, color=_ACCENT, linewidth=1.4)
-            ax.fill_between(fpr, tpr, alpha=0.12, color=_ACCENT, step=None)
-            npos = int(np.nansum(t[:, k]))
-            ax.set_title(f"{findings[k]}\nAUC {area:.3f} · n+={npos}", fontsize=9)
-        if k // ncols == nrows - 1 or k + ncols >= n:
-            ax.set_xlabel("FPR")
-            ax.tick_params(labelbottom=True)
-        if k % ncols == 0:
-            ax.set_ylabel("TPR")
-    return _finish(fig, tight=False)
+
+    def panel(ax, k: int) -> None:
+        drawn = curve(t[:, k], p[:, k])
+        _roc_axes_style(ax) if diagonal else _unit_square(ax)
+        if drawn is None:
+            _one_label_only(ax, findings[k], metric)
+            return
+        x, y, score = drawn
+        draw(ax, x, y, t[:, k])
+        ax.set_title(f"{findings[k]}\n{metric} {score:.3f} · n+={int(np.nansum(t[:, k]))}", fontsize=9)
+
+    return _panel_grid(len(findings), ncols, panel, *labels)
 
 
 @_styled
@@ -373,6 +425,169 @@ def image_to_data_uri(image: Any, *, max_side: int = 320) -> str:
     scaled = np.zeros_like(arr) if hi <= lo else (np.where(finite, arr, lo) - lo) / (hi - lo)
     buf = io.BytesIO()
     mpimg.imsave(buf, (scaled * 255).astype(np.uint8), cmap="gray", vmin=0, vmax=255, format="png")
+    return png_to_data_uri(buf.getvalue())
+
+
+# --------------------------------------------------------------------------- PR, reliability, map, Grad-CAM
+
+__all__ += ["embedding_map_figure", "gradcam_overlay", "map_colour_labels", "pr_figure", "pr_grid_figure",
+            "reliability_figure"]
+
+NO_FINDING_COLOUR = "#b5b5b5"
+
+
+def _class_pr(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """``(recall, precision, average precision)`` of one class, or None with one label value only."""
+    pairs = _finite_pairs(t, p)
+    if pairs is None:
+        return None
+    precision, recall, _ = precision_recall_curve(*pairs)
+    return recall, precision, float(average_precision_score(*pairs))
+
+
+@_styled
+def pr_figure(y_true: Any, y_prob: Any, findings: Sequence[str] = FINDINGS, *, show_micro: bool = True,
+              title: str = "Precision-recall curves (all findings)") -> str:
+    """All findings' precision-recall curves on one plot (sklearn ``precision_recall_curve``),
+    average precision (``average_precision_score``) in the legend; classes with one label
+    value are listed as n/a; with ``show_micro`` the pooled micro-average is dotted black."""
+    return _curves_figure(y_true, y_prob, findings, _class_pr, show_micro=show_micro, title=title,
+                          legend_title="Finding (AP)", xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
+                          drawstyle="steps-post")
+
+
+@_styled
+def pr_grid_figure(y_true: Any, y_prob: Any, findings: Sequence[str] = FINDINGS, *, ncols: int = 4) -> str:
+    """One small precision-recall panel per finding: average precision, the number of positives,
+    and the no-skill line at the finding's prevalence (dashed grey)."""
+    def draw(ax, recall, precision, t) -> None:
+        ax.axhline(float(np.nanmean(t)), linestyle="--", color="#888888", linewidth=0.8)
+        ax.plot(recall, precision, color=_ACCENT, linewidth=1.4, drawstyle="steps-post")
+
+    return _curve_panels(y_true, y_prob, findings, ncols, _class_pr, "AP", draw, ("recall", "precision"))
+
+
+@_styled
+def reliability_figure(
+    y_true: Any,
+    y_prob: Any,
+    y_prob_calibrated: Any = None,
+    findings: Sequence[str] = FINDINGS,
+    *,
+    n_bins: int = 10,
+    ncols: int = 4,
+) -> str:
+    """Reliability curves: one panel per finding plus one for all findings pooled.
+
+    Each panel plots the observed fraction of positives against the mean predicted probability
+    in ``n_bins`` equal-width bins (:func:`cxrmodel.calibration.reliability_curve`, the same bins
+    as sklearn's ``calibration_curve(strategy="uniform")``); the diagonal is perfect
+    calibration. With ``y_prob_calibrated`` the calibrated probabilities are drawn too
+    ("after", orange) next to the raw ones ("before", blue).
+    """
+    from cxrmodel.calibration import reliability_curve
+
+    t, p = _as_2d(y_true, y_prob, findings)
+    after = None if y_prob_calibrated is None else _as_2d(y_true, y_prob_calibrated, findings)[1]
+    panels = [(name, t[:, k], p[:, k], None if after is None else after[:, k]) for k, name in enumerate(findings)]
+    panels.append(("All findings (pooled)", t.ravel(), p.ravel(), None if after is None else after.ravel()))
+
+    def draw(ax, k: int) -> None:
+        name, tk, pk, ak = panels[k]
+        _roc_axes_style(ax)  # the diagonal is perfect calibration
+        for probs, colour, label in ((pk, _ACCENT, "before"), (ak, _ACCENT_2, "after")):
+            if probs is None:
+                continue
+            ok = np.isfinite(tk) & np.isfinite(probs)
+            if not ok.any():
+                continue
+            mean_p, frac_pos, _ = reliability_curve(tk[ok], probs[ok], n_bins=n_bins)
+            ax.plot(mean_p, frac_pos, color=colour, marker="o", markersize=2.8, linewidth=1.3, label=label)
+        ax.set_title(f"{name}\nn+={int(np.nansum(tk))}", fontsize=9)
+        if k == 0 and after is not None:
+            ax.legend(frameon=False, loc="upper left", fontsize=7)
+
+    return _panel_grid(len(panels), ncols, draw, "mean predicted", "observed")
+
+
+def map_colour_labels(labels: Any, findings: Sequence[str] = FINDINGS, prevalence: Any = None) -> list[str]:
+    """One name per study for colouring the embedding map: its rarest positive finding (lowest
+    ``prevalence``, default the column means of ``labels``), ``"No Finding"`` without any."""
+    y = np.nan_to_num(np.asarray(labels, dtype=float), nan=0.0) > 0
+    if y.ndim != 2 or y.shape[1] != len(findings):
+        raise ValueError(f"labels must be [M, {len(findings)}]; got shape {y.shape}")
+    prev = np.asarray(prevalence if prevalence is not None else y.mean(axis=0), dtype=float)
+    rank = np.where(y, prev[None, :], np.inf)
+    rarest = np.argmin(rank, axis=1)
+    return ["No Finding" if not y[i].any() else str(findings[rarest[i]]) for i in range(y.shape[0])]
+
+
+@_styled
+def embedding_map_figure(xy: Any, labels: Any, findings: Sequence[str] = FINDINGS, *, prevalence: Any = None,
+                         title: str = "Map of the test studies' image embeddings (t-SNE)") -> str:
+    """Scatter of a 2-D embedding map ``xy [M, 2]`` coloured by finding.
+
+    ``labels`` is the ``[M, C]`` 0/1 label matrix of the mapped studies. A study with several
+    findings takes the colour of its rarest one (see :func:`map_colour_labels`, so small classes
+    stay visible); studies without any finding are grey ("No Finding") and drawn first, below the
+    others. The legend gives each colour's number of studies.
+    """
+    xy = np.asarray(xy, dtype=float)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"xy must be [M, 2]; got shape {xy.shape}")
+    names = map_colour_labels(labels, findings, prevalence)
+    if len(names) != xy.shape[0]:
+        raise ValueError(f"{xy.shape[0]} points but {len(names)} label rows")
+    fig = _new_figure(8.6, 6.2)
+    ax = fig.add_subplot()
+    # tab20 without its two greys, which would read as "No Finding"
+    no_grey = [c for c in _palette(20) if not np.allclose(c[0], c[1:3], atol=0.02)]
+    colours = {f: no_grey[i % len(no_grey)] for i, f in enumerate(findings)}
+    groups = [("No Finding", NO_FINDING_COLOUR)] + [(f, colours[f]) for f in findings]
+    size = 14 if xy.shape[0] <= 500 else 7
+    arr = np.array(names, dtype=object)
+    for name, colour in groups:
+        mask = arr == name
+        if mask.any():
+            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, color=colour, alpha=0.75, linewidths=0,
+                       label=f"{name} ({int(mask.sum()):,})")
+    if xy.shape[0]:
+        ax.legend(title="Rarest finding (studies)", loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False,
+                  markerscale=1.6)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    ax.set_title(f"{title} · {xy.shape[0]:,} studies")
+    return _finish(fig)
+
+
+def gradcam_overlay(image: Any, heatmap: Any, *, alpha: float = 0.5, min_side: int = 224, cmap: str = "jet") -> str:
+    """A grey image with a Grad-CAM heat map blended over it, as a PNG data URI.
+
+    ``image`` is ``[H, W]`` (any range; min-max scaled), ``heatmap`` ``[H, W]`` in ``[0, 1]``. Each
+    pixel mixes the grey image with ``cmap(heat)`` in proportion ``alpha * heat``, so cold regions
+    show the plain image. Small images are enlarged by an integer factor (nearest neighbour) to
+    at least ``min_side`` pixels on their shorter side.
+    """
+    import matplotlib
+    import matplotlib.image as mpimg
+
+    grey = np.asarray(image, dtype=float)
+    heat = np.asarray(heatmap, dtype=float)
+    if grey.ndim != 2 or heat.shape != grey.shape:
+        raise ValueError(f"image and heatmap must be the same 2-D shape; got {grey.shape} and {heat.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}")
+    finite = np.isfinite(grey)
+    lo, hi = (float(grey[finite].min()), float(grey[finite].max())) if finite.any() else (0.0, 1.0)
+    grey = np.zeros_like(grey) if hi <= lo else (np.where(finite, grey, lo) - lo) / (hi - lo)
+    heat = np.clip(np.nan_to_num(heat, nan=0.0), 0.0, 1.0)
+    weight = (alpha * heat)[..., None]
+    rgb = (1.0 - weight) * grey[..., None] + weight * matplotlib.colormaps[cmap](heat)[..., :3]
+    factor = max(1, math.ceil(min_side / max(1, min(rgb.shape[:2]))))
+    rgb = np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+    buf = io.BytesIO()
+    mpimg.imsave(buf, (np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8), format="png")
     return png_to_data_uri(buf.getvalue())
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from cxrmodel.findings import FINDING_INDEX, FINDINGS
+from cxrmodel.subgroups import AGE_BANDS, UNKNOWN, subgroup_gaps
 from reports import figures
 
 __all__ = [
@@ -28,9 +29,11 @@ __all__ = [
     "TEMPLATES_DIR",
     "env",
     "fmt",
+    "fmt_ci",
     "pct",
     "render_evaluation_html",
     "render_evaluation_report",
+    "drift_status",
     "render_scoring_html",
     "render_scoring_report",
 ]
@@ -84,6 +87,14 @@ def pct(value: Any, digits: int = 1) -> str:
     return f"{100.0 * v:.{digits}f}%"
 
 
+def fmt_ci(low: Any, high: Any, digits: int = 3) -> str:
+    """A confidence interval as ``'0.781–0.843'``; ``'—'`` unless both ends are finite numbers."""
+    lo, hi = _number(low), _number(high)
+    if lo is None or hi is None:
+        return EMPTY
+    return f"{lo:.{digits}f}–{hi:.{digits}f}"
+
+
 def _short_hash(value: Any, n: int = 12) -> str:
     if value is None:
         return EMPTY
@@ -101,6 +112,7 @@ env = Environment(
 env.filters["fmt"] = fmt
 env.filters["pct"] = pct
 env.filters["short_hash"] = _short_hash
+env.filters["ci"] = fmt_ci
 env.globals["DISCLAIMER"] = DISCLAIMER
 
 
@@ -121,12 +133,16 @@ AGGREGATE_LABELS: tuple[tuple[str, str, bool], ...] = (
     ("accuracy", "Label-wise accuracy", True),
     ("lrap", "Label ranking avg. precision", True),
     ("mean_brier", "Mean Brier score", False),
+    ("mean_ece", "Mean expected calibration error", False),
 )
+#: Aggregate keys that describe the evaluation rather than measure it (shown elsewhere, not as rows).
+NON_METRIC_AGGREGATES = frozenset({"n_bootstrap", "calibration_method", "calibration", "confidence"})
 HEADLINE_AGGREGATES = ("macro_auroc", "macro_f1", "micro_f1", "exact_match")
 
 # comparison columns: (key, label, higher_is_better or None when not ranked)
 COMPARISON_COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
     ("macro_auroc", "Macro AUROC", True),
+    ("macro_auroc_ci", "AUROC 95% CI", None),
     ("macro_f1", "Macro F1", True),
     ("micro_f1", "Micro F1", True),
     ("exact_match", "Exact match", True),
@@ -165,16 +181,20 @@ def _number(value: Any) -> float | None:
 
 
 def _aggregate_rows(aggregates: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric with its interval (``<key>_ci_low``/``<key>_ci_high``, None when absent);
+    the interval keys and :data:`NON_METRIC_AGGREGATES` are not rows of their own."""
     known = {k for k, _, _ in AGGREGATE_LABELS}
-    rows = [
-        {"key": k, "label": label, "value": aggregates[k], "higher_is_better": hib}
-        for k, label, hib in AGGREGATE_LABELS
-        if k in aggregates
-    ]
+
+    def row(k: str, label: str, hib: bool | None) -> dict[str, Any]:
+        return {"key": k, "label": label, "value": aggregates[k], "higher_is_better": hib,
+                "ci_low": aggregates.get(f"{k}_ci_low"), "ci_high": aggregates.get(f"{k}_ci_high")}
+
+    rows = [row(k, label, hib) for k, label, hib in AGGREGATE_LABELS if k in aggregates]
     rows += [
-        {"key": k, "label": k.replace("_", " "), "value": v, "higher_is_better": None}
+        row(k, k.replace("_", " "), None)
         for k, v in aggregates.items()
-        if k not in known
+        if k not in known and k not in NON_METRIC_AGGREGATES and not k.endswith(("_ci_low", "_ci_high"))
+        and not isinstance(v, Mapping)
     ]
     return rows
 
@@ -203,7 +223,8 @@ def _comparison_view(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def _check_data_uri(uri: Any, where: str) -> str:
     """Examples must be embedded images, never a link that would leave the file."""
     if not isinstance(uri, str) or not uri.startswith("data:image/"):
-        raise ValueError(f"{where}: image_data_uri must be a 'data:image/...' URI, got {str(uri)[:40]!r}")
+        raise ValueError(f"{where}: image_data_uri / heatmap_data_uri must be a 'data:image/...' URI, "
+                         f"got {str(uri)[:40]!r}")
     return uri
 
 
@@ -219,9 +240,13 @@ def _examples_view(examples: Sequence[Mapping[str, Any]] | None) -> list[dict[st
                 label = str(decision)
                 positive = label.strip().lower() in {"positive", "pos", "flagged", "flag", "yes", "1", "true"}
             top.append({"finding": finding, "probability": prob, "decision": label, "positive": positive})
+        heatmap = ex.get("heatmap_data_uri")
         out.append({
             "study_key": ex.get("study_key", f"example {i + 1}"),
             "image_data_uri": _check_data_uri(ex.get("image_data_uri"), f"examples[{i}]"),
+            "heatmap_data_uri": None if heatmap is None else _check_data_uri(heatmap, f"examples[{i}] heatmap"),
+            "gradcam_finding": ex.get("gradcam_finding"),
+            "gradcam_note": ex.get("gradcam_note"),
             "top_findings": top,
             "caption": ex.get("caption"),
         })
@@ -252,6 +277,122 @@ def _write_atomic(html: str, out_path: Path) -> Path:
 # --------------------------------------------------------------------------- evaluation
 
 
+#: Per-class keys the report reads; missing ones are None (baselines and older evaluations lack
+#: the intervals and calibration errors).
+PER_CLASS_KEYS = (
+    "n_positive", "auroc", "auroc_ci_low", "auroc_ci_high", "pr_auc", "f1", "f1_ci_low", "f1_ci_high", "precision",
+    "recall", "specificity", "npv", "brier", "ece", "brier_calibrated", "ece_calibrated", "threshold",
+    "tp", "fp", "tn", "fn",
+)
+#: A subgroup macro-AUROC gap (best group minus worst group of one attribute) above this is flagged.
+SUBGROUP_GAP_WARNING = 0.05
+SUBGROUP_ATTRIBUTES = {"sex": "Sex", "age_band": "Age band", "view": "View position"}
+SUBGROUP_METRIC_KEYS = ("macro_auroc", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "mean_brier", "mean_ece")
+
+
+def per_class_view(rows: Sequence[Mapping[str, Any]], threshold_values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per-class rows in FINDINGS order with every :data:`PER_CLASS_KEYS` key (None when absent);
+    a missing threshold falls back to ``threshold_values``."""
+    out = sorted(({**dict.fromkeys(PER_CLASS_KEYS), **dict(r)} for r in rows), key=lambda r: _finding_order(r["finding"]))
+    for r in out:
+        if r.get("threshold") is None:
+            r["threshold"] = threshold_values.get(r["finding"])
+    return out
+
+
+def _mean_known(values: Sequence[Any]) -> float | None:
+    known = [v for v in (_number(x) for x in values) if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def calibration_view(per_class: Sequence[Mapping[str, Any]], aggregates: Mapping[str, Any],
+                     method: str | None) -> dict[str, Any]:
+    """Brier and ECE per finding before (raw probabilities) and after the evaluation's probability
+    calibration, with a mean row. ``available`` is False when neither ECE nor a calibrated value
+    was recorded; ``calibrated`` whether any after-value exists."""
+    rows = [{k: r.get(k) for k in ("finding", "brier", "ece", "brier_calibrated", "ece_calibrated")} for r in per_class]
+    calibrated = any(_number(r["brier_calibrated"]) is not None or _number(r["ece_calibrated"]) is not None
+                     for r in rows)
+    mean = {
+        "brier": _number(aggregates.get("mean_brier")) if aggregates.get("mean_brier") is not None
+        else _mean_known([r["brier"] for r in rows]),
+        "ece": _number(aggregates.get("mean_ece")) if aggregates.get("mean_ece") is not None
+        else _mean_known([r["ece"] for r in rows]),
+        "brier_calibrated": _mean_known([r["brier_calibrated"] for r in rows]),
+        "ece_calibrated": _mean_known([r["ece_calibrated"] for r in rows]),
+    }
+    available = calibrated or any(_number(r["ece"]) is not None for r in rows)
+    return {"method": method, "rows": rows, "mean": mean,
+            "calibrated": calibrated, "available": available}
+
+
+def _subgroup_sort_key(attribute: str, group: Any) -> tuple[int, int, str]:
+    g = str(group)
+    if g == UNKNOWN:
+        return (2, 0, g)
+    if attribute == "age_band" and g in AGE_BANDS:
+        return (0, AGE_BANDS.index(g), g)
+    return (1, 0, g)
+
+
+def subgroup_view(rows: Sequence[Mapping[str, Any]] | None, gap_warning: float = SUBGROUP_GAP_WARNING) -> dict[str, Any]:
+    """Subgroup rows grouped by attribute (sex, age band, view first), each attribute with the gap
+    between its best and worst group in macro-AUROC and macro-F1
+    (:func:`cxrmodel.subgroups.subgroup_gaps`) and ``warn`` when the AUROC gap exceeds
+    ``gap_warning``. Rows may name the group ``group`` (library) or ``group_name`` (database)."""
+    norm = []
+    for r in rows or []:
+        r = dict(r)
+        group = r.get("group", r.get("group_name"))
+        norm.append({**dict.fromkeys(SUBGROUP_METRIC_KEYS), **r, "group": group, "attribute": str(r["attribute"])})
+    order = list(SUBGROUP_ATTRIBUTES) + sorted({r["attribute"] for r in norm} - set(SUBGROUP_ATTRIBUTES))
+    gaps_auroc = subgroup_gaps(norm, "macro_auroc") if norm else {}
+    gaps_f1 = subgroup_gaps(norm, "macro_f1") if norm else {}
+    attributes = []
+    for attribute in order:
+        members = sorted((r for r in norm if r["attribute"] == attribute),
+                         key=lambda r: _subgroup_sort_key(attribute, r["group"]))
+        if not members:
+            continue
+        scored = [r for r in members if _number(r["macro_auroc"]) is not None]
+        best = max(scored, key=lambda r: r["macro_auroc"])["group"] if scored else None
+        worst = min(scored, key=lambda r: r["macro_auroc"])["group"] if scored else None
+        gap = gaps_auroc.get(attribute)
+        attributes.append({
+            "attribute": attribute, "label": SUBGROUP_ATTRIBUTES.get(attribute, attribute.replace("_", " ")),
+            "rows": members, "n_scored": len(scored), "best": best, "worst": worst,
+            "gap_auroc": gap, "gap_f1": gaps_f1.get(attribute),
+            "warn": gap is not None and gap > gap_warning,
+        })
+    return {"attributes": attributes, "warnings": [a for a in attributes if a["warn"]], "gap_warning": gap_warning,
+            "any_without_metrics": any(_number(r["macro_auroc"]) is None for r in norm)}
+
+
+def _embedding_map_figure(ctx: Mapping[str, Any], findings: Sequence[str]) -> tuple[str | None, int]:
+    """The map figure and its number of points, from ``embedding_map = {"xy", "rows"}`` (rows
+    index ``y_true``) or ``{"xy", "labels"}``; (None, 0) when there is no map."""
+    emap = ctx.get("embedding_map")
+    if not emap or emap.get("xy") is None:
+        return None, 0
+    xy = np.asarray(emap["xy"], dtype=float)
+    if emap.get("labels") is not None:
+        labels, prevalence = np.asarray(emap["labels"]), None
+    elif emap.get("rows") is not None and ctx["y_true"] is not None:
+        y_true = np.asarray(ctx["y_true"])
+        labels, prevalence = y_true[np.asarray(emap["rows"], dtype=np.int64)], y_true.mean(axis=0)
+    else:
+        return None, 0
+    if xy.shape[0] == 0:
+        return None, 0
+    return figures.embedding_map_figure(xy, labels, findings, prevalence=prevalence), int(xy.shape[0])
+
+
+def _has_intervals(per_class: Sequence[Mapping[str, Any]], aggregates: Mapping[str, Any]) -> bool:
+    keys = ("auroc_ci_low", "auroc_ci_high", "f1_ci_low", "f1_ci_high")
+    return any(_number(r.get(k)) is not None for r in per_class for k in keys) or any(
+        _number(v) is not None for k, v in aggregates.items() if k.endswith(("_ci_low", "_ci_high")))
+
+
 def render_evaluation_html(context: Mapping[str, Any]) -> str:
     """The evaluation report as an HTML string (see :func:`render_evaluation_report`)."""
     _require(context, EVALUATION_KEYS, "evaluation report")
@@ -266,19 +407,23 @@ def render_evaluation_html(context: Mapping[str, Any]) -> str:
     }
 
     examples = _examples_view(ctx.get("examples"))  # validate before the (slow) figures
-    per_class = sorted((dict(r) for r in ctx["per_class"]), key=lambda r: _finding_order(r["finding"]))
-    for r in per_class:
-        if r.get("threshold") is None:
-            r["threshold"] = threshold_values.get(r["finding"])
+    per_class = per_class_view(ctx["per_class"], threshold_values)
+    aggregates = dict(ctx["aggregates"] or {})
+    findings = tuple(ctx.get("findings") or FINDINGS)
+    y_true, y_prob = ctx["y_true"], ctx["y_prob"]
+    y_cal = ctx.get("y_prob_calibrated")
 
-    figs: dict[str, str | None] = {"confusion": None, "roc": None, "roc_grid": None, "training": None,
-                                   "labels": None}
+    figs: dict[str, str | None] = dict.fromkeys(
+        ("confusion", "roc", "roc_grid", "pr", "pr_grid", "reliability", "training", "labels", "embedding_map"))
     if per_class:
         figs["confusion"] = figures.confusion_matrices_figure(per_class)
-    if ctx["y_true"] is not None and ctx["y_prob"] is not None:
-        findings = tuple(ctx.get("findings") or FINDINGS)
-        figs["roc"] = figures.roc_figure(ctx["y_true"], ctx["y_prob"], findings)
-        figs["roc_grid"] = figures.roc_grid_figure(ctx["y_true"], ctx["y_prob"], findings)
+    if y_true is not None and y_prob is not None:
+        figs["roc"] = figures.roc_figure(y_true, y_prob, findings)
+        figs["roc_grid"] = figures.roc_grid_figure(y_true, y_prob, findings)
+        figs["pr"] = figures.pr_figure(y_true, y_prob, findings)
+        figs["pr_grid"] = figures.pr_grid_figure(y_true, y_prob, findings)
+        figs["reliability"] = figures.reliability_figure(y_true, y_prob, y_cal, findings)
+    figs["embedding_map"], n_map = _embedding_map_figure(ctx, findings)
     epochs = list(ctx["epochs"] or [])
     if epochs:
         figs["training"] = figures.training_curves_figure(epochs)
@@ -293,6 +438,8 @@ def render_evaluation_html(context: Mapping[str, Any]) -> str:
     data = {"source": None, "split": None, "n_studies": None, "n_train": None, "n_val": None,
             "n_test": None, **dict(ctx["data"])}
     source = str(data.get("source") or "").lower()
+    method = ctx.get("calibration_method", aggregates.get("calibration_method"))
+    rows = _aggregate_rows(aggregates)
 
     view = {
         "title": ctx["title"],
@@ -302,14 +449,21 @@ def render_evaluation_html(context: Mapping[str, Any]) -> str:
         "is_synthetic": "synth" in source,
         "threshold_method": thresholds["method"],
         "threshold_notes": threshold_notes,
-        "aggregates": _aggregate_rows(ctx["aggregates"] or {}),
-        "headline": [r for r in _aggregate_rows(ctx["aggregates"] or {}) if r["key"] in HEADLINE_AGGREGATES],
+        "aggregates": rows,
+        "headline": [r for r in rows if r["key"] in HEADLINE_AGGREGATES],
+        "has_intervals": _has_intervals(per_class, aggregates),
+        "n_bootstrap": aggregates.get("n_bootstrap", ctx.get("n_bootstrap")),
         "per_class": per_class,
+        "calibration": calibration_view(per_class, aggregates, method),
+        "subgroups": subgroup_view(ctx.get("subgroups")),
         "comparison": _comparison_view(ctx["comparison"] or []),
         "comparison_columns": COMPARISON_COLUMNS,
         "epochs": epochs,
         "examples": examples,
+        "has_heatmaps": any(ex["heatmap_data_uri"] for ex in examples),
         "figs": figs,
+        "n_map": n_map,
+        "has_predictions": y_true is not None and y_prob is not None,
         "label_counts_title": ctx.get("label_counts_title") or "Label distribution",
         "limitations": ctx.get("limitations"),
     }
@@ -329,14 +483,19 @@ def render_evaluation_report(context: Mapping[str, Any], out_path: Path) -> Path
       ``notes`` (finding -> str; empty notes are not shown).
     - ``aggregates``: dict of overall metrics, e.g. ``macro_auroc, micro_auroc, macro_f1,
       micro_f1, macro_precision, micro_precision, macro_recall, micro_recall, exact_match,
-      hamming_loss, accuracy, lrap, mean_brier`` (unknown keys are listed too).
+      hamming_loss, accuracy, lrap, mean_brier, mean_ece`` (unknown keys are listed too), and
+      optionally the intervals ``<metric>_ci_low``/``<metric>_ci_high`` (e.g. ``macro_auroc``,
+      ``macro_f1``), ``n_bootstrap`` and ``calibration_method``.
     - ``per_class``: list of dicts with ``finding, n_positive, auroc, pr_auc, f1,
-      precision, recall, specificity, npv, brier, threshold, tp, fp, tn, fn``; shown in
-      FINDINGS order. A ``None`` threshold falls back to ``thresholds["values"]``.
+      precision, recall, specificity, npv, brier, threshold, tp, fp, tn, fn`` and optionally
+      ``auroc_ci_low, auroc_ci_high, f1_ci_low, f1_ci_high, ece, brier_calibrated,
+      ece_calibrated`` (missing or None shows "—"); shown in FINDINGS order. A ``None``
+      threshold falls back to ``thresholds["values"]``.
     - ``comparison``: list of dicts with ``name, kind, macro_auroc, macro_f1, micro_f1,
       exact_match, hamming_loss, lrap, mean_brier, parameter_count,
-      inference_ms_per_image, is_current (bool), status``; the current row is
-      highlighted and the best value of each metric column is bold.
+      inference_ms_per_image, is_current (bool), status`` (optional
+      ``macro_auroc_ci_low, macro_auroc_ci_high``); the current row is highlighted and the
+      best value of each metric column is bold.
     - ``epochs``: list of dicts with ``epoch, train_loss, val_loss, macro_f1,
       mean_auroc`` (values may be ``None``); may be empty (no training-curve section).
     - ``y_true``, ``y_prob``: ``[N, 14]`` arrays (labels and probabilities, columns in
@@ -345,13 +504,27 @@ def render_evaluation_report(context: Mapping[str, Any], out_path: Path) -> Path
       ``data:image/...`` URI, see :func:`reports.figures.image_to_data_uri`) and
       ``top_findings``: list of ``(finding, probability, decision)``; ``decision`` is a bool
       or a string such as ``"positive"``.
+      Optional per example: ``heatmap_data_uri`` (a Grad-CAM overlay, see
+      :func:`reports.figures.gradcam_overlay`), ``gradcam_finding`` (the finding it explains)
+      and ``gradcam_note`` (why there is no heat map, e.g. an embedding baseline).
+    - ``y_prob_calibrated`` (optional): ``[N, 14]`` calibrated probabilities; the reliability
+      curves then show before and after.
+    - ``calibration_method`` (optional, else ``aggregates["calibration_method"]``).
+    - ``subgroups`` (optional): list of dicts with ``attribute, group`` (or ``group_name``),
+      ``n_studies, n_positive_labels, macro_auroc, macro_f1, micro_f1, exact_match,
+      hamming_loss, mean_brier, mean_ece``; grouped per attribute with the best-to-worst
+      macro-AUROC gap, flagged above :data:`SUBGROUP_GAP_WARNING`.
+    - ``embedding_map`` (optional): ``{"xy": [M, 2], "rows": [M]}`` (rows index ``y_true``) or
+      ``{"xy", "labels": [M, 14]}``: a scatter coloured by each study's rarest finding.
     - ``label_counts`` (optional): finding -> count, drawn as a bar chart, titled by the
       optional ``label_counts_title``.
     - ``limitations`` (optional): an extra paragraph of text for the Limitations section.
     - ``findings`` (optional): column names for ``y_true``/``y_prob`` (default FINDINGS).
 
-    Images: confusion matrices, ROC (all), ROC (grid), training curves when ``epochs``,
-    label distribution when ``label_counts``, and one per example.
+    Sections whose data is missing say "not available" (CIs, calibration, subgroups, map).
+    Images: confusion matrices; with ``y_true``/``y_prob``: ROC (all), ROC (grid), PR (all),
+    PR (grid), reliability; training curves when ``epochs``; the embedding map when given;
+    label distribution when ``label_counts``; one per example plus one per Grad-CAM overlay.
     """
     return _write_atomic(render_evaluation_html(context), Path(out_path))
 
@@ -371,6 +544,39 @@ def _top_study_view(entry: Sequence[Any]) -> dict[str, Any]:
     }
 
 
+#: Drift rule of the scoring report: a finding's flag rate at least DRIFT_RATIO times, or at most
+#: 1 / DRIFT_RATIO times, its training prevalence, with at least DRIFT_MIN_COUNT flagged or
+#: expected studies (n_scored x prevalence) so that a handful of studies cannot raise it.
+DRIFT_RATIO = 2.0
+DRIFT_MIN_COUNT = 5
+
+
+def drift_status(n_flagged: Any, flag_rate: Any, prevalence: Any, n_scored: Any = None) -> tuple[float | None, bool]:
+    """``(ratio, drift)`` of one finding under the rule of :data:`DRIFT_RATIO` and
+    :data:`DRIFT_MIN_COUNT`. ``ratio = flag_rate / prevalence`` (None when either is unknown or
+    the prevalence is 0). A finding never seen in training (prevalence 0) drifts once it is
+    flagged at least DRIFT_MIN_COUNT times. Without ``n_scored`` the count condition uses the
+    flags alone."""
+    rate, prev, flagged = _number(flag_rate), _number(prevalence), _number(n_flagged)
+    scored = _number(n_scored)
+    if rate is None or prev is None:
+        return None, False
+    expected = scored * prev if scored is not None else 0.0
+    enough = max(flagged or 0.0, expected) >= DRIFT_MIN_COUNT
+    if prev == 0:
+        return None, (flagged or 0.0) >= DRIFT_MIN_COUNT
+    ratio = rate / prev
+    return ratio, enough and (ratio >= DRIFT_RATIO or ratio <= 1.0 / DRIFT_RATIO)
+
+
+def _failure_reasons(failures: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    counts: dict[str, int] = {}
+    for f in failures:
+        reason = str(f.get("reason") if f.get("reason") is not None else EMPTY)
+        counts[reason] = counts.get(reason, 0) + 1
+    return [{"reason": k, "count": v} for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def render_scoring_html(context: Mapping[str, Any]) -> str:
     """The nightly scoring report as an HTML string (see :func:`render_scoring_report`)."""
     _require(context, SCORING_KEYS, "scoring report")
@@ -379,9 +585,8 @@ def render_scoring_html(context: Mapping[str, Any]) -> str:
            "n_scored": None, "n_skipped": None, "n_failed": None, "status": None, **dict(ctx["run"])}
     flags = sorted((dict(f) for f in ctx["flags"] or []), key=lambda f: _finding_order(f["finding"]))
     for f in flags:
-        rate, prev = _number(f.get("flag_rate")), _number(f.get("training_prevalence"))
-        f["ratio"] = rate / prev if rate is not None and prev else None
-        f["drift"] = f["ratio"] is not None and (f["ratio"] >= 2.0 or f["ratio"] <= 0.5)
+        f["ratio"], f["drift"] = drift_status(f.get("n_flagged"), f.get("flag_rate"), f.get("training_prevalence"),
+                                              run["n_scored"])
     top = ctx["top_studies"] or {}
     top_studies = [
         {"finding": name, "studies": [_top_study_view(entry) for entry in top[name]]}
@@ -398,7 +603,11 @@ def render_scoring_html(context: Mapping[str, Any]) -> str:
         "generated_at": ctx["generated_at"],
         "run": run,
         "failures": [dict(f) for f in ctx["failures"] or []],
+        "failure_reasons": _failure_reasons(ctx["failures"] or []),
         "flags": flags,
+        "drifting": [f for f in flags if f["drift"]],
+        "drift_ratio": DRIFT_RATIO,
+        "drift_min_count": DRIFT_MIN_COUNT,
         "top_studies": top_studies,
         "has_similar": any(s["similar"] for group in top_studies for s in group["studies"]),
         "flag_fig": flag_fig,
@@ -416,8 +625,10 @@ def render_scoring_report(context: Mapping[str, Any], out_path: Path) -> Path:
       n_scored, n_skipped, n_failed`` (optional ``status``).
     - ``failures``: list of dicts with ``study_key, reason``.
     - ``flags``: list of dicts with ``finding, n_flagged, flag_rate, training_prevalence``
-      (rates as fractions). Findings whose flag rate is at least 2x or at most 0.5x the
-      training prevalence are marked for review. Also drawn as one bar chart.
+      (rates as fractions). Drift rule (:func:`drift_status`): a flag rate at least
+      :data:`DRIFT_RATIO` times or at most 1 / DRIFT_RATIO times the training prevalence, with
+      at least :data:`DRIFT_MIN_COUNT` flagged or expected studies; such rows are marked and
+      listed in a drift warning above the table. Also drawn as one bar chart.
     - ``top_studies``: dict finding -> list of ``(study_key, probability)``, highest first.
       An optional third element per study lists its most similar labelled studies as
       ``(similar_key, cosine, findings_str)``; they are shown as a compact sub-list.

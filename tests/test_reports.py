@@ -17,11 +17,14 @@ from reports import figures
 from report_html import PNG_PREFIX, PNG_SIGNATURE, ReportParser, parse
 from reports.render import (
     DISCLAIMER,
+    drift_status,
     env,
     fmt,
+    fmt_ci,
     pct,
     render_evaluation_html,
     render_evaluation_report,
+    render_scoring_html,
     render_scoring_report,
 )
 
@@ -132,6 +135,54 @@ def make_context(model_name: str = "densenet121-cxr14-v3", *, epochs: bool = Tru
     return ctx
 
 
+PER_CLASS_HEADER = ("Finding", "Positives", "AUROC", "AUROC 95% CI", "PR-AUC", "F1", "F1 95% CI", "Precision", "Recall",
+                    "Specificity", "NPV", "Brier", "ECE", "Threshold", "TP", "FP", "TN", "FN")
+COL = {name: i for i, name in enumerate(PER_CLASS_HEADER)}
+
+
+def subgroup_rows(gap: float = 0.12) -> list[dict]:
+    """Rows as the database stores them (``group_name``), one small group without metrics."""
+    rows = []
+    for attribute, groups in (("sex", ["M", "F"]), ("age_band", ["80+", "20-39", "unknown", "40-59"]), ("view", ["PA", "AP"])):
+        for k, group in enumerate(groups):
+            small = group == "unknown"
+            auroc = None if small else 0.80 - (gap if (attribute, k) == ("view", 1) else 0.01 * k)
+            rows.append({
+                "attribute": attribute, "group_name": group, "n_studies": 5 if small else 60 + 10 * k,
+                "n_positive_labels": 1 if small else 40 + k,
+                **{m: (None if small else v) for m, v in (
+                    ("macro_auroc", auroc), ("macro_f1", 0.40 - 0.02 * k), ("micro_f1", 0.45), ("exact_match", 0.1),
+                    ("hamming_loss", 0.2), ("mean_brier", 0.11), ("mean_ece", 0.05 + 0.01 * k))},
+            })
+    return rows
+
+
+def full_context(n_examples: int = 2) -> dict:
+    """``make_context`` with everything issue 5 adds: bootstrap intervals, ECE, probability
+    calibration, subgroups, an embedding map and Grad-CAM overlays."""
+    ctx = make_context(examples=n_examples)
+    rng = np.random.default_rng(5)
+    for r in ctx["per_class"]:
+        r.update(auroc_ci_low=r["auroc"] - 0.05, auroc_ci_high=min(1.0, r["auroc"] + 0.04),
+                 f1_ci_low=(r["f1"] or 0) - 0.08, f1_ci_high=(r["f1"] or 0) + 0.07, ece=0.08 + 0.001 * len(r["finding"]),
+                 brier_calibrated=r["brier"] * 0.9, ece_calibrated=0.03 + 0.001 * len(r["finding"]))
+    agg = ctx["aggregates"]
+    agg.update(macro_auroc_ci_low=agg["macro_auroc"] - 0.03, macro_auroc_ci_high=agg["macro_auroc"] + 0.02,
+               macro_f1_ci_low=agg["macro_f1"] - 0.04, macro_f1_ci_high=agg["macro_f1"] + 0.05,
+               mean_ece=0.091, n_bootstrap=1000, calibration_method="temperature")
+    ctx["y_prob_calibrated"] = np.clip(ctx["y_prob"] * 0.85 + 0.05, 0, 1)
+    ctx["subgroups"] = subgroup_rows()
+    n = len(ctx["y_true"])
+    rows = np.sort(rng.choice(n, size=150, replace=False))
+    ctx["embedding_map"] = {"xy": rng.normal(size=(150, 2)) + 4 * ctx["y_true"][rows, :2], "rows": rows}
+    ctx["comparison"][0].update(macro_auroc_ci_low=0.781, macro_auroc_ci_high=0.842)
+    for k, ex in enumerate(ctx.get("examples", [])):
+        heat = np.outer(np.hanning(48), np.hanning(48))
+        ex["heatmap_data_uri"] = figures.gradcam_overlay(rng.random((48, 48)), heat)
+        ex["gradcam_finding"] = "Effusion"
+    return ctx
+
+
 def scoring_context(reason: str = "unreadable DICOM: <b>bad</b> transfer syntax") -> dict:
     return {
         "title": "Nightly scoring 2025-01-02",
@@ -189,18 +240,18 @@ def test_evaluation_report_is_complete_and_self_contained(tmp_path):
     assert parsed.start_tags.count("title") == 1
     assert "densenet121-cxr14-v3" in parsed.text
     assert ctx["model"]["sha256"] in parsed.text
-    # confusion + ROC (all) + ROC grid + training curves + 1 example
-    assert_png_images(parsed, 5)
+    # confusion + ROC (all) + ROC grid + PR (all) + PR grid + reliability + training curves + 1 example
+    assert_png_images(parsed, 8)
     assert_self_contained(html, parsed)
 
     rows = parsed.tables["per-class-table"]
     assert len(rows) == 14
     assert [r[0] for r in rows] == list(FINDINGS)
-    assert all(len(r) == 15 for r in rows)
+    assert all(len(r) == len(PER_CLASS_HEADER) for r in rows)
     by_name = {r["finding"]: r for r in ctx["per_class"]}
-    for r in rows:  # threshold column (11th) shows the per-class threshold
-        assert r[10] == f"{by_name[r[0]]['threshold']:.3f}"
-        assert r[2] == f"{by_name[r[0]]['auroc']:.3f}"
+    for r in rows:  # threshold column shows the per-class threshold
+        assert r[COL["Threshold"]] == f"{by_name[r[0]]['threshold']:.3f}"
+        assert r[COL["AUROC"]] == f"{by_name[r[0]]['auroc']:.3f}"
 
     assert DISCLAIMER in parsed.text
     assert "not a medical device" in parsed.text.lower()
@@ -219,11 +270,11 @@ def test_evaluation_report_is_complete_and_self_contained(tmp_path):
     assert leftovers == [], "temporary files left behind"
 
 
-def test_evaluation_without_epochs_or_examples_has_three_figures(tmp_path):
+def test_evaluation_without_epochs_or_examples_has_six_figures(tmp_path):
     ctx = make_context(epochs=False, examples=0)
     html = render_evaluation_report(ctx, tmp_path / "e.html").read_text(encoding="utf-8")
     parsed = parse(html)
-    assert_png_images(parsed, 3)
+    assert_png_images(parsed, 6)
     assert 'id="training"' not in html and 'id="examples"' not in html
     assert_self_contained(html, parsed)
 
@@ -231,7 +282,7 @@ def test_evaluation_without_epochs_or_examples_has_three_figures(tmp_path):
 def test_label_counts_add_a_figure():
     ctx = make_context(epochs=False, examples=0)
     ctx["label_counts"] = {name: 10 * (i + 1) for i, name in enumerate(FINDINGS)}
-    assert_png_images(parse(render_evaluation_html(ctx)), 4)
+    assert_png_images(parse(render_evaluation_html(ctx)), 7)
 
 
 def test_model_name_is_autoescaped(tmp_path):
@@ -244,7 +295,7 @@ def test_model_name_is_autoescaped(tmp_path):
     parsed = parse(html)
     assert "script" not in parsed.start_tags
     assert evil in parsed.text  # shown to the reader as text
-    assert_png_images(parsed, 4)  # the note's <img> is text, not a tag
+    assert_png_images(parsed, 7)  # the note's <img> is text, not a tag
     assert not any(v.startswith("https://") for _, _, v in parsed.links)
 
 
@@ -268,6 +319,174 @@ def test_failed_render_keeps_previous_report(tmp_path):
     render_evaluation_report(make_context(epochs=False, examples=0), out)
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+# --------------------------------------------------------------------------- issue 5 sections
+
+
+@pytest.fixture(scope="module")
+def full_report():
+    ctx = full_context(n_examples=2)
+    html = render_evaluation_html(ctx)
+    return ctx, html, parse(html)
+
+
+def test_full_report_images_and_sections(full_report):
+    ctx, html, parsed = full_report
+    # confusion, ROC x2, PR x2, reliability, training, map, and 2 examples with an image and a heat map each
+    assert_png_images(parsed, 7 + 1 + 2 * 2)
+    assert_self_contained(html, parsed)
+    for section in ("per-class", "confusion", "roc", "pr", "calibration", "subgroups", "training", "comparison",
+                    "examples", "embedding-map", "limitations"):
+        assert section in parsed.ids, section
+    for missing in ("no-intervals", "no-calibration", "no-subgroups", "no-embedding-map"):
+        assert missing not in parsed.ids
+    alts = [img["alt"] for img in parsed.imgs]
+    assert sum(a.startswith("Grad-CAM heat map of study") and a.endswith("for Effusion") for a in alts) == 2
+    assert "Grad-CAM: Effusion" in parsed.text
+    assert "t-SNE" in parsed.text and "150 test studies" in parsed.text
+    assert DISCLAIMER in parsed.text
+
+
+def test_per_class_intervals_and_ece_are_shown(full_report):
+    ctx, _, parsed = full_report
+    by_name = {r["finding"]: r for r in ctx["per_class"]}
+    rows = parsed.tables["per-class-table"]
+    assert [r[0] for r in rows] == list(FINDINGS)
+    for r in rows:
+        src = by_name[r[0]]
+        assert r[COL["AUROC 95% CI"]] == f"{src['auroc_ci_low']:.3f}–{src['auroc_ci_high']:.3f}"
+        assert r[COL["F1 95% CI"]] == f"{src['f1_ci_low']:.3f}–{src['f1_ci_high']:.3f}"
+        assert r[COL["ECE"]] == f"{src['ece']:.3f}"
+        assert r[COL["Threshold"]] == f"{src['threshold']:.3f}"
+
+
+def test_aggregate_intervals_and_headline(full_report):
+    ctx, _, parsed = full_report
+    agg = ctx["aggregates"]
+    table = {r[0]: r for r in parsed.tables["aggregates-table"]}
+    assert table["Macro AUROC"][1:3] == [f"{agg['macro_auroc']:.3f}",
+                                         f"{agg['macro_auroc_ci_low']:.3f}–{agg['macro_auroc_ci_high']:.3f}"]
+    assert table["Macro F1"][2] == f"{agg['macro_f1_ci_low']:.3f}–{agg['macro_f1_ci_high']:.3f}"
+    assert table["Micro F1"][2] == "—"
+    assert table["Mean expected calibration error"][1] == "0.091"
+    labels = [r[0] for r in parsed.tables["aggregates-table"]]
+    assert not any("ci low" in x or "ci high" in x or "bootstrap" in x or "calibration method" in x for x in labels)
+    assert f"95% CI {agg['macro_auroc_ci_low']:.3f}–{agg['macro_auroc_ci_high']:.3f}" in parsed.text
+    assert "1,000 resamples" in parsed.text and "resampling patients" in parsed.text
+
+
+def test_calibration_table_before_and_after(full_report):
+    ctx, _, parsed = full_report
+    rows = parsed.tables["calibration-table"]
+    assert [r[0] for r in rows] == [*FINDINGS, "Mean over findings"]
+    by_name = {r["finding"]: r for r in ctx["per_class"]}
+    for r in rows[:-1]:
+        src = by_name[r[0]]
+        assert r[1:] == [f"{src['brier']:.4f}", f"{src['brier_calibrated']:.4f}", f"{src['ece']:.4f}",
+                         f"{src['ece_calibrated']:.4f}"]
+    mean = rows[-1]
+    assert mean[1] == f"{ctx['aggregates']['mean_brier']:.4f}"
+    assert mean[2] == f"{np.mean([r['brier_calibrated'] for r in ctx['per_class']]):.4f}"
+    assert mean[3] == "0.0910"
+    assert "temperature scaling" in parsed.text
+
+
+def test_subgroup_tables_gaps_and_warning(full_report):
+    _, _, parsed = full_report
+    rows = parsed.tables["subgroup-table"]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("Sex", "F"), ("Sex", "M"),
+        ("Age band", "20-39"), ("Age band", "40-59"), ("Age band", "80+"), ("Age band", "unknown"),
+        ("View position", "AP"), ("View position", "PA"),
+    ]
+    unknown = rows[5]
+    assert unknown[2] == "5" and unknown[4:] == ["—"] * 7  # too small: listed without metrics
+    assert rows[6][4] == "0.680"
+    gaps = {r[0]: r for r in parsed.tables["subgroup-gaps-table"]}
+    assert gaps["Sex"][3] == "0.010" and gaps["Sex"][5] == ""
+    assert gaps["Age band"][1] == "3 / 4" and gaps["Age band"][3] == "0.030"
+    assert gaps["View position"][2] == "PA / AP" and gaps["View position"][3] == "0.120"
+    assert gaps["View position"][5].startswith("gap >")
+    classes = parsed.row_classes["subgroup-gaps-table"]
+    assert ["drift" in c.split() for c in classes] == [False, False, True]
+    assert "subgroup-warning" in parsed.ids
+    assert "view position (0.120: PA best, AP worst)" in parsed.text
+
+
+def test_no_subgroup_warning_below_the_gap():
+    ctx = make_context(epochs=False, examples=0)
+    ctx["subgroups"] = subgroup_rows(gap=0.04)
+    parsed = parse(render_evaluation_html(ctx))
+    assert "subgroup-warning" not in parsed.ids
+    assert not any("drift" in c for c in parsed.row_classes["subgroup-gaps-table"])
+
+
+def test_comparison_has_auroc_interval_column(full_report):
+    _, _, parsed = full_report
+    comp = parsed.tables["comparison-table"]
+    # Model, Kind, Status, Macro AUROC, AUROC 95% CI, ...
+    assert comp[0][3:5] == ["0.810", "0.781–0.842"]
+    assert comp[1][3:5] == ["0.660", "—"]
+
+
+def test_missing_new_fields_say_not_available():
+    """An older evaluation or a baseline: no intervals, ECE, calibration, subgroups or map."""
+    ctx = make_context(epochs=False, examples=1)
+    parsed = parse(render_evaluation_html(ctx))
+    for missing in ("no-intervals", "no-calibration", "no-subgroups", "no-embedding-map"):
+        assert missing in parsed.ids, missing
+    rows = parsed.tables["per-class-table"]
+    assert all(r[COL["AUROC 95% CI"]] == r[COL["F1 95% CI"]] == r[COL["ECE"]] == "—" for r in rows)
+    assert "not available" in parsed.text
+    assert "no confidence intervals are available" in parsed.text
+    assert "calibration-table" not in parsed.tables
+
+
+def test_ece_without_probability_calibration():
+    ctx = make_context(epochs=False, examples=0)
+    for r in ctx["per_class"]:
+        r["ece"] = 0.07
+    ctx["aggregates"]["calibration_method"] = None
+    parsed = parse(render_evaluation_html(ctx))
+    rows = parsed.tables["calibration-table"]
+    assert len(rows) == 15 and all(len(r) == 3 for r in rows)  # finding, Brier, ECE: no after-columns
+    assert rows[0][2] == "0.0700" and rows[-1][2] == "0.0700"
+    assert "No probability calibration was fitted" in parsed.text
+
+
+def test_new_text_fields_are_escaped():
+    evil = "<script>alert(2)</script>"
+    ctx = make_context(epochs=False, examples=1)
+    ctx["subgroups"] = [{"attribute": "site", "group": evil, "n_studies": 30, "macro_auroc": 0.7}]
+    ctx["examples"][0].update(heatmap_data_uri=png_data_uri(3), gradcam_finding=evil)
+    html = render_evaluation_html(ctx)
+    parsed = parse(html)
+    assert "<script" not in html.lower()
+    assert evil in parsed.text
+    assert [r[:2] for r in parsed.tables["subgroup-table"]] == [["site", evil]]
+    assert any(img["alt"].endswith(evil) for img in parsed.imgs)
+
+
+def test_heatmaps_must_be_data_uris():
+    ctx = make_context(epochs=False, examples=1)
+    ctx["examples"][0]["heatmap_data_uri"] = "file:///tmp/cam.png"
+    with pytest.raises(ValueError, match="data:image"):
+        render_evaluation_html(ctx)
+
+
+def test_example_without_heatmap_shows_its_note():
+    ctx = make_context(epochs=False, examples=1)
+    ctx["examples"][0]["gradcam_note"] = "No Grad-CAM for an embedding baseline (k-NN)."
+    parsed = parse(render_evaluation_html(ctx))
+    assert "No Grad-CAM for an embedding baseline (k-NN)." in parsed.text
+
+
+def test_print_css_keeps_paper_light():
+    html = render_evaluation_html(make_context(epochs=False, examples=0))
+    css = html[html.index("@media print"):html.index("</style>")]
+    assert "break-before: page" in css and "thead th { background: #fff" in css
+    assert 'class="new-page"' in html
 
 
 # --------------------------------------------------------------------------- scoring
@@ -303,6 +522,52 @@ def test_scoring_report_with_nothing_to_show(tmp_path):
     parsed = parse(render_scoring_report(ctx, tmp_path / "s.html").read_text(encoding="utf-8"))
     assert "No study failed" in parsed.text
     assert_png_images(parsed, 0)
+
+
+@pytest.mark.parametrize(
+    ("n_flagged", "rate", "prevalence", "n_scored", "expected"),
+    [
+        (40, 0.40, 0.10, 100, (4.0, True)),  # 4x the training prevalence
+        (10, 0.10, 0.05, 100, (2.0, True)),  # exactly 2x
+        (19, 0.19, 0.10, 100, (1.9, False)),
+        (2, 0.02, 0.10, 100, (0.2, True)),  # few flags, but 10 expected
+        (3, 0.30, 0.10, 10, (3.0, False)),  # 3 flags, 1 expected: too few to tell
+        (0, 0.0, 0.0, 100, (None, False)),
+        (6, 0.06, 0.0, 100, (None, True)),  # never seen in training, now flagged
+        (5, None, 0.1, 100, (None, False)),
+    ],
+)
+def test_drift_rule(n_flagged, rate, prevalence, n_scored, expected):
+    ratio, drift = drift_status(n_flagged, rate, prevalence, n_scored)
+    assert drift is expected[1]
+    assert ratio == (pytest.approx(expected[0]) if expected[0] is not None else None)
+
+
+def test_scoring_report_drift_warning_and_reason_summary():
+    ctx = scoring_context()
+    ctx["run"]["n_scored"] = 1000
+    ctx["flags"] = [{"finding": f, "n_flagged": 100, "flag_rate": 0.1, "training_prevalence": 0.1} for f in FINDINGS]
+    ctx["flags"][1].update(n_flagged=300, flag_rate=0.3)  # Cardiomegaly 3x
+    ctx["flags"][13].update(n_flagged=1, flag_rate=0.001, training_prevalence=0.01)  # Hernia: 0.1x, 10 expected
+    ctx["failures"] = [{"study_key": f"k{i}", "reason": "empty image" if i % 3 else "missing metadata"} for i in range(6)]
+    parsed = parse(render_scoring_html(ctx))
+    assert "drift-warning" in parsed.ids and "drift-rule" in parsed.ids
+    text = parsed.text
+    assert "2 findings diverge" in text
+    assert "Cardiomegaly (30.0% flagged vs 10.0% in training)" in text and "Hernia (0.1% flagged" in text
+    flags = parsed.tables["flags-table"]
+    drift_rows = [r[0] for r, c in zip(flags, parsed.row_classes["flags-table"]) if "drift" in c.split()]
+    assert drift_rows == ["Cardiomegaly", "Hernia"]
+    assert flags[1][4] == "3.00" and flags[1][5] == "drift"
+    assert parsed.tables["failure-reasons-table"] == [["empty image", "4"], ["missing metadata", "2"]]
+
+
+def test_scoring_report_without_drift_has_no_warning():
+    ctx = scoring_context()
+    ctx["flags"] = [{"finding": f, "n_flagged": 100, "flag_rate": 0.1, "training_prevalence": 0.12} for f in FINDINGS]
+    parsed = parse(render_scoring_html(ctx))
+    assert "drift-warning" not in parsed.ids and "drift-rule" in parsed.ids
+    assert "failure-reasons-table" not in parsed.tables  # one failure: no summary table
 
 
 # --------------------------------------------------------------------------- filters and environment
@@ -381,3 +646,50 @@ def test_report_size_is_modest(tmp_path):
     out = render_evaluation_report(make_context(), tmp_path / "r.html")
     assert out.stat().st_size < 2_000_000
     assert isinstance(Path(out), Path)
+
+
+def test_new_figures_are_pngs_and_tolerate_one_label_classes():
+    ctx = full_context(n_examples=0)
+    y_true = ctx["y_true"].copy()
+    y_true[:, 13] = 0
+    for uri in (figures.pr_figure(y_true, ctx["y_prob"]), figures.pr_grid_figure(y_true, ctx["y_prob"]),
+                figures.reliability_figure(y_true, ctx["y_prob"]),
+                figures.reliability_figure(y_true, ctx["y_prob"], ctx["y_prob_calibrated"]),
+                figures.embedding_map_figure(np.zeros((3, 2)), np.zeros((3, 14)))):
+        _decode(uri)
+    with pytest.raises(ValueError):
+        figures.embedding_map_figure(np.zeros((3, 2)), np.zeros((4, 14)))
+    with pytest.raises(ValueError):
+        figures.reliability_figure(y_true, ctx["y_prob"], ctx["y_prob_calibrated"][:, :3])
+
+
+def test_map_colour_is_the_rarest_finding():
+    labels = np.zeros((4, 14))
+    labels[0, [2, 13]] = 1  # Effusion + Hernia
+    labels[1, 2] = 1
+    labels[3, [0, 1]] = 1
+    prevalence = np.linspace(0.3, 0.01, 14)  # Hernia rarest, Atelectasis commonest
+    assert figures.map_colour_labels(labels, FINDINGS, prevalence) == ["Hernia", "Effusion", "No Finding", "Cardiomegaly"]
+
+
+def test_gradcam_overlay_colours_the_hot_region_only():
+    import matplotlib.image as mpimg
+    import io
+
+    image = np.full((32, 32), 0.5)
+    heat = np.zeros((32, 32))
+    heat[4:12, 20:28] = 1.0
+    uri = figures.gradcam_overlay(image, heat, alpha=0.6, min_side=64)
+    rgb = mpimg.imread(io.BytesIO(_decode(uri)))[..., :3]
+    assert rgb.shape[:2] == (64, 64)  # enlarged x2, nearest neighbour
+    cold, hot = rgb[50, 10], rgb[16, 48]
+    assert np.allclose(cold, cold[0], atol=0.01)  # plain grey where the map is 0
+    assert hot[0] > hot[2] + 0.2  # red-ish where it is 1 (jet)
+    with pytest.raises(ValueError):
+        figures.gradcam_overlay(image, heat[:10])
+
+
+def test_fmt_ci():
+    assert fmt_ci(0.12345, 0.5) == "0.123–0.500"
+    assert fmt_ci(None, 0.5) == fmt_ci(0.1, float("nan")) == "—"
+    assert env.from_string("{{ a | ci(b) }}").render(a=0.1, b=0.2) == "0.100–0.200"
