@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["refresh_full_scale.py", "train_throughput.py", "scoring_throughput.py", "calibration_speed.py", "evaluation_speed.py", "demo_run.py"]
+SCRIPTS = ["refresh_full_scale.py", "train_throughput.py", "scoring_throughput.py", "prediction_writes.py", "calibration_speed.py", "evaluation_speed.py", "demo_run.py"]
 
 
 def main() -> int:

@@ -310,9 +310,10 @@ def write_predictions(session: Session, rows: Sequence[dict]) -> int:
     return upsert(
         session,
         Prediction,
-        [{"created_at": now(), **r} for r in rows],
+        rows,
         ["study_id", "model_version_id", "finding"],
         ["probability", "decision", "threshold_set_id", "scoring_run_id", "created_at"],
+        constants={"created_at": now()},
     )
 
 

@@ -76,6 +76,78 @@ def test_predictions_upsert_keeps_one_row_per_study_model_finding(migrated_url):
         assert repo.studies_to_score(s, ids[0]) == []
 
 
+def _prediction_fixture(url: str, n_studies: int = 2) -> tuple[list[int], int, int]:
+    with session_scope(url) as s:
+        repo.sync_studies(s, [_study(f"0000000{i}_000.png", labelled=False, split="incoming") for i in range(n_studies)])
+        version = repo.register_model_version(s, name="m1", kind="densenet121_fpn", config={}, artifact_path="/x", sha256="0" * 64)
+        tset = repo.save_threshold_set(s, version.id, "dynamic_f1", {}, {f: 0.5 for f in FINDINGS}, {})
+        return list(s.scalars(select(Study.id).order_by(Study.id))), version.id, tset.id
+
+
+def _stored_predictions(url: str) -> list[tuple]:
+    with session_scope(url) as s:
+        return [
+            (p.study_id, p.finding, p.probability, p.decision, p.threshold_set_id, p.created_at)
+            for p in s.scalars(select(Prediction).order_by(Prediction.study_id, Prediction.finding))
+        ]
+
+
+def test_driver_upsert_path_matches_sqlalchemy_path(migrated_url):
+    """Uniform rows go to the driver's executemany; rows with different key sets take
+    SQLAlchemy's path. Both store the same values (booleans, floats, one shared timestamp),
+    a key repeated within one call ends with its last row, and a rerun updates in place."""
+    from db.upsert import upsert
+
+    study_ids, vid, tid = _prediction_fixture(migrated_url)
+    stamp = repo.now()
+
+    def rows(study_id, p):
+        return [{"study_id": study_id, "model_version_id": vid, "finding": f, "probability": p, "decision": p >= 0.5,
+                 "threshold_set_id": tid, "scoring_run_id": None} for f in FINDINGS]
+
+    update = ["probability", "decision", "threshold_set_id", "scoring_run_id", "created_at"]
+    conflict = ["study_id", "model_version_id", "finding"]
+    with session_scope(migrated_url) as s:
+        # driver path, with a repeated key: the last row wins
+        upsert(s, Prediction, rows(study_ids[0], 0.1) + rows(study_ids[0], 0.8), conflict, update, constants={"created_at": stamp})
+        # SQLAlchemy path: one row lacks scoring_run_id (different key set)
+        mixed = [{**r, "created_at": stamp} for r in rows(study_ids[1], 0.8)]
+        del mixed[0]["scoring_run_id"]
+        upsert(s, Prediction, mixed, conflict, update)
+    stored = _stored_predictions(migrated_url)
+    assert len(stored) == 28
+    by_study = {sid: [r[1:] for r in stored if r[0] == sid] for sid in study_ids}
+    assert by_study[study_ids[0]] == by_study[study_ids[1]]
+    assert {r[2:4] for r in stored} == {(0.8, True)}
+    assert len({r[5] for r in stored}) == 1
+
+    # a rerun updates in place; a row's own created_at wins over the shared one
+    later = repo.now()
+    with session_scope(migrated_url) as s:
+        upsert(s, Prediction, [{**r, "created_at": later} for r in rows(study_ids[0], 0.3)], conflict, update,
+               constants={"created_at": stamp})
+        upsert(s, Prediction, rows(study_ids[1], 0.3), conflict, update, constants={"created_at": later})
+    again = _stored_predictions(migrated_url)
+    assert len(again) == 28
+    assert {r[2:4] for r in again} == {(0.3, False)}
+    assert len({r[5] for r in again}) == 1 and again[0][5] != stored[0][5]
+
+
+def test_driver_upsert_do_nothing_and_strict_booleans(migrated_url):
+    from db.upsert import upsert
+
+    study_ids, vid, tid = _prediction_fixture(migrated_url, 1)
+    row = {"study_id": study_ids[0], "model_version_id": vid, "finding": FINDINGS[0], "probability": 0.9, "decision": True,
+           "threshold_set_id": tid, "scoring_run_id": None, "created_at": repo.now()}
+    with session_scope(migrated_url) as s:
+        upsert(s, Prediction, [row], ["study_id", "model_version_id", "finding"])
+        upsert(s, Prediction, [{**row, "probability": 0.1}], ["study_id", "model_version_id", "finding"])  # ignored
+    assert [r[2] for r in _stored_predictions(migrated_url)] == [0.9]
+    with pytest.raises(ValueError, match="not None, True, or False"):  # SQLAlchemy's bind processors still run
+        with session_scope(migrated_url) as s:
+            upsert(s, Prediction, [{**row, "decision": 2}], ["study_id", "model_version_id", "finding"], ["decision"])
+
+
 def test_quarantine_is_recorded_once_per_row_and_reason(migrated_url):
     with session_scope(migrated_url) as s:
         run1 = repo.start_refresh(s, "nih-local", "/data", None).id
