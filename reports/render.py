@@ -13,9 +13,9 @@ import math
 import numbers
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -113,6 +113,7 @@ env.filters["fmt"] = fmt
 env.filters["pct"] = pct
 env.filters["short_hash"] = _short_hash
 env.filters["ci"] = fmt_ci
+env.filters["md"] = lambda value: " ".join(str(value).split()).replace("|", "\\|")  # a Markdown table cell
 env.globals["DISCLAIMER"] = DISCLAIMER
 
 
@@ -253,14 +254,16 @@ def _examples_view(examples: Sequence[Mapping[str, Any]] | None) -> list[dict[st
     return out
 
 
-def _write_atomic(html: str, out_path: Path) -> Path:
-    """Write ``html`` to ``out_path`` via a temp file in the same folder and ``os.replace``."""
+def write_atomic(out_path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Create ``out_path`` through ``write(binary file)`` on a temp file in the same folder, then
+    ``os.replace``: readers see the old file or the whole new one, never a part (folders created;
+    the temp file is removed on failure)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(html)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
@@ -272,6 +275,11 @@ def _write_atomic(html: str, out_path: Path) -> Path:
             pass
         raise
     return out_path
+
+
+def _write_atomic(html: str, out_path: Path) -> Path:
+    """Write ``html`` (UTF-8, ``\\n`` line ends) to ``out_path`` atomically (:func:`write_atomic`)."""
+    return write_atomic(out_path, lambda fh: fh.write(html.encode("utf-8")))
 
 
 # --------------------------------------------------------------------------- evaluation
