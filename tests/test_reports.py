@@ -693,3 +693,126 @@ def test_fmt_ci():
     assert fmt_ci(0.12345, 0.5) == "0.123–0.500"
     assert fmt_ci(None, 0.5) == fmt_ci(0.1, float("nan")) == "—"
     assert env.from_string("{{ a | ci(b) }}").render(a=0.1, b=0.2) == "0.100–0.200"
+
+
+# --------------------------------------------------------------------------- the reporting task's context
+
+
+def _seed_evaluation_database(tmp_path: Path) -> tuple[str, Path, int, int]:
+    """SQLite with 8 test studies (real PNGs), a small FPN model version with thresholds, an
+    evaluation with intervals, ECE, calibration and subgroups, its stored predictions (with a map),
+    and a k-NN child version evaluated without any of the new fields."""
+    import torch
+    from PIL import Image
+
+    from cxrmodel.artifacts import save_state_dict
+    from cxrmodel.metadata import AgeScaler
+    from cxrmodel.model import build_model, count_parameters
+    from db import repository as repo
+    from db.engine import session_scope, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'cxr.db'}"
+    upgrade_database(url)
+    home = tmp_path / "home"
+    rng = np.random.default_rng(3)
+    n = 8
+    y_true = np.zeros((n, len(FINDINGS)), dtype=np.uint8)
+    y_true[: n // 2, 2] = 1  # Effusion
+    y_true[::3, 13] = 1  # Hernia
+    y_true[0, 0] = y_true[5, 0] = 1
+    records, labels = [], {}
+    for i in range(n):
+        key = f"{i:08d}_000.png"
+        path = tmp_path / "images" / key
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray((rng.random((48, 48)) * 255).astype(np.uint8)).save(path)
+        records.append({"study_key": key, "patient_id": f"p{i // 2}", "follow_up": 0, "age": 30.0 + 5 * i,
+                        "sex": "MF"[i % 2], "view": ("PA", "AP")[i % 3 == 0], "source": "synthetic", "split": "test",
+                        "image_path": str(path), "content_hash": f"1:{i}", "labelled": True})
+        labels[key] = {f: int(y_true[i, j]) for j, f in enumerate(FINDINGS)}
+    y_prob = np.clip(0.2 + 0.5 * y_true + rng.normal(0, 0.1, y_true.shape), 0.01, 0.99).astype(np.float32)
+    torch.manual_seed(0)
+    network = build_model("densenet121_fpn")
+    folder = home / "models" / "fpn-v1"
+    sha = save_state_dict(network.state_dict(), folder / "model.safetensors")
+    thresholds = {f: 0.5 for f in FINDINGS}
+    per_class = per_class_rows(np.vstack([y_true, 1 - y_true[:1]]), np.vstack([y_prob, y_prob[:1]]), thresholds)
+    per_class = [{k: 0.0 if v is None else v for k, v in r.items()} for r in per_class]  # NOT NULL columns
+    for r in per_class:
+        r.update(auroc_ci_low=0.5, auroc_ci_high=0.9, f1_ci_low=0.1, f1_ci_high=0.6, ece=0.12,
+                 brier_calibrated=r["brier"] / 2, ece_calibrated=0.04)
+    aggregates = {"n_studies": n, "macro_auroc": 0.71, "micro_auroc": 0.7, "macro_f1": 0.4, "micro_f1": 0.41,
+                  "macro_precision": 0.4, "micro_precision": 0.4, "macro_recall": 0.5, "micro_recall": 0.5,
+                  "exact_match": 0.1, "hamming_loss": 0.2, "accuracy": 0.8, "lrap": 0.6, "mean_brier": 0.1}
+    new = {"macro_auroc_ci_low": 0.61, "macro_auroc_ci_high": 0.79, "macro_f1_ci_low": 0.3, "macro_f1_ci_high": 0.5,
+           "mean_ece": 0.12, "n_bootstrap": 200, "calibration_method": "platt"}
+    subgroups = [{"attribute": "sex", "group": g, "n_studies": 4, "n_positive_labels": 3, "macro_auroc": a,
+                  "macro_f1": 0.4} for g, a in (("M", 0.8), ("F", 0.7))]
+    with session_scope(url) as s:
+        repo.sync_studies(s, records, labels)
+        version = repo.register_model_version(
+            s, name="fpn-v1", kind="densenet121_fpn", artifact_path=str(folder / "model.safetensors"), sha256=sha,
+            config={"image_size": 32, "age_scaler": AgeScaler(20.0, 90.0, 55.0).to_dict()},
+            status="champion", parameter_count=count_parameters(network))
+        tset = repo.save_threshold_set(s, version.id, "dynamic_f1", {}, thresholds, {"Hernia": "few positives"})
+        ev = repo.save_evaluation(s, version.id, tset.id, "test", {**aggregates, **new}, per_class, subgroups)
+        knn = repo.register_model_version(
+            s, name="knn-of-fpn-v1", kind="knn_embedding", artifact_path=str(home / "models" / "knn" / "knn.npz"),
+            sha256="0" * 64, parent_id=version.id, status="candidate", parameter_count=0)
+        knn_tset = repo.save_threshold_set(s, knn.id, "dynamic_f1", {}, thresholds, {})
+        old_style = [{k: v for k, v in r.items() if "_ci_" not in k and "ece" not in k and "calibrated" not in k}
+                     for r in per_class]
+        knn_ev = repo.save_evaluation(s, knn.id, knn_tset.id, "test", aggregates, old_style)
+        ids = (ev.id, knn_ev.id)
+    keys = np.array([r["study_key"] for r in records])
+    np.savez_compressed(folder / "predictions_test.npz", y_true=y_true, y_prob=y_prob, study_key=keys,
+                        y_prob_calibrated=y_prob * 0.9, map_xy=rng.normal(size=(6, 2)).astype(np.float32),
+                        map_rows=np.array([0, 1, 2, 4, 6, 7]))
+    (home / "models" / "knn").mkdir(parents=True)
+    np.savez_compressed(home / "models" / "knn" / "predictions_test.npz", y_true=y_true, y_prob=y_prob, study_key=keys)
+    return url, home, *ids
+
+
+def test_evaluation_context_from_the_database(tmp_path):
+    from reports.bundle import build_export_bundle
+    from tasks.reporting import N_EXAMPLES, evaluation_context
+
+    url, home, ev_id, knn_ev_id = _seed_evaluation_database(tmp_path)
+    ctx, version = evaluation_context(url, home, ev_id)
+    assert version.name == "fpn-v1" and ctx["evaluation_id"] == ev_id
+    agg = ctx["aggregates"]
+    assert (agg["macro_auroc_ci_low"], agg["macro_auroc_ci_high"], agg["n_bootstrap"]) == (0.61, 0.79, 200)
+    assert agg["calibration_method"] == "platt" and "calibration" not in agg and "bundle_path" not in agg
+    assert {r["finding"]: r["ece_calibrated"] for r in ctx["per_class"]} == dict.fromkeys(FINDINGS, 0.04)
+    assert sorted((r["attribute"], r["group_name"], r["macro_auroc"]) for r in ctx["subgroups"]) == [
+        ("sex", "F", 0.7), ("sex", "M", 0.8)]
+    assert ctx["y_prob_calibrated"].shape == (8, 14)
+    assert ctx["embedding_map"]["rows"].tolist() == [0, 1, 2, 4, 6, 7]
+    comparison = {r["name"]: r for r in ctx["comparison"]}
+    assert comparison["fpn-v1"]["macro_auroc_ci_low"] == 0.61 and comparison["knn-of-fpn-v1"]["macro_auroc_ci_low"] is None
+    examples = ctx["examples"]
+    assert len(examples) == N_EXAMPLES
+    for ex in examples:
+        assert ex["gradcam_finding"] == ex["top_findings"][0][0]
+        assert ex["heatmap_data_uri"].startswith(PNG_PREFIX)
+
+    parsed = parse(render_evaluation_html(ctx))
+    heat_alts = [img["alt"] for img in parsed.imgs if img["alt"].startswith("Grad-CAM")]
+    assert len(heat_alts) == N_EXAMPLES
+    assert parsed.tables["subgroup-gaps-table"][0][3] == "0.100"
+    assert "no-embedding-map" not in parsed.ids and "no-calibration" not in parsed.ids
+    bundle = build_export_bundle(ctx, _write(tmp_path / "r.html", "<html></html>"), tmp_path / "b.zip")
+    assert bundle.is_file()
+
+    # a k-NN baseline: no Grad-CAM (a note instead), no intervals, no subgroups, no map
+    knn_ctx, _ = evaluation_context(url, home, knn_ev_id)
+    assert knn_ctx["subgroups"] == [] and knn_ctx["embedding_map"] is None and knn_ctx["y_prob_calibrated"] is None
+    assert all("heatmap_data_uri" not in ex and "knn_embedding" in ex["gradcam_note"] for ex in knn_ctx["examples"])
+    parsed = parse(render_evaluation_html(knn_ctx))
+    for missing in ("no-intervals", "no-subgroups", "no-embedding-map"):
+        assert missing in parsed.ids
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
