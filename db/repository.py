@@ -289,13 +289,30 @@ def latest_evaluations(session: Session, split: str = "test") -> list[tuple[Eval
 # --- scoring ---------------------------------------------------------------------------------------
 
 
+def _pending(stmt, model_version_id: int, limit: int | None):
+    """``stmt`` restricted to active unlabelled studies with no prediction from ``model_version_id``
+    (whoever inserted them: the refresh flow or another system writing to ``studies``)."""
+    scored = exists().where(and_(Prediction.study_id == Study.id, Prediction.model_version_id == model_version_id))
+    stmt = stmt.where(Study.labelled.is_(False), Study.status == "active", ~scored).order_by(Study.id)
+    return stmt if limit is None else stmt.limit(limit)
+
+
 def studies_to_score(session: Session, model_version_id: int, limit: int | None = None) -> list[Study]:
     """Active unlabelled studies with no prediction from ``model_version_id``."""
-    scored = exists().where(and_(Prediction.study_id == Study.id, Prediction.model_version_id == model_version_id))
-    stmt = select(Study).where(Study.labelled.is_(False), Study.status == "active", ~scored).order_by(Study.id)
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    return list(session.scalars(stmt))
+    return list(session.scalars(_pending(select(Study), model_version_id, limit)))
+
+
+def study_ids_to_score(session: Session, model_version_id: int, limit: int | None = None) -> list[int]:
+    """The ids of :func:`studies_to_score`, in the same order."""
+    return list(session.scalars(_pending(select(Study.id), model_version_id, limit)))
+
+
+def studies_by_id(session: Session, ids: Sequence[int]) -> list[Study]:
+    """The studies with these ids, in the order given (ids that no longer exist are left out)."""
+    found: dict[int, Study] = {}
+    for start in range(0, len(ids), 5000):
+        found.update((s.id, s) for s in session.scalars(select(Study).where(Study.id.in_(ids[start : start + 5000]))))
+    return [found[i] for i in ids if i in found]
 
 
 def start_scoring_run(session: Session, **fields) -> ScoringRun:
@@ -303,6 +320,39 @@ def start_scoring_run(session: Session, **fields) -> ScoringRun:
     session.add(run)
     session.flush()
     return run
+
+
+def add_scoring_counts(session: Session, scoring_run_id: int, scored: int = 0, failed: int = 0) -> None:
+    """Add to a run's counts with one ``UPDATE ... SET n = n + k`` (safe when chunks of the run
+    commit in parallel from several processes; commits with the batch it counts)."""
+    if scored or failed:
+        session.execute(
+            update(ScoringRun)
+            .where(ScoringRun.id == scoring_run_id)
+            .values(n_scored=ScoringRun.n_scored + scored, n_failed=ScoringRun.n_failed + failed)
+        )
+
+
+def finish_scoring_run(session: Session, scoring_run_id: int, status: str = "completed") -> ScoringRun:
+    run = session.get(ScoringRun, scoring_run_id)
+    run.status, run.finished_at = status, now()
+    session.flush()
+    return run
+
+
+def studies_done_in_run(session: Session, scoring_run_id: int, study_ids_: Sequence[int]) -> set[int]:
+    """Those of ``study_ids_`` that run ``scoring_run_id`` already scored or recorded as failed
+    (and counted): a retried chunk skips them."""
+    done: set[int] = set()
+    for start in range(0, len(study_ids_), 5000):
+        part = study_ids_[start : start + 5000]
+        done.update(session.scalars(
+            select(Prediction.study_id).where(Prediction.scoring_run_id == scoring_run_id, Prediction.study_id.in_(part)).distinct()
+        ))
+        done.update(session.scalars(
+            select(ScoringFailure.study_id).where(ScoringFailure.scoring_run_id == scoring_run_id, ScoringFailure.study_id.in_(part))
+        ))
+    return done
 
 
 def write_predictions(session: Session, rows: Sequence[dict]) -> int:

@@ -7,7 +7,8 @@ process that executes scheduled runs itself) and mirrored by ``deployments/prefe
 - weekly retraining + calibration + evaluation on the GPU work pool (Sunday 03:00);
 - on-demand report rendering (no schedule).
 
-Times are in ``CXR_TIMEZONE`` (default UTC); pools in ``CXR_CPU_POOL`` / ``CXR_GPU_POOL``.
+Times are in ``CXR_TIMEZONE`` (default UTC); pools in ``CXR_CPU_POOL`` / ``CXR_GPU_POOL``;
+``CXR_DASK_ADDRESS`` sends the nightly scoring's chunks to that Dask scheduler.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class ScheduleSettings(BaseSettings):
     gpu_pool: str = "cxr-gpu"
     source_dir: str = Field("/data/nih", description="Folder the nightly refresh reads.")
     incoming_dir: str | None = Field("/data/incoming", description="Folder of new studies to register.")
+    dask_address: str | None = Field(
+        None, description="Scheduler of a Dask cluster (tcp://host:8786) for nightly scoring; unset: score in the flow's process."
+    )
 
 
 REFRESH = "nightly-refresh"
@@ -59,6 +63,7 @@ def build_deployments(settings: ScheduleSettings | None = None) -> list:
         score_flow.to_deployment(
             SCORING,
             schedules=[CronSchedule(cron=s.scoring_cron, timezone=s.timezone)],
+            parameters={"task_runner": "dask", "dask_address": s.dask_address} if s.dask_address else {},
             concurrency_limit=one_at_a_time,
             tags=["cxr", "nightly"],
             description="Nightly: score every study without a prediction from the champion.",

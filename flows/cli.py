@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -192,13 +193,33 @@ def evaluate(model_version_id: int, promote: bool = True, config: ConfigOption =
     typer.echo(json.dumps(evaluate_flow(model_version_id, promote=promote, evaluation=_config(config).evaluation), indent=2))
 
 
+class TaskRunnerChoice(str, Enum):
+    default = "default"
+    dask = "dask"
+
+
 @app.command()
-def score(batch_size: int = 64, home: HomeOption = None) -> None:
+def score(
+    batch_size: int = 64,
+    task_runner: Annotated[
+        TaskRunnerChoice, typer.Option(help="default: chunks one after another here; dask: in parallel on a Dask cluster.")
+    ] = TaskRunnerChoice.default,
+    dask_address: Annotated[
+        Optional[str], typer.Option(help="Scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default: a local one).")
+    ] = None,
+    dask_workers: Annotated[int, typer.Option(min=1, help="Workers of the local Dask cluster.")] = 2,
+    chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Studies per scoring task (default: the flow's, 512).")] = None,
+    home: HomeOption = None,
+) -> None:
     """Score every study that has no prediction from the champion model."""
     from flows.stages import score_flow
 
     _settings(home)
-    typer.echo(json.dumps(score_flow(batch_size=batch_size), indent=2))
+    result = score_flow(
+        batch_size=batch_size, task_runner=task_runner.value, dask_address=dask_address, dask_workers=dask_workers,
+        **({"chunk_size": chunk_size} if chunk_size else {}),
+    )
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -16,7 +16,7 @@ from tasks.common import flow_run_id
 from tasks.dataset_report import render_dataset
 from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better
 from tasks.reporting import render_evaluation, render_scoring
-from tasks.scoring import score_new_studies
+from tasks.scoring import DEFAULT_CHUNK_SIZE, run_scoring
 from tasks.similarity import index_embeddings, similar_cases
 from tasks.training import train_knn_baseline, train_mlp_baseline, train_network
 
@@ -116,20 +116,57 @@ def evaluate_flow(
     return {"evaluation_id": evaluation_id, "promoted": promoted}
 
 
+def dask_task_runner(address: str | None = None, n_workers: int = 2):
+    """prefect-dask's ``DaskTaskRunner``: the scheduler at ``address`` (an existing cluster,
+    e.g. ``tcp://scheduler:8786``, whose worker processes may sit on other hosts), or a
+    temporary ``LocalCluster`` of ``n_workers`` single-thread workers inside this process
+    (torch and PIL release the GIL, the model is loaded once, and there are no worker processes
+    to start: spawning them costs tens of seconds of imports on a small host)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": False, "dashboard_address": ":0"}
+    )
+
+
+@flow(name="cxr-score-chunks")
+def score_chunks_flow(database_url: str, batch_size: int, device: str, num_workers: int, chunk_size: int) -> int:
+    """One scoring run whose chunks go to this flow's task runner all at once (``score_flow``
+    runs it with a ``DaskTaskRunner``); planning and finishing run here. Returns the run id."""
+    return run_scoring(database_url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, submit=True)
+
+
 @flow(name="cxr-score")
 def score_flow(
     batch_size: int = 64,
     device: str = "auto",
     num_workers: int = 0,
     render_report: bool = True,
+    task_runner: Literal["default", "dask"] = "default",
+    dask_address: str | None = None,
+    dask_workers: int = 2,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
     """Score every pending study with the champion model; record failures; write the report.
+
+    The pending studies are split into chunks of ``chunk_size``. With ``task_runner='default'``
+    the chunks run one after another in this process; with ``'dask'`` they run in parallel on
+    a Dask cluster: the scheduler at ``dask_address`` (workers must read the image paths and
+    reach the database), or a temporary local cluster of ``dask_workers`` workers.
     ``num_workers`` spawned DataLoader processes decode images while the network runs (worth it
     for large nights; for a few hundred studies their start-up costs more than it saves)."""
     home_path, url = resolve(home, database_url)
-    run_id = score_new_studies(url, batch_size=batch_size, device=device, num_workers=num_workers)
+    if dask_address and task_runner != "dask":
+        raise ValueError("dask_address is only used with task_runner='dask'")
+    if task_runner == "dask":
+        scoring = score_chunks_flow.with_options(task_runner=dask_task_runner(dask_address, dask_workers))
+        run_id = scoring(url, batch_size, device, num_workers, chunk_size)
+    else:
+        run_id = run_scoring(url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size)
     report = render_scoring(url, home_path, run_id) if render_report else None
     return {"scoring_run_id": run_id, "report": report}
 

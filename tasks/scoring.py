@@ -1,13 +1,35 @@
-"""Nightly scoring: every unlabelled study without a prediction from the champion."""
+"""Nightly scoring: every unlabelled study without a prediction from the champion.
+
+A scoring run is three kinds of task, so that a task runner can spread the work:
+
+- :func:`plan_scoring` starts the ``scoring_runs`` row, picks the champion and its active
+  threshold set, lists the pending study ids and splits them into chunks;
+- :func:`score_chunk`, once per chunk (in parallel on a Dask cluster, one after another
+  otherwise), loads the champion (once per process), scores its studies and commits
+  predictions, failures and the run's counts batch by batch;
+- :func:`finish_scoring` marks the run completed and publishes the artifact.
+
+The run's counts are SQL increments committed with the batch they count, so parallel chunks
+never lose an update and a run killed mid-way says exactly what it committed. Tasks that write
+to the database are retried by Prefect on transient database errors (:func:`transient_db_error`);
+a retried chunk skips the studies it already committed.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
@@ -16,9 +38,11 @@ from cxrmodel.train import resolve_device
 from cxrmodel.transforms import eval_transform
 from db import repository as repo
 from db.engine import session_scope
-from db.models import ModelVersion, ScoringRun
+from db.models import ModelVersion
 from tasks.common import flow_run_id, run_logger
-from tasks.models import load_model_version
+from tasks.models import NETWORK_KINDS, LoadedModel, load_model_version
+
+DEFAULT_CHUNK_SIZE = 512
 
 
 def _in_prefect_run() -> bool:
@@ -26,6 +50,47 @@ def _in_prefect_run() -> bool:
     from prefect.context import FlowRunContext, TaskRunContext
 
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """A database error worth retrying: the server went away or refused for now (SQLAlchemy's
+    ``OperationalError``: connection lost, server restarting, SQLite ``database is locked``),
+    or any DBAPI error that invalidated the connection (a disconnect)."""
+    while exc is not None:
+        if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def retry_on_transient_db_error(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient database errors (a bug or a bad
+    input fails at once instead of three times)."""
+    try:
+        state.result()
+    except Exception as exc:  # the task's exception
+        return transient_db_error(exc)
+    return False
+
+
+#: Prefect options of the tasks that write to the database.
+DB_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient_db_error, cache_policy=NO_CACHE)
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What :func:`plan_scoring` decided: the run, the model and its thresholds, the chunks."""
+
+    scoring_run_id: int
+    model_version_id: int
+    model_name: str
+    threshold_set_id: int
+    thresholds: tuple[float, ...]  # in FINDINGS order
+    chunks: tuple[tuple[int, ...], ...]  # study ids
+
+    @property
+    def n_candidates(self) -> int:
+        return sum(len(c) for c in self.chunks)
 
 
 def _patient_rows(studies, scaler) -> list[tuple[float, float, float] | None]:
@@ -39,62 +104,160 @@ def _patient_rows(studies, scaler) -> list[tuple[float, float, float] | None]:
     ]
 
 
-@task(name="score-new-studies", retries=2, retry_delay_seconds=10)
-def score_new_studies(
-    database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 0
-) -> int:
-    """Score pending studies with the champion and its active thresholds, committing batch by
-    batch; failures are recorded with their reason. Returns the scoring run id."""
-    logger = run_logger()
+@functools.lru_cache(maxsize=2)
+def _loaded_model(database_url: str, model_version_id: int) -> LoadedModel:
+    """The model version, loaded (and sha-checked) once per process: every chunk a Dask
+    worker runs after its first reuses it."""
+    with session_scope(database_url) as session:
+        version = session.get(ModelVersion, model_version_id)
+        parent = session.get(ModelVersion, version.parent_id) if version.parent_id else None
+        return load_model_version(version, parent)
+
+
+@task(name="plan-scoring", **DB_RETRIES)
+def plan_scoring(database_url: str, chunk_size: int = DEFAULT_CHUNK_SIZE, limit: int | None = None) -> ScoringPlan:
+    """Start a scoring run for every pending study (at most ``limit``) with the champion and its
+    active threshold set; split the study ids into chunks of ``chunk_size``."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     with session_scope(database_url) as session:
         champion = repo.champion(session)
         if champion is None:
             raise RuntimeError("no champion model version: train, evaluate and promote one first")
+        if champion.kind not in NETWORK_KINDS:
+            raise NotImplementedError(f"scoring with an embedding baseline ({champion.kind}) as champion is not supported yet")
         tset = repo.active_threshold_set(session, champion.id)
         if tset is None:
             raise RuntimeError(f"champion {champion.name} has no active threshold set")
-        parent = session.get(ModelVersion, champion.parent_id) if champion.parent_id else None
-        loaded = load_model_version(champion, parent)
-        thresholds = np.array([{t.finding: t.threshold for t in tset.thresholds}[f] for f in FINDINGS])
-        pending = repo.studies_to_score(session, champion.id, limit=limit)
-        items = [ScoringItem(s.id, s.image_path, p) for s, p in zip(pending, _patient_rows(pending, loaded.age_scaler))]
+        by_finding = {t.finding: t.threshold for t in tset.thresholds}
+        pending = repo.study_ids_to_score(session, champion.id, limit=limit)
         run = repo.start_scoring_run(
-            session, model_version_id=champion.id, threshold_set_id=tset.id, flow_run_id=flow_run_id(), n_candidates=len(items)
+            session, model_version_id=champion.id, threshold_set_id=tset.id, flow_run_id=flow_run_id(), n_candidates=len(pending)
         )
-        run_id, tset_id, champion_id, champion_name = run.id, tset.id, champion.id, champion.name
-    if loaded.knn is not None:
-        raise NotImplementedError("scoring with an embedding baseline as champion is not supported yet")
+        plan = ScoringPlan(
+            scoring_run_id=run.id,
+            model_version_id=champion.id,
+            model_name=champion.name,
+            threshold_set_id=tset.id,
+            thresholds=tuple(float(by_finding[f]) for f in FINDINGS),
+            chunks=tuple(tuple(pending[i : i + chunk_size]) for i in range(0, len(pending), chunk_size)),
+        )
+    run_logger().info(
+        "scoring run %d with %s: %d pending studies in %d chunks", plan.scoring_run_id, plan.model_name, len(pending), len(plan.chunks)
+    )
+    return plan
 
+
+@task(name="score-chunk", **DB_RETRIES)
+def score_chunk(
+    database_url: str, plan: ScoringPlan, study_ids: Sequence[int], batch_size: int = 64, device: str = "auto", num_workers: int = 0
+) -> dict:
+    """Score ``study_ids`` with the plan's model, committing each batch's predictions, failures
+    and counts together. Studies this run already committed (an earlier try of this chunk) are
+    skipped. Returns ``{"scored", "failed", "skipped", "seconds", "worker"}`` of this try
+(``worker``: host and process id)."""
+    logger = run_logger()
     started = time.perf_counter()
+    loaded = _loaded_model(database_url, plan.model_version_id)
+    with session_scope(database_url) as session:
+        done = repo.studies_done_in_run(session, plan.scoring_run_id, list(study_ids))
+        studies = repo.studies_by_id(session, [sid for sid in study_ids if sid not in done])
+    items = [ScoringItem(s.id, s.image_path, p) for s, p in zip(studies, _patient_rows(studies, loaded.age_scaler))]
+    thresholds = np.asarray(plan.thresholds)
     dataset = ScoringDataset(items, loaded.image_size, eval_transform(loaded.image_size))
     scored = failed = 0
     for batch in score_batches(loaded.network, dataset, batch_size, resolve_device(device), num_workers=num_workers):
         rows = [
-            {"study_id": sid, "model_version_id": champion_id, "finding": finding, "probability": float(p),
-             "decision": bool(p >= thresholds[j]), "threshold_set_id": tset_id, "scoring_run_id": run_id}
+            {"study_id": sid, "model_version_id": plan.model_version_id, "finding": finding, "probability": float(p),
+             "decision": bool(p >= thresholds[j]), "threshold_set_id": plan.threshold_set_id,
+             "scoring_run_id": plan.scoring_run_id}
             for sid, probs in zip(batch.study_ids, batch.probabilities)
             for j, (finding, p) in enumerate(zip(FINDINGS, probs))
         ]
         with session_scope(database_url) as session:
             repo.write_predictions(session, rows)
-            repo.record_scoring_failures(session, run_id, batch.failures)
-            run = session.get(ScoringRun, run_id)
-            run.n_scored += len(batch.study_ids)
-            run.n_failed += len(batch.failures)
+            repo.record_scoring_failures(session, plan.scoring_run_id, batch.failures)
+            repo.add_scoring_counts(session, plan.scoring_run_id, len(batch.study_ids), len(batch.failures))
         scored += len(batch.study_ids)
         failed += len(batch.failures)
         for sid, reason in batch.failures.items():
             logger.warning("study %d failed: %s", sid, reason)
     seconds = time.perf_counter() - started
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    logger.info(
+        "chunk of %d studies on %s: %d scored, %d failed, %d done before, %.1fs", len(study_ids), worker, scored, failed, len(done), seconds
+    )
+    return {"scored": scored, "failed": failed, "skipped": len(done), "seconds": seconds, "worker": worker}
+
+
+@task(name="finish-scoring", **DB_RETRIES)
+def finish_scoring(database_url: str, plan: ScoringPlan, chunk_counts: Sequence[dict], seconds: float | None = None) -> int:
+    """Mark the run completed (its counts are already in the row); log and publish the summary.
+    Returns the scoring run id."""
     with session_scope(database_url) as session:
-        run = session.get(ScoringRun, run_id)
-        run.status, run.finished_at = "completed", repo.now()
-    logger.info("scoring run %d with %s: %d scored, %d failed in %.1fs", run_id, champion_name, scored, failed, seconds)
+        run = repo.finish_scoring_run(session, plan.scoring_run_id)
+        n_scored, n_failed = run.n_scored, run.n_failed
+    chunk_seconds = sum(c["seconds"] for c in chunk_counts)
+    seconds = chunk_seconds if seconds is None else seconds
+    run_logger().info(
+        "scoring run %d with %s: %d scored, %d failed in %.1fs (%d chunks, %.1fs of chunk time)",
+        plan.scoring_run_id, plan.model_name, n_scored, n_failed, seconds, len(chunk_counts), chunk_seconds,
+    )
     if _in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
         create_markdown_artifact(
             key="cxr-nightly-scoring",
-            markdown=f"## Scoring run {run_id}\n\nModel **{champion_name}**, threshold set {tset_id}.\n\n"
-            f"| candidates | scored | failed | seconds |\n|---|---|---|---|\n| {len(items)} | {scored} | {failed} | {seconds:.1f} |",
-            description=f"Nightly scoring run {run_id}",
+            markdown=f"## Scoring run {plan.scoring_run_id}\n\nModel **{plan.model_name}**, threshold set {plan.threshold_set_id}.\n\n"
+            "| candidates | scored | failed | chunks | seconds |\n|---|---|---|---|---|\n"
+            f"| {plan.n_candidates} | {n_scored} | {n_failed} | {len(chunk_counts)} | {seconds:.1f} |",
+            description=f"Nightly scoring run {plan.scoring_run_id}",
         )
-    return run_id
+    return plan.scoring_run_id
+
+
+def _call(task_, *args, **kwargs):
+    """Run a task as a Prefect task run (retries, logs in the UI) inside a flow or task run,
+    and as its plain function outside one (tests, benchmarks, ``score_new_studies.fn``)."""
+    return task_(*args, **kwargs) if _in_prefect_run() else task_.fn(*args, **kwargs)
+
+
+def run_scoring(
+    database_url: str,
+    batch_size: int = 64,
+    device: str = "auto",
+    limit: int | None = None,
+    num_workers: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    submit: bool = False,
+) -> int:
+    """Plan, score every chunk, finish; returns the scoring run id. With ``submit`` the chunks
+    go to the current flow's task runner all at once (a Dask cluster spreads them); otherwise
+    they run one after another in this process."""
+    started = time.perf_counter()
+    plan = _call(plan_scoring, database_url, chunk_size=chunk_size, limit=limit)
+    options = dict(batch_size=batch_size, device=device, num_workers=num_workers)
+    try:
+        if submit:
+            futures = [score_chunk.submit(database_url, plan, ids, **options) for ids in plan.chunks]
+            counts = [f.result() for f in futures]
+        else:
+            counts = [_call(score_chunk, database_url, plan, ids, **options) for ids in plan.chunks]
+    except BaseException:
+        try:  # best effort: the database may be what failed
+            with session_scope(database_url) as session:
+                repo.finish_scoring_run(session, plan.scoring_run_id, "failed")
+        except Exception:
+            pass
+        raise
+    return _call(finish_scoring, database_url, plan, counts, seconds=time.perf_counter() - started)
+
+
+@task(name="score-new-studies", cache_policy=NO_CACHE)
+def score_new_studies(
+    database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Score pending studies with the champion and its active thresholds in this process
+    (plan, chunks one after another, finish), committing batch by batch; failures are recorded
+    with their reason. Returns the scoring run id. ``score_flow`` runs the same steps as
+    separate tasks so that a Dask task runner can spread the chunks."""
+    return run_scoring(database_url, batch_size, device, limit, num_workers, chunk_size)
