@@ -1,0 +1,167 @@
+"""Every report in a real headless browser (Chromium through Selenium): it loads without console
+errors, every image decodes, a screenshot is saved, and the print stylesheet applies.
+
+Skipped, with the reason, when Selenium, Chromium or chromedriver is missing (CI installs
+Debian's ``chromium`` and ``chromium-driver``). Screenshots go to pytest's ``tmp_path``, or to
+``$CXR_SCREENSHOT_DIR`` when that is set (to look at them).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (test extra)")
+
+from reports.render import DISCLAIMER, render_dataset_report, render_evaluation_report, render_scoring_report  # noqa: E402
+from test_dataset_report import make_context as dataset_context  # noqa: E402
+from test_reports import full_context, make_context, scoring_context  # noqa: E402
+
+CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver")
+MIN_SCREENSHOT_BYTES = 20_000  # a blank or error page is a few kB
+A4_CONTENT_PX = 703  # (210 - 2 x 12) mm at 96 CSS px per inch: the width the print stylesheet must fit
+
+
+def _executable(path: str, name: str) -> str | None:
+    if Path(path).is_file() and os.access(path, os.X_OK):
+        return path
+    return shutil.which(name)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = _executable(CHROMIUM, "chromium") or _executable("/usr/bin/chromium-browser", "chromium-browser")
+    driver_path = _executable(CHROMEDRIVER, "chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip(f"headless browser tests need Chromium and chromedriver (looked for {CHROMIUM} and "
+                    f"{CHROMEDRIVER}; apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1600", "--hide-scrollbars"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("CXR_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _open(driver, path: Path) -> None:
+    driver.get_log("browser")  # drop what earlier pages logged
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+    driver.get(path.resolve().as_uri())
+    driver.execute_async_script(  # wait until every image has loaded or failed
+        "const done = arguments[arguments.length - 1];"
+        "Promise.all(Array.from(document.images).map(i => i.complete ? null :"
+        " new Promise(r => { i.onload = i.onerror = r; }))).then(() => done(true));"
+    )
+
+
+def _check_page(driver, path: Path, shots: Path, name: str, expected_images: int) -> None:
+    _open(driver, path)
+    severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+    assert severe == [], f"console errors in {name}: {severe}"
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+    assert len(images) == expected_images
+    broken = [alt for complete, width, height, alt in images if not (complete and width > 0 and height > 0)]
+    assert broken == [], f"images that did not decode in {name}: {broken}"
+    assert DISCLAIMER in driver.find_element("tag name", "body").text
+
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    assert height > 1000, "the page should have real content"
+    shot = shots / f"{name}.png"
+    assert driver.save_screenshot(str(shot))
+    assert shot.stat().st_size > MIN_SCREENSHOT_BYTES
+    full = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                             "clip": {"x": 0, "y": 0, "width": 1280,
+                                                                      "height": min(height, 16000), "scale": 0.5}})
+    full_path = shots / f"{name}_full.png"
+    full_path.write_bytes(base64.b64decode(full["data"]))
+    assert full_path.stat().st_size > MIN_SCREENSHOT_BYTES
+
+
+def _check_print(driver, shots: Path, name: str) -> None:
+    """Print emulation: header cells lose their dark fill, navigation is hidden, and the page
+    prints to a multi-page A4 PDF."""
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+    style = driver.execute_script(
+        "const th = document.querySelector('thead th'); const nav = document.querySelector('nav.toc');"
+        "return [getComputedStyle(th).backgroundColor, getComputedStyle(th).color,"
+        " nav ? getComputedStyle(nav).display : 'none'];")
+    assert style[0] in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), f"dark header fill in print: {style[0]}"
+    assert style[2] == "none"
+    # at the printable width of A4 portrait (210 mm - 2 x 12 mm margins = 703 CSS px) no table is cut off
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": A4_CONTENT_PX, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+    try:
+        too_wide = driver.execute_script(
+            "const w = document.documentElement.clientWidth;"
+            "return Array.from(document.querySelectorAll('table'))"
+            ".filter(t => t.getBoundingClientRect().right > w + 1).map(t => [t.id, Math.round(t.scrollWidth)]);")
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert too_wide == [], f"tables wider than an A4 page in {name}: {too_wide}"
+    pdf = driver.execute_cdp_cmd("Page.printToPDF", {"printBackground": True, "preferCSSPageSize": True})
+    data = base64.b64decode(pdf["data"])
+    assert data.startswith(b"%PDF")
+    (shots / f"{name}.pdf").write_bytes(data)
+    assert len(re.findall(rb"/Type\s*/Page[^s]", data)) > 1, "expected several printed pages"
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
+
+
+def test_evaluation_report_in_browser(browser, tmp_path, shots):
+    ctx = full_context(n_examples=2)
+    path = render_evaluation_report(ctx, tmp_path / "evaluation.html")
+    # confusion, ROC x2, PR x2, reliability, training, map; 2 examples x (image + Grad-CAM)
+    _check_page(browser, path, shots, "evaluation", 8 + 2 * 2)
+    # the subgroup warning and the per-class intervals are visible, not just present
+    assert browser.find_element("id", "subgroup-warning").is_displayed()
+    assert "–" in browser.find_element("id", "per-class-table").text
+    _check_print(browser, shots, "evaluation")
+
+
+def test_evaluation_report_of_a_baseline_in_browser(browser, tmp_path, shots):
+    ctx = make_context(examples=1)  # no intervals, calibration, subgroups, map or heat maps
+    path = render_evaluation_report(ctx, tmp_path / "baseline.html")
+    _check_page(browser, path, shots, "evaluation_baseline", 7 + 1)
+    for missing in ("no-intervals", "no-calibration", "no-subgroups", "no-embedding-map"):
+        assert browser.find_element("id", missing).is_displayed()
+
+
+def test_scoring_report_in_browser(browser, tmp_path, shots):
+    ctx = scoring_context()
+    ctx["run"]["n_scored"] = 1000
+    ctx["top_studies"]["Effusion"] = [("00000001_000", 0.97, [("00000009_000", 0.93, "Effusion|Mass")]),
+                                      ("00000002_000", 0.93)]
+    path = render_scoring_report(ctx, tmp_path / "scoring.html")
+    _check_page(browser, path, shots, "scoring", 1)
+    assert browser.find_element("id", "drift-warning").is_displayed()
+    _check_print(browser, shots, "scoring")
+
+
+def test_dataset_report_in_browser(browser, tmp_path, shots):
+    ctx = dataset_context(n_quarantined_extra=3)
+    path = render_dataset_report(ctx, tmp_path / "dataset.html")
+    n_images = path.read_text(encoding="utf-8").count("<img ")
+    assert n_images >= 4
+    _check_page(browser, path, shots, "dataset", n_images)
+    _check_print(browser, shots, "dataset")
