@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +124,74 @@ def test_scoring_dataset_items(studies):
     torch.testing.assert_close(patient, torch.tensor([0.5, 0.0, 1.0]))
     image, patient, sid, error = ds[5]
     assert (image, patient, sid) == (None, None, 106) and "missing metadata" in error
+
+
+def test_decode_threads_and_spawned_workers_give_the_same_batches(model, studies):
+    dataset = ScoringDataset(studies, SIZE, eval_transform(SIZE))
+    reference = _score(model, studies)
+    for kwargs in ({"decode_threads": 1}, {"decode_threads": 3}, {"num_workers": 1, "prefetch_factor": 1}):
+        batches = list(score_batches(model, dataset, batch_size=4, device=CPU, **kwargs))
+        assert [b.study_ids for b in batches] == [b.study_ids for b in reference], kwargs
+        assert [b.failures for b in batches] == [b.failures for b in reference], kwargs
+        for got, want in zip(batches, reference):
+            np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-5, atol=1e-6)
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps the model and notes, at each forward, how many images are being decoded."""
+
+    def __init__(self, inner, dataset):
+        super().__init__()
+        self.inner, self.dataset, self.busy_during_forward = inner, dataset, []
+
+    def forward(self, images, patient):
+        self.busy_during_forward.append(self.dataset.busy)
+        return self.inner(images, patient)
+
+
+class _CountingDataset(ScoringDataset):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.busy, self.decoded = 0, []
+        self._lock = threading.Lock()
+
+    def __getitem__(self, i):
+        with self._lock:
+            self.busy += 1
+        try:
+            time.sleep(0.01)
+            return super().__getitem__(i)
+        finally:
+            with self._lock:
+                self.busy -= 1
+                self.decoded.append(i)
+
+
+def test_next_batch_decodes_while_the_caller_works_never_during_the_model(model, tmp_path):
+    items = [ScoringItem(i, str(_png(tmp_path / f"{i}.png", i)), (0.5, 0.0, 0.0)) for i in range(10)]
+    dataset = _CountingDataset(items, SIZE, eval_transform(SIZE))
+    recorder = _Recorder(model, dataset)
+    seen_when_yielded = []
+    for batch in score_batches(recorder, dataset, batch_size=4, device=CPU, decode_threads=2):
+        seen_when_yielded.append(batch.study_ids)
+        # the caller's "database write": the next batch decodes meanwhile
+        expected = min(len(items), 4 * len(seen_when_yielded) + 4)
+        deadline = time.monotonic() + 10
+        while len(dataset.decoded) < expected and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(dataset.decoded) == expected
+    assert seen_when_yielded == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert recorder.busy_during_forward == [0, 0, 0]
+    assert sorted(dataset.decoded) == list(range(10))
+
+
+def test_abandoned_scoring_stops_decoding(model, tmp_path):
+    items = [ScoringItem(i, str(_png(tmp_path / f"{i}.png", i)), (0.5, 0.0, 0.0)) for i in range(12)]
+    dataset = _CountingDataset(items, SIZE, eval_transform(SIZE))
+    gen = score_batches(model, dataset, batch_size=4, device=CPU, decode_threads=1)
+    assert next(gen).study_ids == [0, 1, 2, 3]
+    gen.close()  # e.g. the caller's database write raised
+    decoded = len(dataset.decoded)
+    assert decoded <= 8 and dataset.busy == 0  # at most the batch submitted before the close
+    time.sleep(0.1)
+    assert len(dataset.decoded) == decoded
