@@ -50,13 +50,13 @@ _BRACKET_RE = re.compile(r"^(?P<base>[^\[\]]*)\[(?P<parts>[^\[\]]*)\]$")
 
 @dataclass(frozen=True)
 class QuarantineRecord:
-    """One rejected metadata row: its Image Index (or ``''``), file line number (header = 1),
-    why it was rejected, and the raw line."""
+    """One rejected metadata row: its Image Index (or ``''``), file line number (header = 1;
+    ``None`` for a whole file), why it was rejected, and the raw line (``None`` if there is none)."""
 
     row_key: str
-    row_number: int
+    row_number: int | None
     reason: str
-    raw: str
+    raw: str | None
 
 
 @dataclass

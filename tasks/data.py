@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,8 +11,9 @@ from cxrmodel.cache import ImageCache
 from cxrmodel.config import DataConfig, HubConfig, SynthConfig
 from cxrmodel.hub import HubSource, fetch_dataset
 from cxrmodel.findings import FINDINGS
-from cxrmodel.imaging import ImageDecodeError, file_sha256, is_plain_file_name, parse_patient_age, read_dicom_metadata
+from cxrmodel.imaging import ImageDecodeError, file_sha256, is_plain_file_name, read_dicom_metadata
 from cxrmodel.metadata import locate_images, read_nih_metadata
+from cxrmodel.sidecar import read_sidecar
 from cxrmodel.splits import assert_no_patient_leak, assign_splits, read_official_lists
 from cxrmodel.synth import generate_dataset
 from db import repository as repo
@@ -119,33 +119,17 @@ def build_cache(database_url: str, cache_root: Path, image_size: int, refresh_ru
     return {"cached": len(items) - len(failures), "quarantined": len(failures), "recovered": len(recovered)}
 
 
-def _read_sidecar(folder: Path) -> dict[str, dict]:
-    """Optional ``metadata.csv`` beside incoming images: Image Index, Patient ID, Patient Age,
-    Patient Gender, View Position."""
-    path = folder / "metadata.csv"
-    if not path.is_file():
-        return {}
-    out = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            key = (row.get("Image Index") or "").strip()
-            if key:
-                out[key] = row
-    return out
-
-
-def _clean(value, allowed) -> str | None:
-    value = (value or "").strip().upper()
-    return value if value in allowed else None
-
-
 @task(name="register-incoming-studies", retries=2, retry_delay_seconds=5)
 def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> dict:
-    """Register every PNG/DICOM file in ``folder`` as an unlabelled study awaiting scoring."""
+    """Register every PNG/DICOM file in ``folder`` as an unlabelled study awaiting scoring, with
+    age, sex and view from its DICOM tags and/or the folder's sidecar (``metadata.csv`` or
+    ``metadata.json``); sidecar problems are quarantined with their reason, never fatal."""
     folder = Path(folder).resolve()
-    sidecar = _read_sidecar(folder)
-    records, quarantine = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INCOMING_SUFFIXES):
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in INCOMING_SUFFIXES)
+    sidecar, problems = read_sidecar(folder, {p.name for p in paths})
+    quarantine = [asdict(p) for p in problems]
+    records = []
+    for path in paths:
         if not is_plain_file_name(path.name) or path.is_symlink():
             quarantine.append({"row_key": path.name, "row_number": None, "reason": "unsafe file name or symlink", "raw": None})
             continue
@@ -156,11 +140,10 @@ def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> d
             except ImageDecodeError as exc:
                 meta["error"] = str(exc)  # still registered: scoring records the failure
         row = sidecar.get(path.name)
-        if row is not None:
-            meta["age"] = parse_patient_age(row.get("Patient Age")) if meta["age"] is None else meta["age"]
-            meta["sex"] = meta["sex"] or _clean(row.get("Patient Gender"), ("M", "F"))
-            meta["view"] = meta["view"] or _clean(row.get("View Position"), ("PA", "AP"))
-            meta["patient_id"] = meta["patient_id"] or (row.get("Patient ID") or None)
+        if row is not None:  # a DICOM file's own tags come first; the sidecar fills the gaps
+            for field in ("age", "sex", "view", "patient_id"):
+                if meta[field] is None:
+                    meta[field] = getattr(row, field)
         records.append(
             {
                 "study_key": path.name,
