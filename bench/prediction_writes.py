@@ -1,7 +1,8 @@
-"""Writing the predictions of 100,000 studies (14 findings each, 1.4 M rows) through
-``repo.write_predictions``, committed batch by batch the way the scoring task does (one
-transaction per batch of 64 studies, the task's default batch size), against a bare driver
-``executemany`` of the same ``INSERT ... ON CONFLICT`` over the same rows with the same commits
+"""Writing the predictions of 100,000 studies (14 findings each, 1.4 M rows) the way the
+scoring task does (one transaction per batch of 64 studies, the task's default batch size):
+``repo.write_predictions(..., keep_other_runs=True)``, whose row count says how many studies
+the run won, against a bare driver ``executemany`` of the same
+``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` over the same rows with the same commits
 (``sqlite3`` / ``psycopg``), into fresh databases with the Alembic schema.
 
 The two sides alternate batch by batch (each into its own database) so that other load on the
@@ -37,6 +38,7 @@ def bare_sql(placeholder: str) -> str:
         f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({', '.join([placeholder] * len(COLUMNS))}) "
         "ON CONFLICT (study_id, model_version_id, finding) DO UPDATE SET "
         + ", ".join(f"{c} = excluded.{c}" for c in UPDATED)
+        + " WHERE predictions.scoring_run_id = excluded.scoring_run_id"
     )
 
 
@@ -83,8 +85,9 @@ def bare_params(rows: list[dict], created_at) -> list[tuple]:
 
 
 def race(ours_url: str, bare_url: str, bare_connect, placeholder: str, created_at) -> tuple[float, float, int]:
-    """Alternate batches: ``repo.write_predictions`` in one session per batch vs bare
-    ``cursor.executemany`` + commit. Returns (ours rows/s, bare rows/s, rows)."""
+    """Alternate batches: the scoring task's write (an upsert that keeps other runs' rows) in
+    one session per batch vs bare ``cursor.executemany`` + commit.
+    Returns (ours rows/s, bare rows/s, rows)."""
     from sqlalchemy import func, select
 
     from db import repository as repo
@@ -103,8 +106,9 @@ def race(ours_url: str, bare_url: str, bare_connect, placeholder: str, created_a
             params = bare_params(rows, created_at)
             t0 = time.perf_counter()
             with session_scope(ours_url) as s:
-                repo.write_predictions(s, rows)
+                written = repo.write_predictions(s, rows, keep_other_runs=True)
             t1 = time.perf_counter()
+            assert written == len(rows)
             cur = conn.cursor()
             cur.executemany(sql, params)
             conn.commit()

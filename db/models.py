@@ -280,6 +280,10 @@ class SubgroupMetric(Base):
 
 
 class ScoringRun(Base):
+    """One night's scoring: ``running``, then ``completed`` (``n_scored + n_failed + n_skipped
+    = n_candidates``; skipped studies were scored first by an overlapping run), ``failed``, or
+    ``abandoned`` (its process died without saying so)."""
+
     __tablename__ = "scoring_runs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -292,6 +296,9 @@ class ScoringRun(Base):
     n_skipped: Mapped[int] = mapped_column(default=0)
     n_failed: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: Set at the start and with every committed batch; a ``running`` run whose heartbeat is
+    #: old lost its process and is marked ``abandoned`` by the next run's plan.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -316,47 +316,79 @@ def studies_by_id(session: Session, ids: Sequence[int]) -> list[Study]:
 
 
 def start_scoring_run(session: Session, **fields) -> ScoringRun:
-    run = ScoringRun(status="running", **fields)
+    run = ScoringRun(status="running", heartbeat_at=now(), **fields)
     session.add(run)
     session.flush()
     return run
 
 
-def add_scoring_counts(session: Session, scoring_run_id: int, scored: int = 0, failed: int = 0) -> None:
-    """Add to a run's counts with one ``UPDATE ... SET n = n + k`` (safe when chunks of the run
-    commit in parallel from several processes; commits with the batch it counts)."""
-    if scored or failed:
+def abandon_stale_scoring_runs(session: Session, stale_after: timedelta) -> list[int]:
+    """Mark ``abandoned`` every ``running`` run whose heartbeat (or start) is older than
+    ``stale_after``: its process died (killed, machine lost) without saying so. Returns their ids."""
+    cutoff = now() - stale_after
+    last_beat = func.coalesce(ScoringRun.heartbeat_at, ScoringRun.started_at)
+    ids = list(session.scalars(select(ScoringRun.id).where(ScoringRun.status == "running", last_beat < cutoff)))
+    if ids:
         session.execute(
-            update(ScoringRun)
-            .where(ScoringRun.id == scoring_run_id)
-            .values(n_scored=ScoringRun.n_scored + scored, n_failed=ScoringRun.n_failed + failed)
+            update(ScoringRun).where(ScoringRun.id.in_(ids), ScoringRun.status == "running").values(status="abandoned", finished_at=now())
         )
+    return ids
+
+
+def add_scoring_counts(session: Session, scoring_run_id: int, scored: int = 0, failed: int = 0) -> None:
+    """Add to a run's counts and beat its heart with one ``UPDATE ... SET n = n + k`` (safe when
+    chunks of the run commit in parallel from several processes; commits with the batch it counts)."""
+    session.execute(
+        update(ScoringRun)
+        .where(ScoringRun.id == scoring_run_id)
+        .values(n_scored=ScoringRun.n_scored + scored, n_failed=ScoringRun.n_failed + failed, heartbeat_at=now())
+    )
 
 
 def finish_scoring_run(session: Session, scoring_run_id: int, status: str = "completed") -> ScoringRun:
+    """End a run. A completed run's candidates that it neither scored nor failed were skipped
+    (an overlapping run scored them first): ``n_skipped`` is the difference."""
     run = session.get(ScoringRun, scoring_run_id)
+    session.refresh(run)  # the counts are SQL increments, possibly from other processes
     run.status, run.finished_at = status, now()
+    if status == "completed":
+        run.n_skipped = run.n_candidates - run.n_scored - run.n_failed
     session.flush()
     return run
+
+
+def _ids_among(session: Session, query, column, ids: Sequence[int], step: int = 5000) -> set[int]:
+    """The ids ``query`` returns with ``column`` restricted to ``ids`` (in slices of ``step``,
+    under the drivers' bound-parameter limits)."""
+    found: set[int] = set()
+    ids = list(ids)
+    for start in range(0, len(ids), step):
+        found.update(session.scalars(query.where(column.in_(ids[start : start + step]))))
+    return found
 
 
 def studies_done_in_run(session: Session, scoring_run_id: int, study_ids_: Sequence[int]) -> set[int]:
     """Those of ``study_ids_`` that run ``scoring_run_id`` already scored or recorded as failed
     (and counted): a retried chunk skips them."""
-    done: set[int] = set()
-    for start in range(0, len(study_ids_), 5000):
-        part = study_ids_[start : start + 5000]
-        done.update(session.scalars(
-            select(Prediction.study_id).where(Prediction.scoring_run_id == scoring_run_id, Prediction.study_id.in_(part)).distinct()
-        ))
-        done.update(session.scalars(
-            select(ScoringFailure.study_id).where(ScoringFailure.scoring_run_id == scoring_run_id, ScoringFailure.study_id.in_(part))
-        ))
-    return done
+    scored = select(Prediction.study_id).where(Prediction.scoring_run_id == scoring_run_id).distinct()
+    failed = select(ScoringFailure.study_id).where(ScoringFailure.scoring_run_id == scoring_run_id)
+    return _ids_among(session, scored, Prediction.study_id, study_ids_) | _ids_among(session, failed, ScoringFailure.study_id, study_ids_)
 
 
-def write_predictions(session: Session, rows: Sequence[dict]) -> int:
-    """Upsert prediction rows; a study keeps exactly one row per model version and finding."""
+def studies_scored_by_model(session: Session, model_version_id: int, study_ids_: Sequence[int]) -> set[int]:
+    """Those of ``study_ids_`` that already have a prediction from ``model_version_id``."""
+    query = select(Prediction.study_id).where(Prediction.model_version_id == model_version_id).distinct()
+    return _ids_among(session, query, Prediction.study_id, study_ids_)
+
+
+def write_predictions(session: Session, rows: Sequence[dict], *, keep_other_runs: bool = False) -> int:
+    """Upsert prediction rows; a study keeps exactly one row per model version and finding.
+    Returns the number of rows inserted or updated.
+
+    With ``keep_other_runs`` an existing row is only replaced by the same scoring run (a retry):
+    a study that an overlapping run committed first keeps that run's predictions and its rows
+    are not counted. Runs write a study's rows in one transaction, so they all come from one
+    run: the count divided by 14 is the number of studies this call won."""
     return upsert(
         session,
         Prediction,
@@ -364,6 +396,7 @@ def write_predictions(session: Session, rows: Sequence[dict]) -> int:
         ["study_id", "model_version_id", "finding"],
         ["probability", "decision", "threshold_set_id", "scoring_run_id", "created_at"],
         constants={"created_at": now()},
+        update_if_equal=("scoring_run_id",) if keep_other_runs else (),
     )
 
 

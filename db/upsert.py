@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from operator import itemgetter
 
-from sqlalchemy import Table
+from sqlalchemy import Table, and_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
@@ -31,9 +31,15 @@ def upsert(
     update_columns: Iterable[str] | None = None,
     *,
     constants: dict | None = None,
+    update_if_equal: Iterable[str] = (),
 ) -> int:
     """Insert ``rows`` into ``model``'s table; on a conflict over ``conflict_columns`` update
-    ``update_columns`` (or do nothing when it is empty). Returns the number of rows sent.
+    ``update_columns`` (or do nothing when it is empty). Returns the number of rows inserted or
+    updated, as the driver counts them (a conflict that did nothing is not counted).
+
+    ``update_if_equal`` restricts the update to existing rows whose values in these columns
+    equal the new row's (``ON CONFLICT ... DO UPDATE ... WHERE t.c = excluded.c``): rows that
+    belong to someone else (another scoring run, say) are left as they are.
 
     ``constants`` are column values shared by every row (e.g. one ``created_at`` stamp), sent
     without copying each row into a new dict; a row's own value for such a column wins (that
@@ -44,6 +50,7 @@ def upsert(
     constants = dict(constants or {})
     conflict_columns = tuple(conflict_columns)
     update_columns = tuple(update_columns) if update_columns is not None else ()
+    update_if_equal = tuple(update_if_equal)
     dialect = session.get_bind().dialect
     if dialect.name not in ("postgresql", "sqlite"):  # pragma: no cover - only the two supported back ends
         raise NotImplementedError(f"upsert is not implemented for {dialect.name}")
@@ -51,12 +58,13 @@ def upsert(
     row_columns = tuple(c for c in rows[0] if c not in constants)
     columns = row_columns + tuple(constants)
     if row_columns and _driver_path_fits(table, rows, columns, dialect, len(constants)):
-        sql, processors = _driver_statement(table, columns, conflict_columns, update_columns, dialect)
+        sql, processors = _driver_statement(table, columns, conflict_columns, update_columns, update_if_equal, dialect)
         n_row = len(row_columns)
         shared = tuple(_process([tuple(constants.values())], tuple((i - n_row, p) for i, p in processors if i >= n_row))[0])
         per_row = tuple((i, p) for i, p in processors if i < n_row)
         getter = itemgetter(*row_columns)
         connection = session.connection()
+        written = 0
         for start in range(0, len(rows), CHUNK_ROWS):
             chunk = rows[start : start + CHUNK_ROWS]
             if n_row == 1:
@@ -67,20 +75,25 @@ def upsert(
                 params = _process(params, per_row)
             if shared:
                 params = [p + shared for p in params]
-            connection.exec_driver_sql(sql, params)
-        return len(rows)
+            written += connection.exec_driver_sql(sql, params).rowcount
+        return written
     if constants:
         rows = [{**constants, **r} for r in rows]
 
     insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(model)
+    # Core, not the ORM's bulk path, so that the result carries the driver's summed row count
+    stmt = insert(table).execution_options(preserve_rowcount=True)
     if update_columns:
-        stmt = stmt.on_conflict_do_update(index_elements=list(conflict_columns), set_={c: stmt.excluded[c] for c in update_columns})
+        where = and_(*(table.c[c] == stmt.excluded[c] for c in update_if_equal)) if update_if_equal else None
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(conflict_columns), set_={c: stmt.excluded[c] for c in update_columns}, where=where
+        )
     else:
         stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict_columns))
+    written = 0
     for start in range(0, len(rows), CHUNK_ROWS):
-        session.execute(stmt, list(rows[start : start + CHUNK_ROWS]))
-    return len(rows)
+        written += session.connection().execute(stmt, list(rows[start : start + CHUNK_ROWS])).rowcount
+    return written
 
 
 def _driver_path_fits(table: Table, rows: Sequence[dict], columns: tuple[str, ...], dialect: Dialect, n_constants: int) -> bool:
@@ -99,7 +112,8 @@ def _driver_path_fits(table: Table, rows: Sequence[dict], columns: tuple[str, ..
 
 @lru_cache(maxsize=64)
 def _driver_statement(
-    table: Table, columns: tuple[str, ...], conflict: tuple[str, ...], update: tuple[str, ...], dialect: Dialect
+    table: Table, columns: tuple[str, ...], conflict: tuple[str, ...], update: tuple[str, ...], update_if_equal: tuple[str, ...],
+    dialect: Dialect,
 ) -> tuple[str, tuple[tuple[int, object], ...]]:
     """The ``INSERT ... ON CONFLICT`` text for the driver and the bind processors, as
     ``(position, processor)`` pairs, of the columns whose type has one (e.g. DATETIME as text
@@ -115,6 +129,8 @@ def _driver_statement(
     )
     if update:
         sql += "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in names(update))
+        if update_if_equal:
+            sql += " WHERE " + " AND ".join(f"{preparer.format_table(table)}.{c} = excluded.{c}" for c in names(update_if_equal))
     else:
         sql += "DO NOTHING"
     processors = tuple(

@@ -16,7 +16,7 @@ from tasks.common import flow_run_id
 from tasks.dataset_report import render_dataset
 from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better
 from tasks.reporting import render_evaluation, render_scoring
-from tasks.scoring import DEFAULT_CHUNK_SIZE, run_scoring
+from tasks.scoring import DEFAULT_CHUNK_SIZE, DEFAULT_STALE_MINUTES, run_scoring
 from tasks.similarity import index_embeddings, similar_cases
 from tasks.training import train_knn_baseline, train_mlp_baseline, train_network
 
@@ -132,10 +132,15 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2):
 
 
 @flow(name="cxr-score-chunks")
-def score_chunks_flow(database_url: str, batch_size: int, device: str, num_workers: int, chunk_size: int) -> int:
+def score_chunks_flow(
+    database_url: str, batch_size: int, device: str, num_workers: int, chunk_size: int, stale_after_minutes: float = DEFAULT_STALE_MINUTES
+) -> int:
     """One scoring run whose chunks go to this flow's task runner all at once (``score_flow``
     runs it with a ``DaskTaskRunner``); planning and finishing run here. Returns the run id."""
-    return run_scoring(database_url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, submit=True)
+    return run_scoring(
+        database_url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, submit=True,
+        stale_after_minutes=stale_after_minutes,
+    )
 
 
 @flow(name="cxr-score")
@@ -148,6 +153,7 @@ def score_flow(
     dask_address: str | None = None,
     dask_workers: int = 2,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    stale_after_minutes: float = DEFAULT_STALE_MINUTES,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
@@ -158,15 +164,17 @@ def score_flow(
     a Dask cluster: the scheduler at ``dask_address`` (workers must read the image paths and
     reach the database), or a temporary local cluster of ``dask_workers`` workers.
     ``num_workers`` spawned DataLoader processes decode images while the network runs (worth it
-    for large nights; for a few hundred studies their start-up costs more than it saves)."""
+    for large nights; for a few hundred studies their start-up costs more than it saves).
+    An earlier run still marked running without a heartbeat for ``stale_after_minutes`` (its
+    process was killed) is marked abandoned."""
     home_path, url = resolve(home, database_url)
     if dask_address and task_runner != "dask":
         raise ValueError("dask_address is only used with task_runner='dask'")
     if task_runner == "dask":
         scoring = score_chunks_flow.with_options(task_runner=dask_task_runner(dask_address, dask_workers))
-        run_id = scoring(url, batch_size, device, num_workers, chunk_size)
+        run_id = scoring(url, batch_size, device, num_workers, chunk_size, stale_after_minutes)
     else:
-        run_id = run_scoring(url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size)
+        run_id = run_scoring(url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, stale_after_minutes=stale_after_minutes)
     report = render_scoring(url, home_path, run_id) if render_report else None
     return {"scoring_run_id": run_id, "report": report}
 

@@ -23,6 +23,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,8 @@ from tasks.common import flow_run_id, run_logger
 from tasks.models import NETWORK_KINDS, LoadedModel, load_model_version
 
 DEFAULT_CHUNK_SIZE = 512
+#: A running scoring run without a heartbeat (one per committed batch) for this long is dead.
+DEFAULT_STALE_MINUTES = 60.0
 
 
 def _in_prefect_run() -> bool:
@@ -115,12 +118,17 @@ def _loaded_model(database_url: str, model_version_id: int) -> LoadedModel:
 
 
 @task(name="plan-scoring", **DB_RETRIES)
-def plan_scoring(database_url: str, chunk_size: int = DEFAULT_CHUNK_SIZE, limit: int | None = None) -> ScoringPlan:
+def plan_scoring(
+    database_url: str, chunk_size: int = DEFAULT_CHUNK_SIZE, limit: int | None = None, stale_after_minutes: float = DEFAULT_STALE_MINUTES
+) -> ScoringPlan:
     """Start a scoring run for every pending study (at most ``limit``) with the champion and its
-    active threshold set; split the study ids into chunks of ``chunk_size``."""
+    active threshold set; split the study ids into chunks of ``chunk_size``. Runs still marked
+    ``running`` without a heartbeat for ``stale_after_minutes`` lost their process: they are
+    marked ``abandoned`` first (what they committed stays; their studies are not pending)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     with session_scope(database_url) as session:
+        abandoned = repo.abandon_stale_scoring_runs(session, timedelta(minutes=stale_after_minutes))
         champion = repo.champion(session)
         if champion is None:
             raise RuntimeError("no champion model version: train, evaluate and promote one first")
@@ -142,7 +150,10 @@ def plan_scoring(database_url: str, chunk_size: int = DEFAULT_CHUNK_SIZE, limit:
             thresholds=tuple(float(by_finding[f]) for f in FINDINGS),
             chunks=tuple(tuple(pending[i : i + chunk_size]) for i in range(0, len(pending), chunk_size)),
         )
-    run_logger().info(
+    logger = run_logger()
+    if abandoned:
+        logger.warning("scoring runs %s had no heartbeat for %s minutes: marked abandoned", abandoned, stale_after_minutes)
+    logger.info(
         "scoring run %d with %s: %d pending studies in %d chunks", plan.scoring_run_id, plan.model_name, len(pending), len(plan.chunks)
     )
     return plan
@@ -154,18 +165,21 @@ def score_chunk(
 ) -> dict:
     """Score ``study_ids`` with the plan's model, committing each batch's predictions, failures
     and counts together. Studies this run already committed (an earlier try of this chunk) are
-    skipped. Returns ``{"scored", "failed", "skipped", "seconds", "worker"}`` of this try
-(``worker``: host and process id)."""
+    left out; so are studies that an overlapping run scored first, before this chunk started or
+    while it ran (their predictions are kept, never overwritten: see ``keep_other_runs``).
+    Returns ``{"scored", "failed", "skipped", "seconds", "worker"}`` of this try (``skipped``:
+    scored by another run; ``worker``: host and process id)."""
     logger = run_logger()
     started = time.perf_counter()
     loaded = _loaded_model(database_url, plan.model_version_id)
     with session_scope(database_url) as session:
-        done = repo.studies_done_in_run(session, plan.scoring_run_id, list(study_ids))
-        studies = repo.studies_by_id(session, [sid for sid in study_ids if sid not in done])
+        done = repo.studies_done_in_run(session, plan.scoring_run_id, study_ids)
+        taken = repo.studies_scored_by_model(session, plan.model_version_id, study_ids) - done
+        studies = repo.studies_by_id(session, [sid for sid in study_ids if sid not in done and sid not in taken])
     items = [ScoringItem(s.id, s.image_path, p) for s, p in zip(studies, _patient_rows(studies, loaded.age_scaler))]
     thresholds = np.asarray(plan.thresholds)
     dataset = ScoringDataset(items, loaded.image_size, eval_transform(loaded.image_size))
-    scored = failed = 0
+    scored, failed, skipped = 0, 0, len(taken)
     for batch in score_batches(loaded.network, dataset, batch_size, resolve_device(device), num_workers=num_workers):
         rows = [
             {"study_id": sid, "model_version_id": plan.model_version_id, "finding": finding, "probability": float(p),
@@ -175,19 +189,21 @@ def score_chunk(
             for j, (finding, p) in enumerate(zip(FINDINGS, probs))
         ]
         with session_scope(database_url) as session:
-            repo.write_predictions(session, rows)
+            won = repo.write_predictions(session, rows, keep_other_runs=True) // len(FINDINGS)
             repo.record_scoring_failures(session, plan.scoring_run_id, batch.failures)
-            repo.add_scoring_counts(session, plan.scoring_run_id, len(batch.study_ids), len(batch.failures))
-        scored += len(batch.study_ids)
+            repo.add_scoring_counts(session, plan.scoring_run_id, won, len(batch.failures))
+        scored += won
+        skipped += len(batch.study_ids) - won
         failed += len(batch.failures)
         for sid, reason in batch.failures.items():
             logger.warning("study %d failed: %s", sid, reason)
     seconds = time.perf_counter() - started
     worker = f"{socket.gethostname()}:{os.getpid()}"
     logger.info(
-        "chunk of %d studies on %s: %d scored, %d failed, %d done before, %.1fs", len(study_ids), worker, scored, failed, len(done), seconds
+        "chunk of %d studies on %s: %d scored, %d failed, %d scored by another run, %d done by an earlier try, %.1fs",
+        len(study_ids), worker, scored, failed, skipped, len(done), seconds,
     )
-    return {"scored": scored, "failed": failed, "skipped": len(done), "seconds": seconds, "worker": worker}
+    return {"scored": scored, "failed": failed, "skipped": skipped, "seconds": seconds, "worker": worker}
 
 
 @task(name="finish-scoring", **DB_RETRIES)
@@ -196,19 +212,19 @@ def finish_scoring(database_url: str, plan: ScoringPlan, chunk_counts: Sequence[
     Returns the scoring run id."""
     with session_scope(database_url) as session:
         run = repo.finish_scoring_run(session, plan.scoring_run_id)
-        n_scored, n_failed = run.n_scored, run.n_failed
+        n_scored, n_failed, n_skipped = run.n_scored, run.n_failed, run.n_skipped
     chunk_seconds = sum(c["seconds"] for c in chunk_counts)
     seconds = chunk_seconds if seconds is None else seconds
     run_logger().info(
-        "scoring run %d with %s: %d scored, %d failed in %.1fs (%d chunks, %.1fs of chunk time)",
-        plan.scoring_run_id, plan.model_name, n_scored, n_failed, seconds, len(chunk_counts), chunk_seconds,
+        "scoring run %d with %s: %d scored, %d failed, %d skipped in %.1fs (%d chunks, %.1fs of chunk time)",
+        plan.scoring_run_id, plan.model_name, n_scored, n_failed, n_skipped, seconds, len(chunk_counts), chunk_seconds,
     )
     if _in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
         create_markdown_artifact(
             key="cxr-nightly-scoring",
             markdown=f"## Scoring run {plan.scoring_run_id}\n\nModel **{plan.model_name}**, threshold set {plan.threshold_set_id}.\n\n"
-            "| candidates | scored | failed | chunks | seconds |\n|---|---|---|---|---|\n"
-            f"| {plan.n_candidates} | {n_scored} | {n_failed} | {len(chunk_counts)} | {seconds:.1f} |",
+            "| candidates | scored | failed | skipped | chunks | seconds |\n|---|---|---|---|---|---|\n"
+            f"| {plan.n_candidates} | {n_scored} | {n_failed} | {n_skipped} | {len(chunk_counts)} | {seconds:.1f} |",
             description=f"Nightly scoring run {plan.scoring_run_id}",
         )
     return plan.scoring_run_id
@@ -228,12 +244,13 @@ def run_scoring(
     num_workers: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     submit: bool = False,
+    stale_after_minutes: float = DEFAULT_STALE_MINUTES,
 ) -> int:
     """Plan, score every chunk, finish; returns the scoring run id. With ``submit`` the chunks
     go to the current flow's task runner all at once (a Dask cluster spreads them); otherwise
     they run one after another in this process."""
     started = time.perf_counter()
-    plan = _call(plan_scoring, database_url, chunk_size=chunk_size, limit=limit)
+    plan = _call(plan_scoring, database_url, chunk_size=chunk_size, limit=limit, stale_after_minutes=stale_after_minutes)
     options = dict(batch_size=batch_size, device=device, num_workers=num_workers)
     try:
         if submit:
@@ -254,10 +271,10 @@ def run_scoring(
 @task(name="score-new-studies", cache_policy=NO_CACHE)
 def score_new_studies(
     database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = DEFAULT_CHUNK_SIZE, stale_after_minutes: float = DEFAULT_STALE_MINUTES,
 ) -> int:
     """Score pending studies with the champion and its active thresholds in this process
     (plan, chunks one after another, finish), committing batch by batch; failures are recorded
     with their reason. Returns the scoring run id. ``score_flow`` runs the same steps as
     separate tasks so that a Dask task runner can spread the chunks."""
-    return run_scoring(database_url, batch_size, device, limit, num_workers, chunk_size)
+    return run_scoring(database_url, batch_size, device, limit, num_workers, chunk_size, stale_after_minutes=stale_after_minutes)

@@ -112,11 +112,11 @@ def _failing_writes(monkeypatch, error: Exception, on_call: int) -> list[int]:
     calls = [0]
     write = repo.write_predictions
 
-    def flaky(session, rows):
+    def flaky(session, rows, **options):
         calls[0] += 1
         if calls[0] == on_call:
             raise error
-        return write(session, rows)
+        return write(session, rows, **options)
 
     monkeypatch.setattr(repo, "write_predictions", flaky)
     return calls

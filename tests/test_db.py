@@ -140,12 +140,79 @@ def test_driver_upsert_do_nothing_and_strict_booleans(migrated_url):
     row = {"study_id": study_ids[0], "model_version_id": vid, "finding": FINDINGS[0], "probability": 0.9, "decision": True,
            "threshold_set_id": tid, "scoring_run_id": None, "created_at": repo.now()}
     with session_scope(migrated_url) as s:
-        upsert(s, Prediction, [row], ["study_id", "model_version_id", "finding"])
-        upsert(s, Prediction, [{**row, "probability": 0.1}], ["study_id", "model_version_id", "finding"])  # ignored
+        assert upsert(s, Prediction, [row], ["study_id", "model_version_id", "finding"]) == 1
+        assert upsert(s, Prediction, [{**row, "probability": 0.1}], ["study_id", "model_version_id", "finding"]) == 0  # ignored
     assert [r[2] for r in _stored_predictions(migrated_url)] == [0.9]
     with pytest.raises(ValueError, match="not None, True, or False"):  # SQLAlchemy's bind processors still run
         with session_scope(migrated_url) as s:
             upsert(s, Prediction, [{**row, "decision": 2}], ["study_id", "model_version_id", "finding"], ["decision"])
+
+
+def _scoring_runs(url: str, version_id: int, threshold_set_id: int, n: int, n_candidates: int = 0) -> list[int]:
+    with session_scope(url) as s:
+        return [
+            repo.start_scoring_run(s, model_version_id=version_id, threshold_set_id=threshold_set_id, n_candidates=n_candidates).id
+            for _ in range(n)
+        ]
+
+
+@pytest.mark.parametrize("path", ["driver", "sqlalchemy"])
+def test_keep_other_runs_leaves_another_runs_predictions_alone(migrated_url, path):
+    """With ``keep_other_runs`` a study's predictions are replaced only by the run that wrote
+    them (a retry), never by an overlapping run; on both upsert paths."""
+    study_ids, vid, tid = _prediction_fixture(migrated_url, 2)
+    run_a, run_b = _scoring_runs(migrated_url, vid, tid, 2)
+
+    def rows(study_id, p, run):
+        out = [{"study_id": study_id, "model_version_id": vid, "finding": f, "probability": p, "decision": p >= 0.5,
+                "threshold_set_id": tid, "scoring_run_id": run} for f in FINDINGS]
+        if path == "sqlalchemy":  # a row with its own created_at: different key sets take SQLAlchemy's path
+            out[0] = {**out[0], "created_at": repo.now()}
+        return out
+
+    with session_scope(migrated_url) as s:
+        assert repo.write_predictions(s, rows(study_ids[0], 0.2, run_a), keep_other_runs=True) == 14
+    with session_scope(migrated_url) as s:  # run B wins only the study run A has not written
+        assert repo.write_predictions(s, rows(study_ids[0], 0.9, run_b) + rows(study_ids[1], 0.9, run_b), keep_other_runs=True) == 14
+    with session_scope(migrated_url) as s:
+        assert repo.write_predictions(s, rows(study_ids[0], 0.7, run_a), keep_other_runs=True) == 14  # run A's retry: its own
+        assert repo.studies_scored_by_model(s, vid, study_ids) == set(study_ids)
+    stored = {(sid, run, p) for sid, run, p in _prediction_owners(migrated_url)}
+    assert stored == {(study_ids[0], run_a, 0.7), (study_ids[1], run_b, 0.9)}
+    assert len(_prediction_owners(migrated_url)) == 28
+
+    with session_scope(migrated_url) as s:  # without keep_other_runs the last writer wins
+        assert repo.write_predictions(s, rows(study_ids[0], 0.4, run_b)) == 14
+    assert {(sid, run, p) for sid, run, p in _prediction_owners(migrated_url)} == {(study_ids[0], run_b, 0.4), (study_ids[1], run_b, 0.9)}
+
+
+def _prediction_owners(url: str) -> list[tuple]:
+    with session_scope(url) as s:
+        return s.execute(select(Prediction.study_id, Prediction.scoring_run_id, Prediction.probability)).all()
+
+
+def test_stale_running_scoring_runs_are_abandoned(migrated_url):
+    from datetime import timedelta
+
+    from db.models import ScoringRun
+
+    _, vid, tid = _prediction_fixture(migrated_url, 1)
+    dead, alive, done = _scoring_runs(migrated_url, vid, tid, 3, n_candidates=10)
+    with session_scope(migrated_url) as s:
+        s.get(ScoringRun, dead).heartbeat_at = repo.now() - timedelta(minutes=90)
+        repo.add_scoring_counts(s, alive, scored=2)  # a batch beats the heart
+        repo.add_scoring_counts(s, done, scored=6, failed=1)
+        repo.finish_scoring_run(s, done)
+    with session_scope(migrated_url) as s:
+        assert repo.abandon_stale_scoring_runs(s, timedelta(minutes=60)) == [dead]
+    with session_scope(migrated_url) as s:
+        assert repo.abandon_stale_scoring_runs(s, timedelta(minutes=60)) == []
+        runs = {r.id: r for r in s.scalars(select(ScoringRun))}
+        assert (runs[dead].status, runs[alive].status, runs[done].status) == ("abandoned", "running", "completed")
+        assert runs[dead].finished_at is not None and runs[alive].finished_at is None
+        assert (runs[alive].n_scored, runs[alive].n_skipped) == (2, 0)
+        # a completed run's candidates that it neither scored nor failed were skipped
+        assert (runs[done].n_scored, runs[done].n_failed, runs[done].n_skipped) == (6, 1, 3)
 
 
 def test_quarantine_is_recorded_once_per_row_and_reason(migrated_url):

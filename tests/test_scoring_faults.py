@@ -168,8 +168,8 @@ from tasks.scoring import score_new_studies
 url, batch_size, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 if delay:
     write = repository.write_predictions
-    def slow_write(session, rows):
-        n = write(session, rows)
+    def slow_write(session, rows, **options):
+        n = write(session, rows, **options)
         time.sleep(delay)
         return n
     repository.write_predictions = slow_write
@@ -240,7 +240,9 @@ def test_killed_run_loses_nothing_and_next_run_scores_only_the_rest(url, tmp_pat
     assert killed.status == "running" and killed.finished_at is None  # it never got to say so
     assert killed.n_scored == len(before) and killed.n_candidates == N
 
-    run_id = score_new_studies.fn(url, batch_size=BATCH)
+    # the next run finds its heartbeat stale (any age counts here) and says what happened
+    run_id = score_new_studies.fn(url, batch_size=BATCH, stale_after_minutes=0)
+    assert scoring_run(url, killed.id).status == "abandoned"
     run = scoring_run(url, run_id)
     assert run.status == "completed"
     assert run.n_candidates == N - len(before)
@@ -283,10 +285,16 @@ def test_two_overlapping_runs_score_every_study_exactly_once(url, tmp_path):
     assert len(runs) == 2
     for run in runs:
         assert run.status == "completed"
-        assert run.n_scored + run.n_failed == run.n_candidates and run.n_failed == 0
+        assert run.n_scored + run.n_failed + run.n_skipped == run.n_candidates and run.n_failed == 0
     first, second = runs
     assert first.started_at <= second.finished_at and second.started_at <= first.finished_at  # they did overlap
     assert sum(r.n_candidates for r in runs) >= N
+    # the database guards the overlap: a study that one run committed first is skipped by the
+    # other, never rescored over it, so between them the runs scored every study exactly once
+    assert sum(r.n_scored for r in runs) == N
+    with session_scope(url) as session:
+        by_run = dict(session.execute(select(Prediction.scoring_run_id, func.count()).group_by(Prediction.scoring_run_id)).all())
+    assert by_run == {r.id: r.n_scored * K for r in runs if r.n_scored}
     assert_every_study_scored_once(url, study_ids)
     assert n_predictions(url) == N * K
 
