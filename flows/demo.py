@@ -67,10 +67,13 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
         print("\nModel comparison on the test split:")
         _print_table(summary, ["model", "kind", "status", "macro AUROC", "macro F1", "micro F1"])
         scoring = conn.execute(
-            text("SELECT id, n_candidates, n_scored, n_failed FROM scoring_runs ORDER BY id DESC LIMIT 1")
+            text("SELECT id, n_candidates, n_scored, n_failed, n_skipped FROM scoring_runs ORDER BY id DESC LIMIT 1")
         ).first()
         if scoring:
-            print(f"\nLatest scoring run {scoring[0]}: {scoring[2]} scored, {scoring[3]} failed of {scoring[1]} pending studies")
+            print(
+                f"\nLatest scoring run {scoring[0]}: {scoring[2]} scored, {scoring[3]} failed, {scoring[4]} skipped "
+                f"of {scoring[1]} pending studies"
+            )
         for title in DEMO_QUERIES:
             sql, params = EXAMPLE_QUERIES[title]
             print(f"\n-- {title}\n{' '.join(sql.split())}")

@@ -184,9 +184,11 @@ def _publish_evaluation(name: str, split: str, evaluation_id: int, aggregates: d
         ),
         description=f"Evaluation {evaluation_id}",
     )
+    low, high = aggregates.get("macro_auroc_ci_low"), aggregates.get("macro_auroc_ci_high")
+    interval = "no CI" if low is None or high is None else f"95% CI {low:.3f}-{high:.3f}"
     run_logger().info(
-        "%s on %s: macro AUROC %.3f [%s, %s], macro-F1 %.3f", name, split, aggregates["macro_auroc"] or float("nan"),
-        aggregates.get("macro_auroc_ci_low"), aggregates.get("macro_auroc_ci_high"), aggregates["macro_f1"],
+        "%s on %s: macro AUROC %.3f (%s), macro-F1 %.3f", name, split, aggregates["macro_auroc"] or float("nan"), interval,
+        aggregates["macro_f1"],
     )
 
 
