@@ -86,6 +86,15 @@ def _check_page(driver, path: Path, shots: Path, name: str, expected_images: int
     assert broken == [], f"images that did not decode in {name}: {broken}"
     assert DISCLAIMER in driver.find_element("tag name", "body").text
 
+    # no table spills out of its box over its neighbours (a scrolling wrapper may hold a wide one)
+    spilled = driver.execute_script(
+        "return Array.from(document.querySelectorAll('table'))"
+        ".filter(t => getComputedStyle(t.parentElement).overflowX === 'visible'"
+        " && t.getBoundingClientRect().right > t.parentElement.getBoundingClientRect().right + 1)"
+        ".map(t => [t.closest('[id]')?.id, Math.round(t.getBoundingClientRect().width),"
+        " Math.round(t.parentElement.getBoundingClientRect().width)]);")
+    assert spilled == [], f"tables wider than their box in {name}: {spilled}"
+
     height = driver.execute_script("return document.documentElement.scrollHeight")
     assert height > 1000, "the page should have real content"
     shot = shots / f"{name}.png"
@@ -152,6 +161,10 @@ def test_scoring_report_in_browser(browser, tmp_path, shots):
     ctx["run"]["n_scored"] = 1000
     ctx["top_studies"]["Effusion"] = [("00000001_000", 0.97, [("00000009_000", 0.93, "Effusion|Mass")]),
                                       ("00000002_000", 0.93)]
+    # real key and finding lengths, in every column of the grid: nothing may spill into the next
+    similar = [("00000822_005.png", 0.97, "Atelectasis|Effusion|Infiltration|Pleural_Thickening")] * 3
+    for finding in ("Atelectasis", "Cardiomegaly", "Infiltration", "Pleural_Thickening"):
+        ctx["top_studies"][finding] = [("90000015_000.dcm", 0.991, similar), ("90000023_001.dcm", 0.912, similar)]
     path = render_scoring_report(ctx, tmp_path / "scoring.html")
     _check_page(browser, path, shots, "scoring", 1)
     assert browser.find_element("id", "drift-warning").is_displayed()
