@@ -325,14 +325,14 @@ def start_scoring_run(session: Session, **fields) -> ScoringRun:
 def abandon_stale_scoring_runs(session: Session, stale_after: timedelta) -> list[int]:
     """Mark ``abandoned`` every ``running`` run whose heartbeat (or start) is older than
     ``stale_after``: its process died (killed, machine lost) without saying so. Returns their ids."""
-    cutoff = now() - stale_after
     last_beat = func.coalesce(ScoringRun.heartbeat_at, ScoringRun.started_at)
-    ids = list(session.scalars(select(ScoringRun.id).where(ScoringRun.status == "running", last_beat < cutoff)))
-    if ids:
-        session.execute(
-            update(ScoringRun).where(ScoringRun.id.in_(ids), ScoringRun.status == "running").values(status="abandoned", finished_at=now())
-        )
-    return ids
+    stale = (
+        update(ScoringRun)
+        .where(ScoringRun.status == "running", last_beat < now() - stale_after)
+        .values(status="abandoned", finished_at=now())
+        .returning(ScoringRun.id)
+    )
+    return sorted(session.scalars(stale))
 
 
 def add_scoring_counts(session: Session, scoring_run_id: int, scored: int = 0, failed: int = 0) -> None:
@@ -349,7 +349,6 @@ def finish_scoring_run(session: Session, scoring_run_id: int, status: str = "com
     """End a run. A completed run's candidates that it neither scored nor failed were skipped
     (an overlapping run scored them first): ``n_skipped`` is the difference."""
     run = session.get(ScoringRun, scoring_run_id)
-    session.refresh(run)  # the counts are SQL increments, possibly from other processes
     run.status, run.finished_at = status, now()
     if status == "completed":
         run.n_skipped = run.n_candidates - run.n_scored - run.n_failed
