@@ -17,14 +17,41 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cxrmodel.findings import FINDINGS
 
 
+#: The repository's configuration folder (``configs/``), beside the installed packages.
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: The production recipe the shipped deployments run unless ``CXR_CONFIG`` names another.
+DEFAULT_CONFIG = CONFIGS_DIR / "seed004.yaml"
+
+
 class Settings(BaseSettings):
-    """Where the system keeps its state. Every field maps to a ``CXR_<NAME>`` variable."""
+    """Where the system keeps its state and when it runs. Every field maps to a ``CXR_<NAME>``
+    environment variable (``CXR_HOME``, ``CXR_DATABASE_URL``, ``CXR_SOURCE_DIR``, ...)."""
 
     model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
 
     home: Path = Field(default=Path(".cxr"), description="Root folder for data, artefacts and reports.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; defaults to sqlite:///<home>/cxr.db"
+    )
+    config: Path = Field(DEFAULT_CONFIG, description="Pipeline YAML the deployments run (data, train, thresholds, evaluation).")
+    # The nightly run's inputs: folders on the host that runs it (a worker reads its own environment).
+    source_dir: Path | None = Field(None, description="NIH-layout folder the nightly refresh reads (Data_Entry_2017*.csv, images/).")
+    source: Literal["nih-local", "synthetic"] = Field("nih-local", description="How the nightly refresh reads source_dir.")
+    incoming_dir: Path | None = Field(None, description="Folder of new PNG/DICOM studies the nightly run registers and scores.")
+    # Schedules (cron, in ``timezone``) and work pools of the shipped deployments.
+    timezone: str = "UTC"
+    nightly_cron: str = Field("0 1 * * *", description="The night: refresh, then score what is registered.")
+    retrain_cron: str = Field("0 3 * * 0", description="Weekly: train, calibrate, evaluate, promote.")
+    cpu_pool: str = "cxr-cpu"
+    gpu_pool: str = "cxr-gpu"
+    dask_address: str | None = Field(
+        None, description="Scheduler of a Dask cluster (tcp://host:8786) for nightly scoring; unset: score in the flow's process."
+    )
+    # The read-only report server (``cxr reports serve``) and the address the UI's links use.
+    reports_host: str = "127.0.0.1"
+    reports_port: int = Field(8000, ge=1, le=65535)
+    reports_base_url: str | None = Field(
+        None, description="Public URL of the reports folder, e.g. https://cxr.example.org/reports; default http://<host>:<port>/reports."
     )
 
     @property
@@ -48,6 +75,15 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.resolved_home / "cache"
+
+    @property
+    def public_reports_url(self) -> str:
+        """Base URL under which ``reports_dir`` is served, without a trailing slash."""
+        return (self.reports_base_url or f"http://{self.reports_host}:{self.reports_port}/reports").rstrip("/")
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The validated pipeline configuration named by ``config`` (a missing file is an error)."""
+        return load_pipeline_config(self.config)
 
 
 class _Frozen(BaseModel):
@@ -216,7 +252,10 @@ class PipelineConfig(_Frozen):
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    """Read a YAML file into a validated :class:`PipelineConfig`."""
+    """Read a YAML file into a validated :class:`PipelineConfig` (a missing file is an error
+    naming it, never a silent fall-back to the defaults)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"configuration file not found: {path}")
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
     return PipelineConfig.model_validate(raw)

@@ -96,6 +96,8 @@ class RefreshRun(Base):
     n_unchanged: Mapped[int] = mapped_column(default=0)
     n_quarantined: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(16), default="running")
+    #: Why a ``failed`` run failed (one line), shown by the night's scoring report.
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class QuarantinedRow(Base):

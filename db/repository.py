@@ -137,6 +137,26 @@ def start_refresh(session: Session, source: str, location: str, flow_run_id: str
     return run
 
 
+def finish_refresh(session: Session, refresh_run_id: int, totals: dict[str, int] | None = None, error: str | None = None) -> RefreshRun:
+    """Close a refresh run: ``completed`` with its ``totals`` (rows, added, updated, unchanged,
+    quarantined), or ``failed`` with ``error``."""
+    run = session.get(RefreshRun, refresh_run_id)
+    if totals is not None:
+        run.n_rows, run.n_added, run.n_updated = totals["rows"], totals["added"], totals["updated"]
+        run.n_unchanged, run.n_quarantined = totals["unchanged"], totals["quarantined"]
+    run.status = "failed" if error is not None else "completed"
+    run.error = error
+    run.finished_at = now()
+    return run
+
+
+def latest_refresh_before(session: Session, moment: datetime) -> RefreshRun | None:
+    """The newest refresh run started at or before ``moment`` (the one a scoring run followed)."""
+    return session.scalars(
+        select(RefreshRun).where(RefreshRun.started_at <= moment).order_by(RefreshRun.started_at.desc(), RefreshRun.id.desc()).limit(1)
+    ).first()
+
+
 def record_quarantine(session: Session, refresh_run_id: int, source: str, rows: Sequence[dict]) -> int:
     """Store quarantined rows (``row_key``, ``row_number``, ``reason``, ``raw``); a row already
     quarantined for the same reason is kept once, pointing at the latest run."""
@@ -267,6 +287,55 @@ def save_evaluation(
     session.add(ev)
     session.flush()
     return ev
+
+
+#: Evaluation columns that are not aggregate metrics.
+EVALUATION_NOT_METRICS = ("id", "model_version_id", "threshold_set_id", "split", "report_path", "bundle_path", "created_at", "calibration")
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """One stored evaluation as plain values: the model version, its thresholds and every metric."""
+
+    evaluation_id: int
+    model_version_id: int
+    model_name: str
+    model_kind: str
+    model_status: str
+    split: str
+    threshold_method: str | None
+    thresholds: dict[str, float]
+    threshold_notes: dict[str, str]
+    aggregates: dict[str, object]
+    per_class: list[dict]
+    subgroups: list[dict]
+
+
+def _row_dict(row, skip: Sequence[str] = ()) -> dict:
+    return {c.name: getattr(row, c.name) for c in row.__table__.columns if c.name not in skip}
+
+
+def evaluation_record(session: Session, evaluation_id: int) -> EvaluationRecord:
+    """The :class:`EvaluationRecord` of one evaluation (``ValueError`` if there is none)."""
+    ev = session.get(Evaluation, evaluation_id)
+    if ev is None:
+        raise ValueError(f"no evaluation with id {evaluation_id}")
+    version = session.get(ModelVersion, ev.model_version_id)
+    tset = session.get(ThresholdSet, ev.threshold_set_id) if ev.threshold_set_id else None
+    return EvaluationRecord(
+        evaluation_id=ev.id,
+        model_version_id=version.id,
+        model_name=version.name,
+        model_kind=version.kind,
+        model_status=version.status,
+        split=ev.split,
+        threshold_method=tset.method if tset else None,
+        thresholds={t.finding: t.threshold for t in tset.thresholds} if tset else {},
+        threshold_notes={t.finding: t.note for t in tset.thresholds if t.note} if tset else {},
+        aggregates=_row_dict(ev, EVALUATION_NOT_METRICS),
+        per_class=[_row_dict(m, ("evaluation_id",)) for m in ev.class_metrics],
+        subgroups=[_row_dict(m, ("evaluation_id",)) for m in ev.subgroup_metrics],
+    )
 
 
 def latest_evaluations(session: Session, split: str = "test") -> list[tuple[Evaluation, ModelVersion]]:
@@ -402,3 +471,39 @@ def write_predictions(session: Session, rows: Sequence[dict], *, keep_other_runs
 def record_scoring_failures(session: Session, scoring_run_id: int, failures: dict[int, str]) -> None:
     rows = [{"scoring_run_id": scoring_run_id, "study_id": sid, "reason": reason, "created_at": now()} for sid, reason in failures.items()]
     upsert(session, ScoringFailure, rows, ["scoring_run_id", "study_id"], ["reason"])
+
+
+@dataclass(frozen=True)
+class ScoringSummary:
+    """The headline of one scoring run: its counts, model, and positive decisions per finding."""
+
+    scoring_run_id: int
+    status: str
+    model_name: str
+    threshold_set_id: int
+    n_candidates: int
+    n_scored: int
+    n_failed: int
+    n_skipped: int
+    started_at: datetime
+    finished_at: datetime | None
+    flagged: dict[str, int]
+
+
+def scoring_summary(session: Session, scoring_run_id: int) -> ScoringSummary:
+    """The :class:`ScoringSummary` of one scoring run (``ValueError`` if there is none)."""
+    run = session.get(ScoringRun, scoring_run_id)
+    if run is None:
+        raise ValueError(f"no scoring run with id {scoring_run_id}")
+    model_name = session.scalar(select(ModelVersion.name).where(ModelVersion.id == run.model_version_id))
+    flagged = dict(
+        session.execute(
+            select(Prediction.finding, func.count())
+            .where(Prediction.scoring_run_id == scoring_run_id, Prediction.decision.is_(True))
+            .group_by(Prediction.finding)
+        ).all()
+    )
+    return ScoringSummary(
+        run.id, run.status, model_name, run.threshold_set_id, run.n_candidates, run.n_scored, run.n_failed, run.n_skipped,
+        run.started_at, run.finished_at, {finding: int(n) for finding, n in flagged.items()},
+    )

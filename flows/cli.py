@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,6 +22,10 @@ db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 models_app = typer.Typer(help="The model registry: list versions, pin a champion, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+deployments_app = typer.Typer(help="The shipped deployments (nightly run, weekly retrain, on-demand scoring and reports).", no_args_is_help=True)
+app.add_typer(deployments_app, name="deployments")
+reports_app = typer.Typer(help="The HTML reports.", no_args_is_help=True)
+app.add_typer(reports_app, name="reports")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -36,7 +41,10 @@ def _settings(home: Path | None) -> Settings:
 
 
 def _config(path: Path) -> PipelineConfig:
-    return load_pipeline_config(path) if path.is_file() else PipelineConfig()
+    if not path.is_file():
+        typer.echo(f"error: configuration file not found: {path}", err=True)
+        raise typer.Exit(2)
+    return load_pipeline_config(path)
 
 
 @db_app.command("upgrade")
@@ -271,12 +279,57 @@ def demo(
 
 
 @app.command()
+def nightly(
+    source_dir: Annotated[Optional[Path], typer.Option(help="NIH-layout folder to refresh (default: $CXR_SOURCE_DIR).")] = None,
+    incoming: Annotated[Optional[Path], typer.Option(help="Folder of new studies to register (default: $CXR_INCOMING_DIR).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    home: HomeOption = None,
+) -> None:
+    """Run tonight's job now: refresh, then score every pending study (the nightly deployment's flow)."""
+    from flows.nightly import nightly_flow
+
+    _settings(home)
+    night = nightly_flow(str(source_dir) if source_dir else None, str(incoming) if incoming else None, data=_config(config).data)
+    typer.echo(json.dumps(dataclasses.asdict(night), indent=2, default=str))
+
+
+@app.command()
 def serve() -> None:  # pragma: no cover - runs until interrupted
-    """Serve the deployments (nightly refresh and scoring, weekly retrain, reports) in this
-    process; schedules and pools come from CXR_* variables (see deployments/definitions.py)."""
+    """Serve the deployments in this process (registered as <name>-served; stopping pauses only
+    those). Parameters come from $CXR_CONFIG (default configs/seed004.yaml); schedules, pools and
+    folders from CXR_* variables (see deployments/definitions.py)."""
     from deployments.definitions import serve_all
 
     serve_all()
+
+
+@deployments_app.command("yaml")
+def deployments_yaml(
+    out: Annotated[Optional[Path], typer.Option(help="Write here (e.g. deployments/prefect.yaml) instead of standard output.")] = None,
+) -> None:
+    """Print deployments/prefect.yaml for `prefect deploy --all`, with the parameters of $CXR_CONFIG."""
+    from deployments.definitions import prefect_yaml
+
+    text = prefect_yaml()
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
+@reports_app.command("serve")
+def reports_serve(
+    host: Annotated[Optional[str], typer.Option(help="Interface to listen on (default: $CXR_REPORTS_HOST or 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default: $CXR_REPORTS_PORT or 8000).")] = None,
+    home: HomeOption = None,
+) -> None:  # pragma: no cover - runs until interrupted
+    """Serve the reports folder read-only over HTTP, so the Prefect UI's report links open.
+    Links use $CXR_REPORTS_BASE_URL (default http://<host>:<port>/reports)."""
+    from reports.server import serve_reports
+
+    settings = _settings(home)
+    serve_reports(settings.reports_dir, host or settings.reports_host, port or settings.reports_port)
 
 
 if __name__ == "__main__":  # pragma: no cover

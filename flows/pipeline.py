@@ -90,15 +90,29 @@ def retrain_flow(
     train: TrainConfig = TrainConfig(),
     thresholds: ThresholdConfig = ThresholdConfig(),
     evaluation: EvaluationConfig = EvaluationConfig(),
+    with_knn_baseline: bool = True,
+    with_mlp_baseline: bool = True,
+    chexnet_baseline: TrainConfig | None = None,
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
-    """The weekly job on the GPU pool: train a challenger on the current data, calibrate its
-    thresholds, evaluate it on the test split and promote it if it beats the champion."""
+    """The weekly job on the GPU pool: train a challenger on the current data (and the
+    baselines asked for), calibrate and evaluate every model it trained, promote the challenger
+    if it beats the champion, and render the challenger's report (with the comparison table)."""
     where = {"home": home, "database_url": database_url}
-    trained = train_flow(data, train, **where)
+    trained = train_flow(data, train, with_knn_baseline, with_mlp_baseline, **where)
     version_id = trained["model_version_id"]
     calibrate_flow(version_id, thresholds, **where)
     evaluated = evaluate_flow(version_id, True, evaluation, **where)
+    baselines = {}
+    for kind in ("knn", "mlp"):
+        if trained.get(f"{kind}_version_id") is not None:
+            calibrate_flow(trained[f"{kind}_version_id"], thresholds, **where)
+            baselines[kind] = evaluate_flow(trained[f"{kind}_version_id"], False, evaluation, **where)["evaluation_id"]
+    if chexnet_baseline is not None:
+        recipe = chexnet_baseline.model_copy(update={"architecture": "densenet121"})
+        chexnet = train_flow(data, recipe, False, False, with_embedding_index=False, **where)
+        calibrate_flow(chexnet["model_version_id"], thresholds, **where)
+        baselines["chexnet"] = evaluate_flow(chexnet["model_version_id"], False, evaluation, **where)["evaluation_id"]
     report = report_flow(evaluated["evaluation_id"], **where)
-    return {"model_version_id": version_id, **evaluated, "report": report}
+    return {"model_version_id": version_id, **evaluated, "baseline_evaluation_ids": baselines, "report": report}

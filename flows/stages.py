@@ -14,7 +14,7 @@ from flows.params import resolve
 from tasks import data as data_tasks
 from tasks.common import flow_run_id
 from tasks.dataset_report import render_dataset
-from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better
+from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better, publish_evaluation
 from tasks.reporting import render_evaluation, render_scoring
 from tasks.scoring import DEFAULT_CHUNK_SIZE, DEFAULT_STALE_MINUTES, run_scoring
 from tasks.similarity import index_embeddings, similar_cases
@@ -29,7 +29,7 @@ def synthesize_flow(root: str, synth: SynthConfig = SynthConfig()) -> dict:
 
 @flow(name="cxr-refresh-data")
 def refresh_flow(
-    source_dir: str,
+    source_dir: str | None = None,
     source: Literal["synthetic", "nih-local", "huggingface"] = "synthetic",
     incoming_dir: str | None = None,
     data: DataConfig = DataConfig(),
@@ -38,23 +38,37 @@ def refresh_flow(
     home: str | None = None,
     database_url: str | None = None,
 ) -> dict:
-    """Read the metadata, quarantine bad rows, split by patient, upsert studies, fill the image
-    cache, register incoming studies for scoring, and write the dataset report. With ``source='huggingface'`` the
-    dataset is first fetched from ``hub`` into ``source_dir``; every source then takes the
-    same code path."""
+    """Read the labelled metadata in ``source_dir`` (quarantine bad rows, split by patient,
+    upsert studies, fill the image cache, write the dataset report) and register the new
+    studies in ``incoming_dir`` for scoring; either may be left out. With
+    ``source='huggingface'`` the dataset is first fetched from ``hub`` into ``source_dir``;
+    every source then takes the same code path. A missing folder fails the run at once (no
+    retries) and the refresh run is recorded as failed with the reason."""
     home_path, url = resolve(home, database_url)
+    if source_dir is None and incoming_dir is None:
+        raise data_tasks.MissingInputError("nothing to refresh: give source_dir and/or incoming_dir (CXR_SOURCE_DIR, CXR_INCOMING_DIR)")
     upgrade_database(url)
-    if source == "huggingface":
-        if hub is None:
-            raise ValueError("source 'huggingface' needs the hub parameter (repo_id and revision)")
-        data_tasks.fetch_from_hub(hub, Path(source_dir))
-    run_id = data_tasks.start_refresh(url, source, str(source_dir), flow_run_id())
-    counts = [data_tasks.ingest_labelled(url, Path(source_dir), source, data, run_id)]
-    counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
-    if incoming_dir:
-        counts.append(data_tasks.register_incoming(url, Path(incoming_dir), run_id))
-    totals = data_tasks.finish_refresh(url, run_id, counts)
-    report = render_dataset(url, home_path, data.balancing, run_id, data.balancing_seed) if dataset_report else None
+    run_id = data_tasks.start_refresh(url, source if source_dir else "incoming", str(source_dir or incoming_dir), flow_run_id())
+    try:
+        counts = []
+        if source_dir is not None:
+            if source == "huggingface":
+                if hub is None:
+                    raise ValueError("source 'huggingface' needs the hub parameter (repo_id and revision)")
+                Path(source_dir).mkdir(parents=True, exist_ok=True)
+                data_tasks.fetch_from_hub(hub, Path(source_dir))
+            root = data_tasks.require_folder(source_dir, "source folder")
+            counts.append(data_tasks.ingest_labelled(url, root, source, data, run_id))
+            counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
+        if incoming_dir is not None:
+            counts.append(data_tasks.register_incoming(url, data_tasks.require_folder(incoming_dir, "incoming folder"), run_id))
+        totals = data_tasks.finish_refresh(url, run_id, counts)
+    except BaseException as exc:
+        data_tasks.fail_refresh(url, run_id, exc)
+        raise
+    report = (
+        render_dataset(url, home_path, data.balancing, run_id, data.balancing_seed) if dataset_report and source_dir is not None else None
+    )
     get_run_logger().info("refresh %d: %s", run_id, totals)
     return {"refresh_run_id": run_id, **totals, "dataset_report": report}
 
@@ -106,13 +120,15 @@ def evaluate_flow(
     database_url: str | None = None,
 ) -> dict:
     """Evaluate a model version with its active thresholds (bootstrap intervals, calibration,
-    subgroups); promote it if it beats the champion by ``evaluation.promotion_margin``."""
+    subgroups); promote it if it beats the champion by ``evaluation.promotion_margin``; publish
+    the evaluation's artifacts under the keys of the role it ends with (champion or not)."""
     home_path, url = resolve(home, database_url)
     evaluation_id = evaluate_model(url, home_path, model_version_id, split=split, config=evaluation)
     promoted = (
         promote_if_better(url, model_version_id, evaluation.promotion_metric, evaluation.promotion_margin, split)
         if promote else False
     )
+    publish_evaluation(url, evaluation_id)
     return {"evaluation_id": evaluation_id, "promoted": promoted}
 
 

@@ -610,6 +610,7 @@ def render_scoring_html(context: Mapping[str, Any]) -> str:
         "title": ctx["title"],
         "generated_at": ctx["generated_at"],
         "run": run,
+        "refresh": dict(ctx["refresh"]) if ctx.get("refresh") else None,
         "failures": [dict(f) for f in ctx["failures"] or []],
         "failure_reasons": _failure_reasons(ctx["failures"] or []),
         "flags": flags,
@@ -631,6 +632,8 @@ def render_scoring_report(context: Mapping[str, Any], out_path: Path) -> Path:
     - ``title`` (str) and ``generated_at`` (str).
     - ``run``: dict with ``id, model_name, threshold_set_id, started_at, finished_at,
       n_scored, n_skipped, n_failed`` (optional ``status``).
+    - ``refresh`` (optional): the latest refresh run before the scoring run, a dict with
+      ``id, status, error, started_at``; a failed one is shown as a warning at the top.
     - ``failures``: list of dicts with ``study_key, reason``.
     - ``flags``: list of dicts with ``finding, n_flagged, flag_rate, training_prevalence``
       (rates as fractions). Drift rule (:func:`drift_status`): a flag rate at least

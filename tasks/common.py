@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxrmodel.cache import ImageCache
 from cxrmodel.findings import FINDINGS
@@ -24,6 +26,31 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("cxr")
+
+
+def transient_db_error(exc: BaseException) -> bool:
+    """A database error worth retrying: the server went away or refused for now (SQLAlchemy's
+    ``OperationalError``: connection lost, server restarting, SQLite ``database is locked``),
+    or any DBAPI error that invalidated the connection (a disconnect)."""
+    while exc is not None:
+        if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+def retry_on_transient_db_error(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only transient database errors (a bug or a bad
+    input fails at once instead of three times)."""
+    try:
+        state.result()
+    except Exception as exc:  # the task's exception
+        return transient_db_error(exc)
+    return False
+
+
+#: Prefect options of the tasks that write to the database.
+DB_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient_db_error, cache_policy=NO_CACHE)
 
 
 def flow_run_id() -> str | None:

@@ -18,8 +18,8 @@ from cxrmodel.splits import assert_no_patient_leak, assign_splits, read_official
 from cxrmodel.synth import generate_dataset
 from db import repository as repo
 from db.engine import session_scope
-from tasks.common import run_logger
-from db.models import RefreshRun, Study
+from db.models import Study
+from tasks.common import DB_RETRIES, run_logger
 
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 INCOMING_SUFFIXES = {".png", ".dcm", ".jpg", ".jpeg"}
@@ -45,7 +45,19 @@ def find_metadata_file(root: Path) -> Path:
     raise FileNotFoundError(f"no {' or '.join(METADATA_NAMES)} in {root}")
 
 
-@task(name="ingest-labelled-studies", retries=2, retry_delay_seconds=5)
+class MissingInputError(FileNotFoundError):
+    """A folder or file the run was told to read is not there: the user's to fix, never retried."""
+
+
+def require_folder(path: str | Path, what: str) -> Path:
+    """``path`` resolved, or :class:`MissingInputError` naming ``what`` when it is not a folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise MissingInputError(f"{what} {folder} does not exist or is not a folder")
+    return folder.resolve()
+
+
+@task(name="ingest-labelled-studies", **DB_RETRIES)
 def ingest_labelled(database_url: str, root: Path, source: str, data: DataConfig, refresh_run_id: int) -> dict:
     """Parse the NIH metadata, quarantine bad rows, assign patient-level splits, upsert studies."""
     logger = run_logger()
@@ -119,7 +131,7 @@ def build_cache(database_url: str, cache_root: Path, image_size: int, refresh_ru
     return {"cached": len(items) - len(failures), "quarantined": len(failures), "recovered": len(recovered)}
 
 
-@task(name="register-incoming-studies", retries=2, retry_delay_seconds=5)
+@task(name="register-incoming-studies", **DB_RETRIES)
 def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> dict:
     """Register every PNG/DICOM file in ``folder`` as an unlabelled study awaiting scoring, with
     age, sex and view from its DICOM tags and/or the folder's sidecar (``metadata.csv`` or
@@ -185,14 +197,21 @@ def start_refresh(database_url: str, source: str, location: str, flow_run_id: st
         return repo.start_refresh(session, source, location, flow_run_id).id
 
 
-@task(name="finish-refresh-run")
+@task(name="finish-refresh-run", **DB_RETRIES)
 def finish_refresh(database_url: str, refresh_run_id: int, counts: list[dict]) -> dict:
+    """Mark the refresh run completed with the summed counts of its steps; return them."""
     totals = {k: sum(c.get(k, 0) for c in counts) for k in ("added", "updated", "unchanged", "quarantined", "rows")}
     with session_scope(database_url) as session:
-        run = session.get(RefreshRun, refresh_run_id)
-        run.n_rows = totals["rows"]
-        run.n_added, run.n_updated, run.n_unchanged = totals["added"], totals["updated"], totals["unchanged"]
-        run.n_quarantined = totals["quarantined"]
-        run.status = "completed"
-        run.finished_at = repo.now()
+        repo.finish_refresh(session, refresh_run_id, totals)
     return totals
+
+
+def fail_refresh(database_url: str, refresh_run_id: int, error: BaseException) -> None:
+    """Mark the refresh run failed with a one-line reason (best effort: the database may be
+    what failed)."""
+    reason = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+    try:
+        with session_scope(database_url) as session:
+            repo.finish_refresh(session, refresh_run_id, error=reason)
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        run_logger().exception("could not mark refresh run %d failed", refresh_run_id)

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact
 from sqlalchemy import select
 
 from cxrmodel.balancing import apply_balancing, label_counts, preset_steps
@@ -18,21 +17,15 @@ from cxrmodel.findings import FINDINGS
 from db.engine import session_scope
 from db.models import QuarantinedRow, RefreshRun, Study
 from reports.render import render_dataset_report
+from tasks.artifacts import in_prefect_run, publish_report_link
 from tasks.common import labelled_frame
 
 UNKNOWN = "unknown"
 FRAME_COLUMNS = ("study_id", "study_key", "patient_id", "age", "sex", "view", "split", "image_path", *FINDINGS)
 
 
-def _in_prefect_run() -> bool:
-    """True inside a Prefect flow or task run (artifacts and the run logger need one)."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
 def _logger():
-    return get_run_logger() if _in_prefect_run() else logging.getLogger(__name__)
+    return get_run_logger() if in_prefect_run() else logging.getLogger(__name__)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -151,8 +144,7 @@ def render_dataset(
     context = dataset_context(database_url, balancing, refresh_run_id, balancing_seed)
     out = Path(home) / "reports" / f"dataset_{refresh_run_id or 'latest'}.html"
     render_dataset_report(context, out)
-    if _in_prefect_run():
-        create_link_artifact(key="cxr-dataset-report", link=out.resolve().as_uri(), link_text=out.name,
-                             description="HTML dataset report: splits, labels, balancing, quarantined rows")
+    publish_report_link("cxr-dataset-report", out, Path(home) / "reports",
+                        description="HTML dataset report: splits, labels, balancing, quarantined rows")
     _logger().info("dataset report: %s", out)
     return str(out)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from cxrmodel.config import EvaluationConfig, ThresholdConfig
 from cxrmodel.embedding_map import embedding_map
@@ -18,6 +17,7 @@ from cxrmodel.thresholds import calibrate_thresholds as calibrate, save_threshol
 from db import repository as repo
 from db.engine import session_scope
 from db.models import Evaluation, ModelVersion
+from tasks.artifacts import markdown_link, markdown_table, md, publish_markdown, publish_table, role_key
 from tasks.common import labelled_frame, run_logger
 from tasks.models import LoadedModel, load_model_version
 
@@ -58,9 +58,10 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
             session, version_id, result.method, config.model_dump(mode="json"), result.as_dict(), result.notes
         )
         set_id = tset.id
-    create_table_artifact(
-        key="cxr-thresholds",
-        table=[{"finding": f, "threshold": round(float(t), 4), "note": result.notes.get(f, "")} for f, t in zip(FINDINGS, result.thresholds)],
+        is_champion = session.get(ModelVersion, version_id).status == "champion"
+    publish_table(
+        role_key("cxr-thresholds", None if is_champion else loaded.kind),
+        _thresholds_table(dict(zip(FINDINGS, (float(t) for t in result.thresholds))), result.notes),
         description=f"Thresholds of {name} ({result.method}), set {set_id}",
     )
     return set_id
@@ -156,40 +157,66 @@ def evaluate_model(
             session, version_id, threshold_set_id, split, aggregates, per_class, subgroups, inference_ms_per_image=ms
         )
         evaluation_id = evaluation.id
-    _publish_evaluation(name, split, evaluation_id, aggregates, per_class, subgroups)
+    _log_evaluation(name, split, aggregates)
     return evaluation_id
 
 
-def _rounded(row: dict) -> dict:
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-
-
-def _publish_evaluation(name: str, split: str, evaluation_id: int, aggregates: dict, per_class: list[dict], subgroups: list[dict]) -> None:
-    create_table_artifact(
-        key="cxr-per-class-metrics",
-        table=[_rounded(row) for row in per_class],
-        description=f"Per-class metrics of {name} on {split} (evaluation {evaluation_id})",
-    )
-    create_table_artifact(
-        key="cxr-subgroup-metrics",
-        table=[_rounded(row) for row in subgroups],
-        description=f"Metrics of {name} on {split} by sex, age band and view (evaluation {evaluation_id})",
-    )
-    scalars = {k: v for k, v in aggregates.items() if not isinstance(v, dict)}
-    create_markdown_artifact(
-        key="cxr-evaluation-summary",
-        markdown=(
-            f"## {name} on {split}\n\n| metric | value |\n|---|---|\n"
-            + "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in scalars.items())
-        ),
-        description=f"Evaluation {evaluation_id}",
-    )
+def _log_evaluation(name: str, split: str, aggregates: dict) -> None:
     low, high = aggregates.get("macro_auroc_ci_low"), aggregates.get("macro_auroc_ci_high")
     interval = "no CI" if low is None or high is None else f"95% CI {low:.3f}-{high:.3f}"
     run_logger().info(
         "%s on %s: macro AUROC %.3f (%s), macro-F1 %.3f", name, split, aggregates["macro_auroc"] or float("nan"), interval,
         aggregates["macro_f1"],
     )
+
+
+def _thresholds_table(thresholds: dict[str, float], notes: dict[str, str]) -> list[dict]:
+    return [{"finding": f, "threshold": round(float(thresholds[f]), 4), "note": notes.get(f, "")} for f in FINDINGS if f in thresholds]
+
+
+def evaluation_summary_markdown(record: repo.EvaluationRecord, report_link: str | None = None) -> str:
+    """The headline of an evaluation: the aggregate metrics, with their intervals, as a table."""
+    agg = record.aggregates
+    headline = [
+        {"metric": "macro AUROC", "value": agg.get("macro_auroc"), "95% CI": _interval(agg, "macro_auroc")},
+        {"metric": "macro F1", "value": agg.get("macro_f1"), "95% CI": _interval(agg, "macro_f1")},
+        *({"metric": m.replace("_", " "), "value": agg.get(m), "95% CI": None}
+          for m in ("micro_auroc", "micro_f1", "macro_precision", "macro_recall", "exact_match", "hamming_loss", "lrap", "mean_brier", "mean_ece")),
+    ]
+    lines = [
+        f"## {md(record.model_name)} ({md(record.model_kind)}, {md(record.model_status)}) on {md(record.split)}",
+        "",
+        f"Evaluation {record.evaluation_id}, thresholds: {md(record.threshold_method or '-')}.",
+        "",
+        markdown_table(headline),
+    ]
+    if report_link:
+        lines += ["", f"Report: {markdown_link('HTML evaluation report', report_link)}"]
+    return "\n".join(lines)
+
+
+def _interval(aggregates: dict, metric: str) -> str | None:
+    low, high = aggregates.get(f"{metric}_ci_low"), aggregates.get(f"{metric}_ci_high")
+    return None if low is None or high is None else f"{low:.3f}-{high:.3f}"
+
+
+@task(name="publish-evaluation")
+def publish_evaluation(database_url: str, evaluation_id: int) -> str | None:
+    """Publish an evaluation's artifacts under the keys of its model version's role: the
+    champion's stable keys (``cxr-per-class-metrics``, ``cxr-subgroup-metrics``,
+    ``cxr-evaluation-summary``, ``cxr-thresholds``), or those keys suffixed by the model kind for
+    a baseline or a challenger that was not promoted. Returns the suffix used (None: champion)."""
+    with session_scope(database_url) as session:
+        record = repo.evaluation_record(session, evaluation_id)
+    kind = None if record.model_status == "champion" else record.model_kind
+    what = f"{record.model_name} on {record.split} (evaluation {evaluation_id})"
+    publish_table(role_key("cxr-per-class-metrics", kind), record.per_class, description=f"Per-class metrics of {what}")
+    publish_table(role_key("cxr-subgroup-metrics", kind), record.subgroups,
+                  description=f"Metrics of {what} by sex, age band and view")
+    publish_markdown(role_key("cxr-evaluation-summary", kind), evaluation_summary_markdown(record), description=f"Summary of {what}")
+    publish_table(role_key("cxr-thresholds", kind), _thresholds_table(record.thresholds, record.threshold_notes),
+                  description=f"Thresholds of {record.model_name} ({record.threshold_method})")
+    return kind
 
 
 @task(name="promote-if-better")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.imaging import read_grayscale
 from db import repository as repo
 from db.engine import session_scope
+from tasks.artifacts import publish_report_link
 from tasks.common import run_logger
 from db.models import ClassMetric, Evaluation, ModelVersion, ScoringFailure, ScoringRun, Study, ThresholdSet
 from reports.bundle import build_export_bundle
@@ -163,11 +163,11 @@ def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
         ev.report_path = str(out)
         if hasattr(ev, "bundle_path"):
             ev.bundle_path = str(bundle)
-    create_link_artifact(key="cxr-evaluation-report", link=out.resolve().as_uri(), link_text=out.name,
-                         description=f"HTML evaluation report of {name}")
-    create_link_artifact(key="cxr-evaluation-bundle", link=bundle.resolve().as_uri(), link_text=bundle.name,
-                         description=f"Export bundle of evaluation {evaluation_id} ({name}): report, per-class metrics CSV, "
-                         "thresholds.json, subgroup metrics, model card")
+    reports = Path(home) / "reports"
+    publish_report_link("cxr-evaluation-report", out, reports, description=f"HTML evaluation report of {name}")
+    publish_report_link("cxr-evaluation-bundle", bundle, reports,
+                        description=f"Export bundle of evaluation {evaluation_id} ({name}): report, per-class metrics CSV, "
+                        "thresholds.json, subgroup metrics, model card")
     run_logger().info("evaluation report: %s; export bundle: %s", out, bundle)
     return str(out)
 
@@ -236,6 +236,11 @@ def render_scoring(database_url: str, home: Path, scoring_run_id: int) -> str:
             .where(Study.split == "train").group_by(StudyLabel.finding)
         ).all())
         train_prevalence = {f: (float(positives.get(f) or 0) / n_train) if n_train else None for f in FINDINGS}
+        last_refresh = repo.latest_refresh_before(session, run.started_at)
+        refresh = None if last_refresh is None else {
+            "id": last_refresh.id, "status": last_refresh.status, "error": last_refresh.error,
+            "started_at": last_refresh.started_at.isoformat(timespec="seconds"),
+        }
     top = _with_similar_cases(database_url, run.model_version_id, top)
     flags = [
         {"finding": f, "n_flagged": int(flagged.get(f, 0)), "flag_rate": (flagged.get(f, 0) / info["n_scored"]) if info["n_scored"] else None,
@@ -243,8 +248,8 @@ def render_scoring(database_url: str, home: Path, scoring_run_id: int) -> str:
         for f in FINDINGS
     ]
     context = {"title": f"Nightly scoring run {scoring_run_id}", "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "run": info, "failures": failures, "flags": flags, "top_studies": top}
+               "run": info, "refresh": refresh, "failures": failures, "flags": flags, "top_studies": top}
     out = Path(home) / "reports" / f"scoring_{scoring_run_id}.html"
     render_scoring_report(context, out)
-    create_markdown_artifact(key="cxr-scoring-report", markdown=f"Scoring report: [{out.name}]({out.resolve().as_uri()})")
+    publish_report_link("cxr-scoring-report", out, Path(home) / "reports", description=f"HTML report of scoring run {scoring_run_id}")
     return str(out)

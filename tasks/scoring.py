@@ -29,8 +29,6 @@ import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
@@ -40,44 +38,15 @@ from cxrmodel.transforms import eval_transform
 from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion
-from tasks.common import flow_run_id, run_logger
+from prefect.cache_policies import NO_CACHE
+
+from tasks.artifacts import in_prefect_run
+from tasks.common import DB_RETRIES, flow_run_id, run_logger
 from tasks.models import NETWORK_KINDS, LoadedModel, load_model_version
 
 DEFAULT_CHUNK_SIZE = 512
 #: A running scoring run without a heartbeat (one per committed batch) for this long is dead.
 DEFAULT_STALE_MINUTES = 60.0
-
-
-def _in_prefect_run() -> bool:
-    """True inside a Prefect flow or task run (not when ``score_new_studies.fn`` is called directly)."""
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
-
-
-def transient_db_error(exc: BaseException) -> bool:
-    """A database error worth retrying: the server went away or refused for now (SQLAlchemy's
-    ``OperationalError``: connection lost, server restarting, SQLite ``database is locked``),
-    or any DBAPI error that invalidated the connection (a disconnect)."""
-    while exc is not None:
-        if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
-            return True
-        exc = exc.__cause__
-    return False
-
-
-def retry_on_transient_db_error(task, task_run, state) -> bool:
-    """Prefect ``retry_condition_fn``: retry only transient database errors (a bug or a bad
-    input fails at once instead of three times)."""
-    try:
-        state.result()
-    except Exception as exc:  # the task's exception
-        return transient_db_error(exc)
-    return False
-
-
-#: Prefect options of the tasks that write to the database.
-DB_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient_db_error, cache_policy=NO_CACHE)
 
 
 @dataclass(frozen=True)
@@ -219,7 +188,7 @@ def finish_scoring(database_url: str, plan: ScoringPlan, chunk_counts: Sequence[
         "scoring run %d with %s: %d scored, %d failed, %d skipped in %.1fs (%d chunks, %.1fs of chunk time)",
         plan.scoring_run_id, plan.model_name, n_scored, n_failed, n_skipped, seconds, len(chunk_counts), chunk_seconds,
     )
-    if _in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
+    if in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
         create_markdown_artifact(
             key="cxr-nightly-scoring",
             markdown=f"## Scoring run {plan.scoring_run_id}\n\nModel **{plan.model_name}**, threshold set {plan.threshold_set_id}.\n\n"
@@ -233,7 +202,7 @@ def finish_scoring(database_url: str, plan: ScoringPlan, chunk_counts: Sequence[
 def _call(task_, *args, **kwargs):
     """Run a task as a Prefect task run (retries, logs in the UI) inside a flow or task run,
     and as its plain function outside one (tests, benchmarks, ``score_new_studies.fn``)."""
-    return task_(*args, **kwargs) if _in_prefect_run() else task_.fn(*args, **kwargs)
+    return task_(*args, **kwargs) if in_prefect_run() else task_.fn(*args, **kwargs)
 
 
 def run_scoring(

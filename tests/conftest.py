@@ -4,9 +4,16 @@ and one session-scoped Prefect test server."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,6 +24,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
 FIXTURES = Path(__file__).parent / "fixtures"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
 POSTGRES_URL = os.environ.get("CXR_TEST_POSTGRES_URL")
 
 
@@ -90,3 +99,152 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; fail early if ``process`` exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGINT (what Ctrl-C sends), then SIGKILL, to the process group ``process`` leads."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+@dataclass
+class BackgroundProcess:
+    """A command started in its own process group, its output in ``log``."""
+
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    cwd: Path = REPO_ROOT
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> BackgroundProcess:
+        self._fh = open(self.log, "ab")
+        self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._fh, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self._fh.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@dataclass
+class RealPrefectServer:
+    """A ``prefect server start`` process (API, UI and services, the scheduler included) and the
+    environment that points Prefect's CLI, workers and ``cxr serve`` at it."""
+
+    api_url: str
+    ui_url: str
+    env: dict[str, str]
+    log: Path
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180, cwd: Path = REPO_ROOT):
+        """Run Prefect's own CLI (``prefect <args>``) against this server."""
+        return subprocess.run([str(VENV_BIN / "prefect"), *args], env={**self.env, **(env or {})}, cwd=cwd,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def background(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> BackgroundProcess:
+        return BackgroundProcess(args, {**self.env, **(env or {})}, log).start()
+
+    def client(self):
+        from prefect.client.orchestration import PrefectClient
+
+        return PrefectClient(api=self.api_url)
+
+
+@pytest.fixture(scope="session")
+def real_prefect_server(tmp_path_factory) -> Iterator[RealPrefectServer]:
+    """A real ``prefect server start`` process on a free port, its scheduler looping every
+    second, with its own PREFECT_HOME. Unlike the test harness, it runs the server's services
+    (the scheduler creates the runs of scheduled deployments) and answers Prefect's CLI."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CXR_"))}
+    env.update({
+        "PREFECT_HOME": str(home / "client"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PYTHONUNBUFFERED": "1",
+    })
+    server_env = {**env, "PREFECT_HOME": str(home / "server")}
+    server = BackgroundProcess(
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env, home / "server.log"
+    ).start()
+    try:
+        wait_for_http(f"{api}/health", 120, server.process)
+    except Exception:
+        server.stop()
+        raise RuntimeError(f"prefect server did not start:\n{server.output()[-3000:]}")
+    try:
+        yield RealPrefectServer(api, f"http://127.0.0.1:{port}", env, server.log)
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium through Selenium (skipped, with the reason, when it is missing)."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (test extra)")
+    chromium = _executable(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"), "chromium") or _executable(
+        "/usr/bin/chromium-browser", "chromium-browser")
+    driver_path = _executable(os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver"), "chromedriver")
+    if chromium is None or driver_path is None:
+        pytest.skip("headless browser tests need Chromium and chromedriver (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600",
+                "--hide-scrollbars", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-quic"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _executable(path: str, name: str) -> str | None:
+    if Path(path).is_file() and os.access(path, os.X_OK):
+        return path
+    return shutil.which(name)

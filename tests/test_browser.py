@@ -22,39 +22,8 @@ from reports.render import DISCLAIMER, render_dataset_report, render_evaluation_
 from test_dataset_report import make_context as dataset_context  # noqa: E402
 from test_reports import full_context, make_context, scoring_context  # noqa: E402
 
-CHROMIUM = os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver")
 MIN_SCREENSHOT_BYTES = 20_000  # a blank or error page is a few kB
 A4_CONTENT_PX = 703  # (210 - 2 x 12) mm at 96 CSS px per inch: the width the print stylesheet must fit
-
-
-def _executable(path: str, name: str) -> str | None:
-    if Path(path).is_file() and os.access(path, os.X_OK):
-        return path
-    return shutil.which(name)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium = _executable(CHROMIUM, "chromium") or _executable("/usr/bin/chromium-browser", "chromium-browser")
-    driver_path = _executable(CHROMEDRIVER, "chromedriver")
-    if chromium is None or driver_path is None:
-        pytest.skip(f"headless browser tests need Chromium and chromedriver (looked for {CHROMIUM} and "
-                    f"{CHROMEDRIVER}; apt-get install chromium chromium-driver)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1600", "--hide-scrollbars"):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from test_scoring_faults import K, assert_every_study_scored_once, prepare_scori
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.models import Prediction, ScoringFailure, ScoringRun
-from tasks.scoring import transient_db_error
+from tasks.common import transient_db_error
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -179,11 +179,14 @@ def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
     assert seen == {"batch_size": 64, "task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786", "dask_workers": 2, "chunk_size": 100}
 
 
-def test_nightly_scoring_deployment_uses_dask_when_an_address_is_set():
-    from deployments.definitions import SCORING, ScheduleSettings, build_deployments
+def test_nightly_deployment_scores_on_dask_when_an_address_is_set():
+    from cxrmodel.config import Settings
+    from deployments.definitions import NIGHTLY, SCORE, deployment_specs
 
-    def scoring(**settings):
-        return {d.name: d for d in build_deployments(ScheduleSettings(**settings))}[SCORING].parameters
+    def params(**settings):
+        return {d.name: d.parameters for d in deployment_specs(Settings(**settings))}
 
-    assert scoring() == {}
-    assert scoring(dask_address="tcp://scheduler:8786") == {"task_runner": "dask", "dask_address": "tcp://scheduler:8786"}
+    assert "task_runner" not in params()[NIGHTLY] and params()[SCORE] == {}
+    dask = params(dask_address="tcp://scheduler:8786")
+    assert dask[SCORE] == {"task_runner": "dask", "dask_address": "tcp://scheduler:8786"}
+    assert dask[NIGHTLY]["task_runner"] == "dask" and dask[NIGHTLY]["dask_address"] == "tcp://scheduler:8786"

@@ -53,6 +53,28 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
+def _latest_artifacts() -> dict:
+    """The newest artifact of every key, by key."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read() -> dict:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC, limit=200, offset=0,
+            )
+        latest = {}
+        for a in artifacts:
+            latest.setdefault(a.key, a)
+        return latest
+
+    return asyncio.run(read())
+
+
 def _artifact_keys() -> set[str]:
     import asyncio
 
@@ -162,6 +184,16 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     keys = _artifact_keys()
     assert {"cxr-training-epochs", "cxr-thresholds", "cxr-per-class-metrics", "cxr-evaluation-summary",
             "cxr-evaluation-report", "cxr-nightly-scoring", "cxr-dataset-report"} <= keys
+    # ... the champion's under the stable keys, each baseline's under its own.
+    latest = _latest_artifacts()
+    champion = versions["densenet121_fpn"].name
+    for base in ("cxr-per-class-metrics", "cxr-subgroup-metrics", "cxr-evaluation-summary", "cxr-thresholds"):
+        assert champion in latest[base].description, (base, latest[base].description)
+        for kind in ("knn-embedding", "mlp-embedding", "densenet121"):
+            assert versions[kind.replace("-", "_")].name in latest[f"{base}-{kind}"].description
+    assert "macro AUROC" in latest["cxr-evaluation-summary"].data and "| metric | value | 95% CI |" in latest["cxr-evaluation-summary"].data
+    for key in ("cxr-evaluation-report", "cxr-dataset-report", "cxr-scoring-report"):
+        assert "](http://127.0.0.1:8000/reports/" in latest[key].data and "file://" not in latest[key].data
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
     again = refresh_flow(str(synthetic_root), "synthetic", str(synthetic_root / "incoming"), TINY_DATA,

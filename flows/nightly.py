@@ -1,0 +1,88 @@
+"""The night: refresh the data, then score what is registered, as one flow run.
+
+Why one flow and not two deployments chained by an automation: the night is one unit an
+operator watches (one run in the UI, one state, one place for its logs), scoring must start
+only once the refresh has finished, and a failed refresh must not cancel the night: the
+studies registered before it still get scored. An automation fires on the refresh's
+*completion* event, so a failed refresh would score nothing, and the two halves would be two
+runs to correlate by time. Here the refresh runs as a subflow whose failure is caught: scoring
+runs either way, its report says the refresh failed and why, and the night then ends Failed so
+that the failure is not lost in a green run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from cxrmodel.config import DataConfig, Settings
+from flows.stages import refresh_flow, score_flow
+from tasks.nightly import publish_night_summary
+from tasks.scoring import DEFAULT_CHUNK_SIZE
+
+
+class RefreshFailedError(RuntimeError):
+    """Tonight's refresh failed; scoring still ran on what was registered before."""
+
+
+@dataclass(frozen=True)
+class NightResult:
+    """What one night did: the refresh (None when it failed) and the scoring run."""
+
+    refresh: dict | None
+    refresh_error: str | None
+    scoring_run_id: int
+    scoring_report: str | None
+
+
+def _state_reason(state) -> str:
+    """The one-line reason of a failed Prefect state (its exception message)."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - any failure of the subflow is its reason
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return state.message or state.name
+
+
+@flow(name="cxr-nightly")
+def nightly_flow(
+    source_dir: str | None = None,
+    incoming_dir: str | None = None,
+    source: Literal["nih-local", "synthetic"] | None = None,
+    data: DataConfig = DataConfig(),
+    batch_size: int = 64,
+    task_runner: Literal["default", "dask"] = "default",
+    dask_address: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    home: str | None = None,
+    database_url: str | None = None,
+) -> NightResult:
+    """Refresh the labelled data in ``source_dir`` and register the new studies in
+    ``incoming_dir`` (either may be unset; unset values come from ``CXR_SOURCE_DIR``,
+    ``CXR_INCOMING_DIR`` and ``CXR_SOURCE`` of the host that runs the night), then score every
+    pending study with the champion. A failed refresh does not stop the scoring; the night then
+    ends Failed, and its scoring report says why."""
+    settings = Settings()
+    source_dir = source_dir or (str(settings.source_dir) if settings.source_dir else None)
+    incoming_dir = incoming_dir or (str(settings.incoming_dir) if settings.incoming_dir else None)
+    where = {"home": home, "database_url": database_url}
+    logger = get_run_logger()
+
+    refresh_state = refresh_flow(
+        source_dir, source or settings.source, incoming_dir, data, dataset_report=True, **where, return_state=True
+    )
+    refresh, refresh_error = None, None
+    if refresh_state.is_completed():
+        refresh = refresh_state.result()
+    else:
+        refresh_error = _state_reason(refresh_state)
+        logger.error("tonight's refresh failed (%s); scoring what is already registered", refresh_error)
+
+    scored = score_flow(batch_size=batch_size, task_runner=task_runner, dask_address=dask_address, chunk_size=chunk_size, **where)
+    night = NightResult(refresh, refresh_error, scored["scoring_run_id"], scored["report"])
+    publish_night_summary(night.refresh, night.refresh_error, night.scoring_run_id, night.scoring_report, **where)
+    if refresh_error:
+        raise RefreshFailedError(f"refresh failed ({refresh_error}); scoring run {night.scoring_run_id} scored what was registered")
+    return night
