@@ -1,7 +1,7 @@
 """Threshold calibration speed on a validation split of realistic size: 25,000 studies x 14
 findings at NIH ChestX-ray14 prevalences (0.2 % Hernia to 17.7 % Infiltration).
 
-Each ``cxrmodel.thresholds.calibrate_thresholds`` method should take <= 2 s. Reference, in the
+Each ``cxrmodel.evaluation.thresholds.calibrate_thresholds`` method should take <= 2 s. Reference, in the
 same run: 14 plain ``sklearn.metrics.roc_curve`` calls (one per finding), the floor any
 ROC-based method pays. Probability calibration (``ProbabilityCalibrator.fit``, temperature
 and Platt) is timed as well, against the same 2 s budget.
@@ -49,9 +49,9 @@ def best_of(repeats: int, fn) -> float:
 def main() -> None:
     from sklearn.metrics import roc_curve
 
-    from cxrmodel.calibration import CALIBRATION_METHODS, ProbabilityCalibrator
+    from cxrmodel.evaluation.calibration import CALIBRATION_METHODS, ProbabilityCalibrator
     from cxrmodel.config import ThresholdConfig
-    from cxrmodel.thresholds import calibrate_thresholds
+    from cxrmodel.evaluation.thresholds import calibrate_thresholds
 
     labels, probs = synthetic_predictions()
     n, c = labels.shape

@@ -23,10 +23,10 @@ TARGET_S = 60.0
 def main() -> None:
     import numpy as np
 
-    from cxrmodel.bootstrap import bootstrap_ci
-    from cxrmodel.calibration import expected_calibration_error
-    from cxrmodel.metrics import evaluate_multilabel
-    from cxrmodel.subgroups import age_band, subgroup_metrics
+    from cxrmodel.evaluation.bootstrap import bootstrap_ci
+    from cxrmodel.evaluation.calibration import expected_calibration_error
+    from cxrmodel.evaluation.metrics import evaluate_multilabel
+    from cxrmodel.evaluation.subgroups import age_band, subgroup_metrics
 
     labels, probs = synthetic_predictions(seed=1)
     n, c = labels.shape

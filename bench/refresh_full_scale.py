@@ -30,8 +30,8 @@ def write_dataset(root: Path) -> None:
     from PIL import Image
 
     from cxrmodel.findings import FINDINGS, format_finding_labels
-    from cxrmodel.synth.dataset import NIH_HEADER
-    from cxrmodel.synth.labels import P_NO_FINDING, conditional_probabilities
+    from cxrmodel.data.synth.dataset import NIH_HEADER
+    from cxrmodel.data.synth.labels import P_NO_FINDING, conditional_probabilities
 
     marker = root / "complete"
     if marker.is_file():
@@ -78,8 +78,8 @@ def cache_vs_bare(work: Path, n: int = 240, source_size: int = 1024, size: int =
     import numpy as np
     from PIL import Image
 
-    from cxrmodel.cache import ImageCache
-    from cxrmodel.synth.phantom import render_phantom, sample_anatomy
+    from cxrmodel.data.cache import ImageCache
+    from cxrmodel.data.synth.phantom import render_phantom, sample_anatomy
 
     rng = np.random.default_rng(0)
     base = render_phantom(frozenset(), sample_anatomy(rng), rng, size=source_size)

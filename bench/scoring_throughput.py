@@ -46,7 +46,7 @@ def _write_pngs(work: Path, n: int) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from cxrmodel.synth.phantom import render_phantom, sample_anatomy
+    from cxrmodel.data.synth.phantom import render_phantom, sample_anatomy
 
     rng = np.random.default_rng(0)
     base = render_phantom(frozenset(), sample_anatomy(rng), rng, size=1024)
@@ -65,8 +65,8 @@ def main() -> None:
 
     from cxrmodel.findings import FINDINGS
     from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
-    from cxrmodel.model import densenet121_fpn
-    from cxrmodel.transforms import eval_transform
+    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.data.transforms import eval_transform
     from db import repository as repo
     from db.engine import session_scope, upgrade_database
     from db.models import Prediction

@@ -1,4 +1,4 @@
-"""Training throughput of the full seed-004 model through ``cxrmodel.train.fit`` (DataLoader over
+"""Training throughput of the full seed-004 model through ``cxrmodel.training.loop.fit`` (DataLoader over
 cached uint8 images, the seed's augmentations, weighted BCE, Adam) against a bare loop over the
 same model, batch size and image size on tensors already in memory. Ratio target: >= 0.9.
 
@@ -25,10 +25,10 @@ def measure(device_name: str) -> None:
     from torch.utils.data import DataLoader
 
     from cxrmodel.config import TrainConfig
-    from cxrmodel.data import StudyDataset, array_loader
-    from cxrmodel.model import densenet121_fpn
-    from cxrmodel.train import fit, positive_weights
-    from cxrmodel.transforms import eval_transform, train_transform
+    from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.training.loop import fit, positive_weights
+    from cxrmodel.data.transforms import eval_transform, train_transform
 
     device = torch.device(device_name)
     rng = np.random.default_rng(0)
@@ -66,7 +66,7 @@ def measure(device_name: str) -> None:
     result = fit(densenet121_fpn(), loader, val, TrainConfig(epochs=3, batch_size=BATCH), weights, device)
     ours = max(r.images_per_second for r in result.history[1:])
     emit(f"training: bare loop, full model, {SIZE}px, batch {BATCH}, {device_name}", round(bare, 1), "img/s", "reference")
-    emit(f"training: cxrmodel.train.fit from the image cache, {device_name}", round(ours, 1), "img/s",
+    emit(f"training: cxrmodel.training.loop.fit from the image cache, {device_name}", round(ours, 1), "img/s",
          f"ratio {ours / bare:.2f} of bare (target >= 0.9)", ours / bare >= 0.9)
 
 

@@ -101,7 +101,7 @@ class SynthConfig(_Frozen):
 
 
 class HubConfig(_Frozen):
-    """A Hugging Face dataset repository holding NIH ChestX-ray14 (see :mod:`cxrmodel.hub`)."""
+    """A Hugging Face dataset repository holding NIH ChestX-ray14 (see :mod:`cxrmodel.data.hub`)."""
 
     repo_id: str = Field(..., min_length=3, description="e.g. 'org/NIH-Chest-X-ray-dataset'")
     revision: str = Field(..., min_length=1, description="A commit hash (reproducible) or a tag/branch.")
@@ -136,7 +136,7 @@ class DataConfig(_Frozen):
     val_fraction: float = Field(0.08, gt=0.0, lt=0.5)
     test_fraction: float = Field(0.20, gt=0.0, lt=0.5)
     split_seed: int = 0
-    balancing: str = Field("demo", description="Name of a preset in cxrmodel.balancing.PRESETS, or 'none'.")
+    balancing: str = Field("demo", description="Name of a preset in cxrmodel.data.balancing.PRESETS, or 'none'.")
     balancing_seed: int = 0
 
 
@@ -158,7 +158,7 @@ class TrainConfig(_Frozen):
     )
     pos_weight_max: float | None = Field(None, gt=0, description="Clip computed positive weights.")
     weights: Literal["scratch", "imagenet", "file", "hub"] = Field(
-        "scratch", description="Backbone initialisation; see cxrmodel.weights."
+        "scratch", description="Backbone initialisation; see cxrmodel.models.weights."
     )
     pretrained_weights: Path | None = Field(None, description="weights='file': a local DenseNet121 state dict.")
     weights_hub_repo: str | None = Field(None, description="weights='hub': a Hugging Face model repo id.")
@@ -188,13 +188,13 @@ class TrainConfig(_Frozen):
         return self
 
     def backbone_kwargs(self) -> dict:
-        """Keyword arguments for :func:`cxrmodel.model.build_model` (fetches hub weights)."""
+        """Keyword arguments for :func:`cxrmodel.models.networks.build_model` (fetches hub weights)."""
         if self.weights == "imagenet":
             return {"imagenet": True}
         if self.weights == "file":
             return {"weights_path": self.pretrained_weights}
         if self.weights == "hub":
-            from cxrmodel.weights import fetch_hub_weights
+            from cxrmodel.models.weights import fetch_hub_weights
 
             path = fetch_hub_weights(self.weights_hub_repo, self.weights_hub_file, self.weights_hub_revision, self.weights_hub_cache_dir)
             return {"weights_path": path}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cxrmodel.imaging import ImageDecodeError, read_grayscale, resize_square
+from cxrmodel.data.imaging import ImageDecodeError, read_grayscale, resize_square
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ Who does what
 * Each rank trains on a disjoint shard of the (balanced) training rows (``DistributedSampler``,
   reshuffled every epoch); rank 0 evaluates the whole validation split and shares the result,
   so scheduler, best-epoch and early-stopping decisions are identical everywhere (see
-  :mod:`cxrmodel.distributed`).
+  :mod:`cxrmodel.training.distributed`).
 * Prefect: this is a plain script, not a flow. Launched from inside a flow run (a subprocess
   that inherits ``PREFECT__FLOW_RUN_ID`` and the API settings) the training run records that
   flow run's id and the live ``cxr-training-epochs`` table artifact is written.
@@ -53,7 +53,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from cxrmodel.config import DataConfig, PipelineConfig, TrainConfig, load_pipeline_config
-from cxrmodel.distributed import (
+from cxrmodel.training.distributed import (
     DistContext,
     barrier,
     broadcast_object,
@@ -62,8 +62,8 @@ from cxrmodel.distributed import (
     init_from_env,
     wrap_ddp,
 )
-from cxrmodel.model import build_model
-from cxrmodel.train import fit, seed_everything
+from cxrmodel.models.networks import build_model
+from cxrmodel.training.loop import fit, seed_everything
 from flows.params import resolve
 from tasks.common import flow_run_id, labelled_frame, model_dir, run_logger
 from tasks.training import (

@@ -6,7 +6,7 @@ Members:
 - ``per_class_metrics.csv``: one row per finding, the columns of :data:`PER_CLASS_CSV_COLUMNS`
   (empty cell for a missing value; floats written exactly, ``repr`` precision);
 - ``thresholds.json``: ``{"method", "thresholds": {finding: value}, "notes"}`` (the format of
-  :func:`cxrmodel.thresholds.save_thresholds_json`, readable by ``load_thresholds_json``);
+  :func:`cxrmodel.evaluation.thresholds.save_thresholds_json`, readable by ``load_thresholds_json``);
 - ``model_card.md``: intended use and its limits, training data and split, metrics with their
   confidence intervals, calibration, subgroup gaps and known failure modes
   (``templates/model_card.md.j2``);

@@ -480,12 +480,12 @@ def reliability_figure(
     """Reliability curves: one panel per finding plus one for all findings pooled.
 
     Each panel plots the observed fraction of positives against the mean predicted probability
-    in ``n_bins`` equal-width bins (:func:`cxrmodel.calibration.reliability_curve`, the same bins
+    in ``n_bins`` equal-width bins (:func:`cxrmodel.evaluation.calibration.reliability_curve`, the same bins
     as sklearn's ``calibration_curve(strategy="uniform")``); the diagonal is perfect
     calibration. With ``y_prob_calibrated`` the calibrated probabilities are drawn too
     ("after", orange) next to the raw ones ("before", blue).
     """
-    from cxrmodel.calibration import reliability_curve
+    from cxrmodel.evaluation.calibration import reliability_curve
 
     t, p = _as_2d(y_true, y_prob, findings)
     after = None if y_prob_calibrated is None else _as_2d(y_true, y_prob_calibrated, findings)[1]

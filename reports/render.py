@@ -21,7 +21,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from cxrmodel.findings import FINDING_INDEX, FINDINGS
-from cxrmodel.subgroups import AGE_BANDS, UNKNOWN, subgroup_gaps
+from cxrmodel.evaluation.subgroups import AGE_BANDS, UNKNOWN, subgroup_gaps
 from reports import figures
 
 __all__ = [
@@ -346,7 +346,7 @@ def _subgroup_sort_key(attribute: str, group: Any) -> tuple[int, int, str]:
 def subgroup_view(rows: Sequence[Mapping[str, Any]] | None, gap_warning: float = SUBGROUP_GAP_WARNING) -> dict[str, Any]:
     """Subgroup rows grouped by attribute (sex, age band, view first), each attribute with the gap
     between its best and worst group in macro-AUROC and macro-F1
-    (:func:`cxrmodel.subgroups.subgroup_gaps`) and ``warn`` when the AUROC gap exceeds
+    (:func:`cxrmodel.evaluation.subgroups.subgroup_gaps`) and ``warn`` when the AUROC gap exceeds
     ``gap_warning``. Rows may name the group ``group`` (library) or ``group_name`` (database)."""
     norm = []
     for r in rows or []:
@@ -852,7 +852,7 @@ def render_dataset_report(context: Mapping[str, Any], out_path: Path) -> Path:
     - ``label_counts_by_split``: split -> {finding or ``"No Finding"``: number of studies};
       percentages are of the split's ``n_studies``.
     - ``balancing``: dict with ``preset`` (str), ``counts_before`` and ``counts_after``
-      (label -> count; see :func:`cxrmodel.balancing.apply_balancing`), optional ``seed``,
+      (label -> count; see :func:`cxrmodel.data.balancing.apply_balancing`), optional ``seed``,
       ``n_rows_before`` and ``n_rows_after``; or None (no training split). Shown as a table
       with both columns and the after/before ratio, plus a bar chart of each.
     - ``labels``: ``[N, 14]`` 0/1 array (columns in FINDINGS, or the optional ``findings``

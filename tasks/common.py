@@ -10,7 +10,7 @@ import pandas as pd
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxrmodel.cache import ImageCache
+from cxrmodel.data.cache import ImageCache
 from cxrmodel.findings import FINDINGS
 from db import repository as repo
 from db.engine import session_scope

@@ -7,15 +7,15 @@ from pathlib import Path
 
 from prefect import task
 
-from cxrmodel.cache import ImageCache
+from cxrmodel.data.cache import ImageCache
 from cxrmodel.config import DataConfig, HubConfig, SynthConfig
-from cxrmodel.hub import HubSource, fetch_dataset
+from cxrmodel.data.hub import HubSource, fetch_dataset
 from cxrmodel.findings import FINDINGS
-from cxrmodel.imaging import ImageDecodeError, file_sha256, is_plain_file_name, read_dicom_metadata
-from cxrmodel.metadata import locate_images, read_nih_metadata
-from cxrmodel.sidecar import read_sidecar
-from cxrmodel.splits import assert_no_patient_leak, assign_splits, read_official_lists
-from cxrmodel.synth import generate_dataset
+from cxrmodel.data.imaging import ImageDecodeError, file_sha256, is_plain_file_name, read_dicom_metadata
+from cxrmodel.data.metadata import locate_images, read_nih_metadata
+from cxrmodel.data.sidecar import read_sidecar
+from cxrmodel.data.splits import assert_no_patient_leak, assign_splits, read_official_lists
+from cxrmodel.data.synth import generate_dataset
 from db import repository as repo
 from db.engine import session_scope
 from db.models import Study

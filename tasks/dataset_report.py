@@ -12,7 +12,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from sqlalchemy import select
 
-from cxrmodel.balancing import apply_balancing, label_counts, preset_steps
+from cxrmodel.data.balancing import apply_balancing, label_counts, preset_steps
 from cxrmodel.findings import FINDINGS
 from db.engine import session_scope
 from db.models import QuarantinedRow, RefreshRun, Study
@@ -134,7 +134,7 @@ def render_dataset(
     """Write the self-contained HTML dataset report; return its path.
 
     Studies and labels are the active labelled studies; ``balancing`` names a preset of
-    :mod:`cxrmodel.balancing` (or ``'none'``) applied to the training rows with
+    :mod:`cxrmodel.data.balancing` (or ``'none'``) applied to the training rows with
     ``balancing_seed`` to show label counts before and after; every quarantined row is
     listed, newest first; with ``refresh_run_id`` the run's counts are shown too. The file is
     ``home/reports/dataset_<refresh_run_id or 'latest'>.html``. The link artifact

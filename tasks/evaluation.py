@@ -9,11 +9,11 @@ import numpy as np
 from prefect import task
 
 from cxrmodel.config import EvaluationConfig, ThresholdConfig
-from cxrmodel.embedding_map import embedding_map
+from cxrmodel.explain.embedding_map import embedding_map
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metadata import labels_matrix
-from cxrmodel.metrics import evaluate_multilabel
-from cxrmodel.thresholds import calibrate_thresholds as calibrate, save_thresholds_json
+from cxrmodel.data.metadata import labels_matrix
+from cxrmodel.evaluation.metrics import evaluate_multilabel
+from cxrmodel.evaluation.thresholds import calibrate_thresholds as calibrate, save_thresholds_json
 from db import repository as repo
 from db.engine import session_scope
 from db.models import Evaluation, ModelVersion
@@ -72,7 +72,7 @@ def _none_if_nan(value: float) -> float | None:
 
 
 def _add_calibration_error(per_class: list[dict], aggregates: dict, labels: np.ndarray, probs: np.ndarray, n_bins: int) -> None:
-    from cxrmodel.calibration import expected_calibration_error  # TEMP lazy until the module lands
+    from cxrmodel.evaluation.calibration import expected_calibration_error  # TEMP lazy until the module lands
 
     for j, row in enumerate(per_class):
         row["ece"] = expected_calibration_error(labels[:, j], probs[:, j], n_bins=n_bins)
@@ -81,7 +81,7 @@ def _add_calibration_error(per_class: list[dict], aggregates: dict, labels: np.n
 
 def _add_intervals(per_class: list[dict], aggregates: dict, labels, probs, thresholds, patients, config: EvaluationConfig) -> None:
     """95 % (``config.confidence``) bootstrap intervals over patients for AUROC and F1."""
-    from cxrmodel.bootstrap import bootstrap_ci  # TEMP lazy
+    from cxrmodel.evaluation.bootstrap import bootstrap_ci  # TEMP lazy
 
     boot = bootstrap_ci(labels, probs, thresholds, patients, config.n_bootstrap, config.confidence, config.random_state)
     for j, row in enumerate(per_class):
@@ -94,7 +94,7 @@ def _add_intervals(per_class: list[dict], aggregates: dict, labels, probs, thres
 
 def _calibrate_probabilities(per_class: list[dict], aggregates: dict, labels, probs, val_labels, val_probs, config: EvaluationConfig) -> np.ndarray:
     """Fit per-class probability calibration on validation; Brier and ECE after it on ``probs``."""
-    from cxrmodel.calibration import ProbabilityCalibrator, calibration_summary  # TEMP lazy
+    from cxrmodel.evaluation.calibration import ProbabilityCalibrator, calibration_summary  # TEMP lazy
 
     calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration)
     calibrated = calibrator.transform(probs)
@@ -108,7 +108,7 @@ def _calibrate_probabilities(per_class: list[dict], aggregates: dict, labels, pr
 
 
 def _subgroups(labels, probs, thresholds, frame, config: EvaluationConfig) -> list[dict]:
-    from cxrmodel.subgroups import age_band, subgroup_metrics  # TEMP lazy
+    from cxrmodel.evaluation.subgroups import age_band, subgroup_metrics  # TEMP lazy
 
     attributes = {"sex": frame["sex"].to_numpy(dtype=object), "age_band": age_band(frame["age"].to_numpy(dtype=float)),
                   "view": frame["view"].to_numpy(dtype=object)}

@@ -11,14 +11,14 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from cxrmodel.artifacts import load_state_dict
-from cxrmodel.baselines import KnnEmbeddingModel, MlpEmbeddingModel
-from cxrmodel.cache import ImageCache
-from cxrmodel.data import StudyDataset
-from cxrmodel.metadata import AgeScaler, patient_features
-from cxrmodel.model import build_model
-from cxrmodel.train import predict_loader, resolve_device
-from cxrmodel.transforms import eval_transform
+from cxrmodel.models.artifacts import load_state_dict
+from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
+from cxrmodel.data.cache import ImageCache
+from cxrmodel.data.datasets import StudyDataset
+from cxrmodel.data.metadata import AgeScaler, patient_features
+from cxrmodel.models.networks import build_model
+from cxrmodel.training.loop import predict_loader, resolve_device
+from cxrmodel.data.transforms import eval_transform
 from db.models import ModelVersion
 from tasks.common import cached_loader
 

@@ -9,7 +9,7 @@ import numpy as np
 from prefect import task
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.imaging import read_grayscale
+from cxrmodel.data.imaging import read_grayscale
 from db import repository as repo
 from db.engine import session_scope
 from tasks.artifacts import publish_report_link
@@ -56,10 +56,10 @@ def _add_gradcam(database_url: str, home: Path, version: ModelVersion, examples:
     import pandas as pd
     import torch
 
-    from cxrmodel.cache import ImageCache
-    from cxrmodel.gradcam import grad_cam
-    from cxrmodel.metadata import patient_features
-    from cxrmodel.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+    from cxrmodel.data.cache import ImageCache
+    from cxrmodel.explain.gradcam import grad_cam
+    from cxrmodel.data.metadata import patient_features
+    from cxrmodel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
     from tasks.models import NETWORK_KINDS, load_model_version
 
     if not examples:
@@ -176,7 +176,7 @@ def _with_similar_cases(database_url: str, version_id: int, top: dict[str, list[
     """``top`` with a third element per study: its ``k`` most similar labelled studies as
     ``(study_key, cosine, findings)``. Unchanged (with a warning) when the model has no
     embedding index or the lookup fails: the similar cases are a help, not the report."""
-    from cxrmodel.artifacts import ArtifactIntegrityError
+    from cxrmodel.models.artifacts import ArtifactIntegrityError
     from tasks.similarity import load_index, similar_to
 
     keys = sorted({key for rows in top.values() for key, *_ in rows})

@@ -32,9 +32,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
-from cxrmodel.metadata import patient_features
-from cxrmodel.train import resolve_device
-from cxrmodel.transforms import eval_transform
+from cxrmodel.data.metadata import patient_features
+from cxrmodel.training.loop import resolve_device
+from cxrmodel.data.transforms import eval_transform
 from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion
@@ -66,7 +66,7 @@ class ScoringPlan:
 
 
 def _patient_rows(studies, scaler) -> list[tuple[float, float, float] | None]:
-    """Patient features of each study, encoded by :func:`cxrmodel.metadata.patient_features`;
+    """Patient features of each study, encoded by :func:`cxrmodel.data.metadata.patient_features`;
     None where age, sex and view are all unknown (scored as a failure: missing metadata)."""
     frame = pd.DataFrame({"age": [s.age for s in studies], "sex": [s.sex for s in studies], "view": [s.view for s in studies]})
     features = patient_features(frame, scaler)

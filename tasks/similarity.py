@@ -12,10 +12,10 @@ from prefect import task
 from sqlalchemy import select
 
 from cxrmodel.findings import FINDINGS, format_finding_labels
-from cxrmodel.imaging import read_grayscale, resize_square
-from cxrmodel.similarity import EmbeddingIndex
-from cxrmodel.train import resolve_device
-from cxrmodel.transforms import eval_transform
+from cxrmodel.data.imaging import read_grayscale, resize_square
+from cxrmodel.explain.similarity import EmbeddingIndex
+from cxrmodel.training.loop import resolve_device
+from cxrmodel.data.transforms import eval_transform
 from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion, Study

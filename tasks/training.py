@@ -18,17 +18,17 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from torch.utils.data import DataLoader
 
-from cxrmodel.artifacts import save_state_dict
-from cxrmodel.balancing import BalancingResult, apply_balancing, preset_steps
-from cxrmodel.baselines import KnnEmbeddingModel, MlpEmbeddingModel
-from cxrmodel.cache import ImageCache
+from cxrmodel.models.artifacts import save_state_dict
+from cxrmodel.data.balancing import BalancingResult, apply_balancing, preset_steps
+from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
+from cxrmodel.data.cache import ImageCache
 from cxrmodel.config import DataConfig, TrainConfig
-from cxrmodel.data import StudyDataset
+from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metadata import AgeScaler, labels_matrix, patient_features
-from cxrmodel.model import build_model, count_parameters
-from cxrmodel.train import EpochResult, FitResult, fit, positive_weights, resolve_device, seed_everything
-from cxrmodel.transforms import eval_transform, train_transform
+from cxrmodel.data.metadata import AgeScaler, labels_matrix, patient_features
+from cxrmodel.models.networks import build_model, count_parameters
+from cxrmodel.training.loop import EpochResult, FitResult, fit, positive_weights, resolve_device, seed_everything
+from cxrmodel.data.transforms import eval_transform, train_transform
 from db import repository as repo
 from db.engine import session_scope
 from db.models import ModelVersion, TrainingRun

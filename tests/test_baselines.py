@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from cxrmodel.artifacts import ArtifactIntegrityError, read_metadata
-from cxrmodel.baselines import NEIGHBOUR_GRID, KnnEmbeddingModel, MlpEmbeddingModel
+from cxrmodel.models.artifacts import ArtifactIntegrityError, read_metadata
+from cxrmodel.models.embedding import NEIGHBOUR_GRID, KnnEmbeddingModel, MlpEmbeddingModel
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -174,7 +174,7 @@ def test_knn_picks_k_from_the_grid_and_predicts(knn, problem):
 def test_knn_grid_search_scores_every_usable_k(problem, monkeypatch):
     """The search really tries the grid: with 10 rows and 5 folds only k < 8 can be fitted, and
     the chosen k is the best-scoring of 3, 5, 7."""
-    import cxrmodel.baselines as baselines
+    import cxrmodel.models.embedding as baselines
 
     seen = {}
     real = baselines.GridSearchCV

@@ -1,4 +1,4 @@
-"""cxrmodel.bootstrap: the vectorised weighted AUROC / F1 against scikit-learn resample by
+"""cxrmodel.evaluation.bootstrap: the vectorised weighted AUROC / F1 against scikit-learn resample by
 resample, patient grouping, determinism and input validation."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
-from cxrmodel.bootstrap import BootstrapResult, bootstrap_ci, bootstrap_counts, weighted_auroc
-from cxrmodel.metrics import evaluate_multilabel
+from cxrmodel.evaluation.bootstrap import BootstrapResult, bootstrap_ci, bootstrap_counts, weighted_auroc
+from cxrmodel.evaluation.metrics import evaluate_multilabel
 
 
 def _problem(n: int, c: int, seed: int, signal: float = 0.35, decimals: int | None = None):

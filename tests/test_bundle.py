@@ -12,7 +12,7 @@ import zipfile
 import pytest
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.thresholds import load_thresholds_json
+from cxrmodel.evaluation.thresholds import load_thresholds_json
 from reports.bundle import (
     BUNDLE_MEMBERS,
     PER_CLASS_CSV_COLUMNS,

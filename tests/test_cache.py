@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cxrmodel.cache as cache_module
-from cxrmodel.cache import ImageCache
-from cxrmodel.imaging import read_grayscale, resize_square
+import cxrmodel.data.cache as cache_module
+from cxrmodel.data.cache import ImageCache
+from cxrmodel.data.imaging import read_grayscale, resize_square
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""cxrmodel.calibration: ECE by hand and against a plain loop, reliability curve against
+"""cxrmodel.evaluation.calibration: ECE by hand and against a plain loop, reliability curve against
 scikit-learn, temperature and Platt scaling on synthetic miscalibrated predictions."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from cxrmodel.calibration import (
+from cxrmodel.evaluation.calibration import (
     ProbabilityCalibrator,
     calibration_summary,
     expected_calibration_error,

@@ -100,10 +100,10 @@ def _toy_worker(out_dir: str) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from cxrmodel.config import TrainConfig
-    from cxrmodel.data import StudyDataset, array_loader
-    from cxrmodel.distributed import all_gather_predictions, cleanup, distributed_loader, init_from_env, wrap_ddp
-    from cxrmodel.model import densenet121_fpn
-    from cxrmodel.train import fit, positive_weights, predict_loader, seed_everything
+    from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.training.distributed import all_gather_predictions, cleanup, distributed_loader, init_from_env, wrap_ddp
+    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.training.loop import fit, positive_weights, predict_loader, seed_everything
 
     torch.set_num_threads(1)
     ctx = init_from_env()
@@ -184,7 +184,7 @@ def _flow_worker(home: str, *flow_args: str) -> None:
 
 
 def test_distributed_context_without_torchrun(monkeypatch):
-    from cxrmodel.distributed import DistContext, barrier, cleanup, init_from_env, wrap_ddp
+    from cxrmodel.training.distributed import DistContext, barrier, cleanup, init_from_env, wrap_ddp
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -198,7 +198,7 @@ def test_distributed_context_without_torchrun(monkeypatch):
 
 
 def test_all_gather_predictions_single_process_drops_padding_and_sorts():
-    from cxrmodel.distributed import all_gather_predictions
+    from cxrmodel.training.distributed import all_gather_predictions
 
     probs = np.array([[0.3], [0.1], [0.2], [0.3]])
     labels = np.array([[1], [0], [1], [1]])
@@ -255,9 +255,9 @@ def test_train_ddp_entry_point_only_rank0_writes(tmp_path):
     import yaml
     from sqlalchemy import func, select
 
-    from cxrmodel.artifacts import sha256_file
+    from cxrmodel.models.artifacts import sha256_file
     from cxrmodel.config import DataConfig, SynthConfig
-    from cxrmodel.synth import generate_dataset
+    from cxrmodel.data.synth import generate_dataset
     from db.engine import session_scope, upgrade_database
     from db.models import EpochMetric, ModelVersion, TrainingRun
     from tasks import data as data_tasks

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from cxrmodel.embedding_map import embedding_map
+from cxrmodel.explain.embedding_map import embedding_map
 
 
 def _clusters(n_per: int = 40, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from cxrmodel.config import DataConfig, SynthConfig, ThresholdConfig, TrainConfig
 from cxrmodel.findings import FINDINGS
-from cxrmodel.synth import generate_dataset
+from cxrmodel.data.synth import generate_dataset
 from db.engine import session_scope
 from db.models import (
     ClassMetric,

@@ -1,4 +1,4 @@
-"""Grad-CAM (cxrmodel.gradcam): shape and range on our two networks, and that the map follows
+"""Grad-CAM (cxrmodel.explain.gradcam): shape and range on our two networks, and that the map follows
 a localised signal on a small model whose answer is known."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cxrmodel.gradcam import default_gradcam_layers, grad_cam
-from cxrmodel.model import build_model
+from cxrmodel.explain.gradcam import default_gradcam_layers, grad_cam
+from cxrmodel.models.networks import build_model
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""cxrmodel.hub against a hand-built Hugging Face cache: no network, ever.
+"""cxrmodel.data.hub against a hand-built Hugging Face cache: no network, ever.
 
 The cache follows huggingface_hub's on-disk layout for a dataset repo (see its
 ``file_download.py``: ``repo_folder_name`` / ``_get_pointer_path`` /
@@ -26,8 +26,8 @@ import huggingface_hub.constants as hf_constants
 import huggingface_hub.file_download as hf_file_download
 import pytest
 
-from cxrmodel import hub
-from cxrmodel.hub import (
+from cxrmodel.data import hub
+from cxrmodel.data.hub import (
     HubFileNotFoundError,
     HubSource,
     UnsafeArchiveError,
@@ -35,7 +35,7 @@ from cxrmodel.hub import (
     fetch_dataset,
     fetch_metadata,
 )
-from cxrmodel.metadata import locate_images, read_nih_metadata
+from cxrmodel.data.metadata import locate_images, read_nih_metadata
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nih-sample"
 KEYS_001 = ("00000001_000.png", "00000002_000.png")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrmodel.imaging import (
+from cxrmodel.data.imaging import (
     ImageDecodeError,
     file_sha256,
     is_plain_file_name,

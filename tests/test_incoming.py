@@ -157,7 +157,7 @@ def test_study_inserted_by_another_system_is_scored(url, tmp_path):
     ],
 )
 def test_parse_sidecar_row(fields, expected, problems):
-    from cxrmodel.sidecar import parse_sidecar_row
+    from cxrmodel.data.sidecar import parse_sidecar_row
 
     row, reasons = parse_sidecar_row(fields)
     assert (row.age, row.sex, row.view) == expected

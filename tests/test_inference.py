@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrmodel.imaging import read_grayscale, resize_square
+from cxrmodel.data.imaging import read_grayscale, resize_square
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
-from cxrmodel.model import densenet121_fpn
-from cxrmodel.transforms import eval_transform
+from cxrmodel.models.networks import densenet121_fpn
+from cxrmodel.data.transforms import eval_transform
 
 SIZE = 32
 CPU = torch.device("cpu")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metadata import (
+from cxrmodel.data.metadata import (
     OUTPUT_COLUMNS,
     AgeScaler,
     expand_header,

@@ -1,4 +1,4 @@
-"""cxrmodel.metrics against direct scikit-learn calls and a hand-checked example."""
+"""cxrmodel.evaluation.metrics against direct scikit-learn calls and a hand-checked example."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sklearn.metrics import (
 )
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metrics import (
+from cxrmodel.evaluation.metrics import (
     AGGREGATE_KEYS,
     PER_CLASS_KEYS,
     apply_thresholds,

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import densenet121
 
 from cxrmodel.findings import NUM_FINDINGS
-from cxrmodel.model import (
+from cxrmodel.models.networks import (
     NUM_PATIENT_FEATURES,
     DenseNetClassifier,
     DenseNetFPNClassifier,

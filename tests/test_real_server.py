@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from conftest import REPO_ROOT, VENV_BIN, free_port, wait_for_http
 from cxrmodel.config import DataConfig, EvaluationConfig, SynthConfig, ThresholdConfig, TrainConfig
-from cxrmodel.synth import generate_dataset
+from cxrmodel.data.synth import generate_dataset
 from db import repository as repo
 from db.engine import session_scope
 from db.models import RefreshRun, ScoringRun

@@ -705,9 +705,9 @@ def _seed_evaluation_database(tmp_path: Path) -> tuple[str, Path, int, int]:
     import torch
     from PIL import Image
 
-    from cxrmodel.artifacts import save_state_dict
-    from cxrmodel.metadata import AgeScaler
-    from cxrmodel.model import build_model, count_parameters
+    from cxrmodel.models.artifacts import save_state_dict
+    from cxrmodel.data.metadata import AgeScaler
+    from cxrmodel.models.networks import build_model, count_parameters
     from db import repository as repo
     from db.engine import session_scope, upgrade_database
 

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from cxrmodel.artifacts import save_state_dict
+from cxrmodel.models.artifacts import save_state_dict
 from cxrmodel.findings import FINDINGS
-from cxrmodel.imaging import MIN_SIDE
-from cxrmodel.model import densenet121_fpn
+from cxrmodel.data.imaging import MIN_SIDE
+from cxrmodel.models.networks import densenet121_fpn
 from db import repository as repo
 from db.engine import get_engine, session_scope, upgrade_database
 from db.models import Prediction, ScoringFailure, ScoringRun

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn.metrics.pairwise import cosine_similarity
 
-from cxrmodel.artifacts import ArtifactIntegrityError
-from cxrmodel.similarity import EmbeddingIndex, l2_normalise
+from cxrmodel.models.artifacts import ArtifactIntegrityError
+from cxrmodel.explain.similarity import EmbeddingIndex, l2_normalise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -198,9 +198,9 @@ def registry(tmp_path_factory):
     from PIL import Image
 
     import tasks.models
-    from cxrmodel.artifacts import save_state_dict
+    from cxrmodel.models.artifacts import save_state_dict
     from cxrmodel.findings import FINDINGS
-    from cxrmodel.metadata import AgeScaler
+    from cxrmodel.data.metadata import AgeScaler
     from db import repository as repo
     from db.engine import session_scope, upgrade_database
     from db.models import Study
@@ -319,7 +319,7 @@ def test_scoring_report_helper_adds_three_similar_cases(registry, indexed):
 
 
 def test_embedding_baselines_ride_on_the_parent_network(registry, indexed):
-    from cxrmodel.baselines import NEIGHBOUR_GRID, KnnEmbeddingModel, MlpEmbeddingModel
+    from cxrmodel.models.embedding import NEIGHBOUR_GRID, KnnEmbeddingModel, MlpEmbeddingModel
     from db.engine import session_scope
     from db.models import ModelVersion
     from tasks.common import labelled_frame
@@ -356,7 +356,7 @@ def test_embedding_baselines_ride_on_the_parent_network(registry, indexed):
 def test_similar_cases_without_index_fail_clearly_and_report_degrades(registry, tmp_path):
     import torch
 
-    from cxrmodel.artifacts import save_state_dict
+    from cxrmodel.models.artifacts import save_state_dict
     from db import repository as repo
     from db.engine import session_scope
     from tasks.reporting import _with_similar_cases

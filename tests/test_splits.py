@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.splits import assert_no_patient_leak, assign_splits, read_official_lists
+from cxrmodel.data.splits import assert_no_patient_leak, assign_splits, read_official_lists
 
 
 def synthetic_frame(n_patients: int = 800, seed: int = 1) -> pd.DataFrame:

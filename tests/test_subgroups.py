@@ -1,4 +1,4 @@
-"""cxrmodel.subgroups: age bands, per-group metrics against direct evaluate_multilabel calls on
+"""cxrmodel.evaluation.subgroups: age bands, per-group metrics against direct evaluate_multilabel calls on
 hand-made subsets, small groups, and the best-to-worst gaps."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrmodel.calibration import expected_calibration_error
-from cxrmodel.metrics import evaluate_multilabel
-from cxrmodel.subgroups import AGE_BANDS, SUBGROUP_KEYS, age_band, subgroup_gaps, subgroup_metrics
+from cxrmodel.evaluation.calibration import expected_calibration_error
+from cxrmodel.evaluation.metrics import evaluate_multilabel
+from cxrmodel.evaluation.subgroups import AGE_BANDS, SUBGROUP_KEYS, age_band, subgroup_gaps, subgroup_metrics
 
 NAMES = ("a", "b", "c")
 

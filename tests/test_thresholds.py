@@ -1,4 +1,4 @@
-"""cxrmodel.thresholds: hand-computed answers, a slow scikit-learn reference, JSON round trip."""
+"""cxrmodel.evaluation.thresholds: hand-computed answers, a slow scikit-learn reference, JSON round trip."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score, precision_score
 
 from cxrmodel.config import ThresholdConfig
 from cxrmodel.findings import FINDINGS
-from cxrmodel.thresholds import (
+from cxrmodel.evaluation.thresholds import (
     ThresholdResult,
     calibrate_thresholds,
     dynamic_f1_thresholds,

@@ -12,11 +12,11 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrmodel.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict, sha256_file
+from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict, sha256_file
 from cxrmodel.config import TrainConfig
-from cxrmodel.data import StudyDataset, array_loader
+from cxrmodel.data.datasets import StudyDataset, array_loader
 from cxrmodel.findings import FINDINGS
-from cxrmodel.train import EpochResult, fit, positive_weights, seed_everything
+from cxrmodel.training.loop import EpochResult, fit, positive_weights, seed_everything
 
 CPU = torch.device("cpu")
 
@@ -186,8 +186,8 @@ def test_fit_reports_every_epoch_with_correct_values(data):
 
 
 def test_fit_real_densenet_fpn_at_32px():
-    from cxrmodel.model import densenet121_fpn
-    from cxrmodel.transforms import eval_transform
+    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.data.transforms import eval_transform
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 32, 32), dtype=np.uint8)

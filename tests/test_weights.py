@@ -12,8 +12,8 @@ import torch
 from torchvision.models import densenet121
 
 from cxrmodel.config import TrainConfig
-from cxrmodel.model import build_model
-from cxrmodel.weights import normalise_densenet_keys
+from cxrmodel.models.networks import build_model
+from cxrmodel.models.weights import normalise_densenet_keys
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

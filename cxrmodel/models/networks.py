@@ -18,7 +18,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
 from cxrmodel.findings import NUM_FINDINGS
-from cxrmodel.weights import imagenet_densenet121, load_state_dict_file
+from cxrmodel.models.weights import imagenet_densenet121, load_state_dict_file
 
 #: DenseNet121 blocks tapped for the pyramid, with their channel counts in torchvision.
 PYRAMID_LEVELS: OrderedDict[str, tuple[str, int]] = OrderedDict(

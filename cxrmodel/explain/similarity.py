@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrmodel.artifacts import ArtifactIntegrityError, sha256_file
+from cxrmodel.models.artifacts import ArtifactIntegrityError, sha256_file
 
 _EPS = 1e-12
 

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_curve
 
 from cxrmodel.config import ThresholdConfig
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metrics import validate_multilabel
+from cxrmodel.evaluation.metrics import validate_multilabel
 
 __all__ = [
     "DEFAULT_THRESHOLD",

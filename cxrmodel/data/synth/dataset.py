@@ -20,8 +20,8 @@ from PIL import Image
 
 from cxrmodel.config import SynthConfig
 from cxrmodel.findings import FINDINGS, format_finding_labels
-from cxrmodel.synth.labels import P_AP, sample_findings, sample_patient
-from cxrmodel.synth.phantom import render_phantom, sample_anatomy
+from cxrmodel.data.synth.labels import P_AP, sample_findings, sample_patient
+from cxrmodel.data.synth.phantom import render_phantom, sample_anatomy
 
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"

@@ -2,9 +2,9 @@
 
 Which layer:
 
-- :class:`~cxrmodel.model.DenseNetClassifier` (the CheXNet-style baseline): ``model.features``,
+- :class:`~cxrmodel.models.networks.DenseNetClassifier` (the CheXNet-style baseline): ``model.features``,
   the output of the last dense block after ``norm5`` (stride 32), as in CheXNet.
-- :class:`~cxrmodel.model.DenseNetFPNClassifier` (seed 004): its backbone is a torch.fx graph
+- :class:`~cxrmodel.models.networks.DenseNetFPNClassifier` (seed 004): its backbone is a torch.fx graph
   in which ``denseblock4`` is not a module call, so no hook can see it. The head reads the three
   pyramid outputs P3, P4, P5 (``model.fpn.layer_blocks``, strides 8/16/32), each pooled and
   concatenated, so the score is linear in the channels of all three levels together. The map is
@@ -26,7 +26,7 @@ import torch
 from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
-from cxrmodel.model import NUM_PATIENT_FEATURES, DenseNetClassifier, DenseNetFPNClassifier
+from cxrmodel.models.networks import NUM_PATIENT_FEATURES, DenseNetClassifier, DenseNetFPNClassifier
 
 __all__ = ["default_gradcam_layers", "grad_cam"]
 

@@ -4,7 +4,7 @@ best checkpoint by macro-F1 (or mean AUROC), optional early stopping, resumable 
 Framework-free: callers observe progress through ``on_epoch`` (the Prefect task writes each
 epoch to the database from there).
 
-Data-parallel training (:mod:`cxrmodel.distributed`, one process per device) goes through the
+Data-parallel training (:mod:`cxrmodel.training.distributed`, one process per device) goes through the
 same :func:`fit`: pass the ``DistributedDataParallel``-wrapped model and a training loader
 whose sampler is a ``DistributedSampler``; see :func:`fit` for what changes.
 """
@@ -25,9 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrmodel.config import TrainConfig
-from cxrmodel.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
+from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metrics import epoch_summary
+from cxrmodel.evaluation.metrics import epoch_summary
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrmodel.imaging import ImageDecodeError, is_plain_file_name, read_grayscale, resize_square
+from cxrmodel.data.imaging import ImageDecodeError, is_plain_file_name, read_grayscale, resize_square
 
 
 def _atomic_write(path: Path, write) -> None:

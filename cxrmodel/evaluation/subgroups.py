@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cxrmodel.calibration import expected_calibration_error
+from cxrmodel.evaluation.calibration import expected_calibration_error
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metrics import _check_findings, evaluate_multilabel, validate_multilabel
+from cxrmodel.evaluation.metrics import _check_findings, evaluate_multilabel, validate_multilabel
 
 __all__ = ["AGE_BANDS", "SUBGROUP_KEYS", "UNKNOWN", "age_band", "subgroup_gaps", "subgroup_metrics"]
 
@@ -87,7 +87,7 @@ def subgroup_metrics(
 
     ``attributes`` maps a name (``"sex"``, ``"age_band"``, ``"view"``...) to one value per
     study; None/NaN become ``"unknown"``. Groups come in sorted order (``"unknown"`` last).
-    The metrics are :func:`cxrmodel.metrics.evaluate_multilabel`'s on the subset
+    The metrics are :func:`cxrmodel.evaluation.metrics.evaluate_multilabel`'s on the subset
     (``macro_auroc`` averages the classes with both label values there, ``None`` if none) and
     ``mean_ece``, the mean over classes of :func:`expected_calibration_error` with ``n_bins``
     bins. A group with fewer than ``min_studies`` studies is listed with its ``n_studies`` and

@@ -15,7 +15,7 @@ The pieces and the choices behind them:
   all ranks take the same optimiser step and hold the same parameters.
 * :func:`distributed_loader` gives each rank a disjoint ``1/world_size`` shard of the
   training set through a ``DistributedSampler``. ``batch_size`` is **per process**: the global
-  batch is ``world_size * batch_size``. ``cxrmodel.train.fit`` calls ``sampler.set_epoch``
+  batch is ``world_size * batch_size``. ``cxrmodel.training.loop.fit`` calls ``sampler.set_epoch``
   every epoch so the shuffle changes from epoch to epoch (the same way on every rank).
 * Validation is **not** sharded by ``fit``: rank 0 evaluates the whole validation set (a plain
   ``DataLoader`` without a sampler) and :func:`broadcast_object` hands its predictions to the
@@ -159,7 +159,7 @@ def distributed_loader(
     ``world_size`` so that every rank runs the same number of steps, which DDP needs (a rank
     with one step more would wait forever in its all-reduce). ``drop_last`` applies to the
     rank's last, smaller batch. Call ``loader.sampler.set_epoch(epoch)`` every epoch
-    (``cxrmodel.train.fit`` does) or every epoch reuses the first epoch's order.
+    (``cxrmodel.training.loop.fit`` does) or every epoch reuses the first epoch's order.
     """
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle, seed=seed)
     return DataLoader(

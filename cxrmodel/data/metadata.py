@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrmodel.findings import FINDINGS, NUM_FINDINGS, UnknownFindingError, encode_findings, parse_finding_labels
-from cxrmodel.imaging import is_plain_file_name, parse_patient_age
+from cxrmodel.data.imaging import is_plain_file_name, parse_patient_age
 
 COL_KEY = "Image Index"
 COL_LABELS = "Finding Labels"

@@ -6,7 +6,7 @@ image files, giving each file's age, sex, view and patient id.
 - JSON: a list of objects with the same keys, or one object keyed by file name.
 
 Names are matched without case, spaces or underscores. Every problem becomes a
-:class:`~cxrmodel.metadata.QuarantineRecord` with its reason and nothing stops the reading: an
+:class:`~cxrmodel.data.metadata.QuarantineRecord` with its reason and nothing stops the reading: an
 unreadable sidecar is one record, a value that does not parse is left out (the rest of its row
 is used), a duplicate row is reported and the first one kept.
 """
@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrmodel.imaging import parse_patient_age
-from cxrmodel.metadata import SEXES, VIEWS, QuarantineRecord
+from cxrmodel.data.imaging import parse_patient_age
+from cxrmodel.data.metadata import SEXES, VIEWS, QuarantineRecord
 
 SIDECAR_NAMES = ("metadata.csv", "metadata.json")
 #: Sidecar field -> accepted column names or JSON keys.

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike
 
-from cxrmodel.metrics import apply_thresholds, validate_multilabel
+from cxrmodel.evaluation.metrics import apply_thresholds, validate_multilabel
 
 __all__ = ["BootstrapResult", "bootstrap_ci", "bootstrap_counts", "weighted_auroc"]
 
@@ -165,7 +165,7 @@ def bootstrap_ci(
     are, with replacement; a study's weight is the number of times its patient was drawn.
 
     Per resample, F1 is the weighted F1 of each class (``zero_division=0``) and macro F1
-    their mean over all classes, as in :func:`cxrmodel.metrics.evaluate_multilabel`. A class
+    their mean over all classes, as in :func:`cxrmodel.evaluation.metrics.evaluate_multilabel`. A class
     whose resample holds no positive or no negative study has no AUROC in that resample:
     the resample is left out of that class's distribution (counted in ``n_auroc_defined``),
     and macro AUROC of a resample averages the classes defined in it. The interval is the

@@ -23,8 +23,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxrmodel.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict, sha256_file
-from cxrmodel.metrics import epoch_summary
+from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict, sha256_file
+from cxrmodel.evaluation.metrics import epoch_summary
 
 NEIGHBOUR_GRID = (3, 5, 7, 9, 11)
 

@@ -24,7 +24,7 @@ from sklearn.metrics import brier_score_loss
 from threadpoolctl import threadpool_limits
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.metrics import _check_findings, validate_multilabel
+from cxrmodel.evaluation.metrics import _check_findings, validate_multilabel
 
 __all__ = [
     "CALIBRATION_METHODS",

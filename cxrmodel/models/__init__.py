@@ -1,0 +1,18 @@
+"""Stage 2, models: the seed-004 network and the CheXNet-style baseline, backbone weights, safetensors
+artefacts with their sha256, the embedding baselines (k-NN, MLP), and loading a model version from its files.
+
+Public names are re-exported here and imported on first use (``lazy_loader``), so importing
+one stage does not import the others' dependencies."""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules={'artifacts', 'embedding', 'networks', 'weights',},
+    submod_attrs={
+        'artifacts': ['ArtifactIntegrityError', 'sha256_file', 'save_state_dict', 'load_state_dict', 'read_metadata'],
+        'embedding': ['KnnEmbeddingModel', 'MlpEmbeddingModel'],
+        'networks': ['densenet121_backbone', 'PyramidBackbone', 'DenseNetFPNClassifier', 'DenseNetClassifier', 'densenet121_fpn', 'densenet121_chexnet', 'build_model', 'count_parameters'],
+        'weights': ['normalise_densenet_keys', 'load_state_dict_file', 'imagenet_densenet121', 'fetch_hub_weights'],
+    },
+)

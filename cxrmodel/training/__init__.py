@@ -1,0 +1,16 @@
+"""Stage 3, training: the training loop (mixed precision, checkpoints, early stopping), data-parallel
+helpers, and the preparation of a run's training data.
+
+Public names are re-exported here and imported on first use (``lazy_loader``), so importing
+one stage does not import the others' dependencies."""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submodules={'distributed', 'loop',},
+    submod_attrs={
+        'distributed': ['DistContext', 'init_from_env', 'is_distributed', 'wrap_ddp', 'unwrap', 'distributed_loader', 'broadcast_object', 'all_reduce_sum', 'broadcast_buffers', 'all_gather_predictions', 'barrier', 'cleanup'],
+        'loop': ['EpochResult', 'FitResult', 'resolve_device', 'seed_everything', 'positive_weights', 'Acceleration', 'predict_loader', 'fit'],
+    },
+)
