@@ -8,7 +8,6 @@ band and view. Target: <= 60 s in all on 2 CPU cores. Reference, in the same run
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cxrmodel.findings import FINDINGS
+from cxrmodel.io import atomic_write
 from reports.render import (
     DISCLAIMER,
     SUBGROUP_METRIC_KEYS,
@@ -43,7 +44,6 @@ from reports.render import (
     env,
     per_class_view,
     subgroup_view,
-    write_atomic,
 )
 
 __all__ = [
@@ -215,4 +215,4 @@ def build_export_bundle(context: Mapping[str, Any], report_path: str | os.PathLi
     }
     if context.get("subgroups"):
         members["subgroup_metrics.csv"] = subgroup_csv(context["subgroups"]).encode()
-    return write_atomic(Path(out_path), _write_zip(members))
+    return atomic_write(Path(out_path), _write_zip(members))

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from cxrmodel.findings import FINDING_INDEX, FINDINGS
+from cxrmodel.io import atomic_write_text
 from cxrmodel.evaluation.subgroups import AGE_BANDS, UNKNOWN, subgroup_gaps
 from reports import figures
 
@@ -254,32 +253,9 @@ def _examples_view(examples: Sequence[Mapping[str, Any]] | None) -> list[dict[st
     return out
 
 
-def write_atomic(out_path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Create ``out_path`` through ``write(binary file)`` on a temp file in the same folder, then
-    ``os.replace``: readers see the old file or the whole new one, never a part (folders created;
-    the temp file is removed on failure)."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return out_path
-
-
 def _write_atomic(html: str, out_path: Path) -> Path:
-    """Write ``html`` (UTF-8, ``\\n`` line ends) to ``out_path`` atomically (:func:`write_atomic`)."""
-    return write_atomic(out_path, lambda fh: fh.write(html.encode("utf-8")))
+    """Write ``html`` (UTF-8, ``\\n`` line ends) to ``out_path`` atomically."""
+    return atomic_write_text(out_path, html)
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -11,7 +11,8 @@ from cxrmodel.data.cache import ImageCache
 from cxrmodel.config import DataConfig, HubConfig, SynthConfig
 from cxrmodel.data.hub import HubSource, fetch_dataset
 from cxrmodel.findings import FINDINGS
-from cxrmodel.data.imaging import ImageDecodeError, file_sha256, is_plain_file_name, read_dicom_metadata
+from cxrmodel.data.imaging import ImageDecodeError, is_plain_file_name, read_dicom_metadata
+from cxrmodel.io import sha256_file
 from cxrmodel.data.metadata import locate_images, read_nih_metadata
 from cxrmodel.data.sidecar import read_sidecar
 from cxrmodel.data.splits import assert_no_patient_leak, assign_splits, read_official_lists
@@ -167,7 +168,7 @@ def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> d
                 "source": "incoming",
                 "split": "incoming",
                 "image_path": str(path),
-                "content_hash": file_sha256(path),
+                "content_hash": sha256_file(path),
                 "labelled": False,
             }
         )

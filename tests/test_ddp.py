@@ -255,7 +255,7 @@ def test_train_ddp_entry_point_only_rank0_writes(tmp_path):
     import yaml
     from sqlalchemy import func, select
 
-    from cxrmodel.models.artifacts import sha256_file
+    from cxrmodel.io import sha256_file
     from cxrmodel.config import DataConfig, SynthConfig
     from cxrmodel.data.synth import generate_dataset
     from db.engine import session_scope, upgrade_database

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -11,7 +10,6 @@ from PIL import Image
 
 from cxrmodel.data.imaging import (
     ImageDecodeError,
-    file_sha256,
     is_plain_file_name,
     parse_patient_age,
     read_dicom_metadata,
@@ -152,10 +150,6 @@ def test_resize_square(nih_png):
     assert flat.shape == (32, 32) and np.all(flat == 90)
     with pytest.raises(ValueError):
         resize_square(np.zeros((4, 4, 3), dtype=np.uint8), 8)
-
-
-def test_file_sha256(nih_png):
-    assert file_sha256(nih_png, chunk=4096) == hashlib.sha256(nih_png.read_bytes()).hexdigest()
 
 
 def test_safe_join(tmp_path):

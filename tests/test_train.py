@@ -12,7 +12,8 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict, sha256_file
+from cxrmodel.io import sha256_file
+from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict
 from cxrmodel.config import TrainConfig
 from cxrmodel.data.datasets import StudyDataset, array_loader
 from cxrmodel.findings import FINDINGS

@@ -13,27 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from cxrmodel.io import atomic_write
 from cxrmodel.data.imaging import ImageDecodeError, is_plain_file_name, read_grayscale, resize_square
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temp file beside ``path``, then ``os.replace`` it in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ImageCache:
@@ -99,9 +86,9 @@ class ImageCache:
             return cached
         image = resize_square(read_grayscale(source), self.size)
         array_path, meta_path = self.paths(key)
-        _atomic_write(array_path, lambda fh: np.save(fh, image, allow_pickle=False))
+        atomic_write(array_path, lambda fh: np.save(fh, image, allow_pickle=False))
         meta = {"key": key, "size": self.size, **stamp}
-        _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode("utf-8")))
+        atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode("utf-8")))
         return image
 
     def ensure(self, key: str, source_path: str | os.PathLike[str]) -> str | None:

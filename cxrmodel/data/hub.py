@@ -43,7 +43,6 @@ This module is a pure library (no Prefect, no database).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -60,6 +59,8 @@ from filelock import FileLock  # a hard dependency of huggingface_hub
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+from cxrmodel.io import atomic_copy, atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -236,37 +237,6 @@ def _commit_of(cached: Path, filename: str) -> str | None:
 # Small file helpers
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_copy(src: Path, dst: Path) -> None:
-    """Copy ``src`` (symlinks followed) to ``dst`` through a temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _remove(path: Path) -> None:
     """Remove a file, symlink or folder tree; no error if absent."""
     if path.is_symlink() or path.is_file():
@@ -296,7 +266,7 @@ def _fetch_metadata(source: HubSource, target_dir: Path) -> tuple[dict[str, Path
             continue
         commit = commit or _commit_of(cached, filename)
         dest = target_dir / base
-        _atomic_copy(cached, dest)
+        atomic_copy(cached, dest)
         fetched[base] = dest
         tried.append(f"{filename} (found)")
     if not any(name in fetched for name in DATA_ENTRY_FILES):
@@ -396,7 +366,7 @@ def _archive_identity(cached: Path) -> dict[str, str]:
     resolved = cached.resolve()
     if cached.is_symlink() and resolved.parent.name == "blobs" and _BLOB_RE.match(resolved.name):
         return {"kind": "hf-blob", "value": resolved.name}
-    return {"kind": "sha256", "value": _sha256(resolved)}
+    return {"kind": "sha256", "value": sha256_file(resolved)}
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -444,7 +414,7 @@ def _extract_one(source: HubSource, index: int, target_dir: Path) -> Path:
                 "archive": identity,
                 "files": count,
             }
-            _atomic_write_text(tmp / MARKER_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+            atomic_write_text(tmp / MARKER_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
             if final.exists() or final.is_symlink():
                 old = target_dir / f".{folder_name}.old-{uuid.uuid4().hex[:8]}"
                 os.replace(final, old)

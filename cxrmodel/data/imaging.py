@@ -21,7 +21,6 @@ Research tool only: not a medical device.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -85,15 +84,6 @@ def safe_join(root: str | os.PathLike[str], relative: str | os.PathLike[str]) ->
     if not candidate.is_relative_to(base):
         raise ValueError(f"path {text!r} escapes root {str(base)!r}")
     return candidate
-
-
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read ``chunk`` bytes at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------

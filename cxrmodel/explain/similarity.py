@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrmodel.models.artifacts import ArtifactIntegrityError, sha256_file
+from cxrmodel.io import atomic_write, sha256_file
+from cxrmodel.models.artifacts import ArtifactIntegrityError
 
 _EPS = 1e-12
 
@@ -106,12 +107,8 @@ class EmbeddingIndex:
 
     def save(self, path: str | os.PathLike[str]) -> str:
         """Write ``keys`` and ``vectors`` to an ``.npz`` atomically; return the file's sha256."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, keys=np.asarray(self.keys, dtype=str), vectors=self.vectors)
-        tmp.replace(path)
-        return sha256_file(path)
+        keys = np.asarray(self.keys, dtype=str)
+        return sha256_file(atomic_write(path, lambda fh: np.savez(fh, keys=keys, vectors=self.vectors)))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], expected_sha256: str | None = None) -> EmbeddingIndex:

@@ -2,37 +2,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from cxrmodel.io import atomic_save_to, sha256_file
 
 
 class ArtifactIntegrityError(RuntimeError):
     """An artefact's bytes do not match the sha256 recorded for it."""
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_state_dict(state: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> str:
     """Write tensors atomically as safetensors; return the file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {"json": json.dumps(metadata or {}, sort_keys=True)}
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-    return sha256_file(path)
+    return sha256_file(atomic_save_to(path, lambda tmp: save_file(tensors, tmp, metadata=meta)))
 
 
 def load_state_dict(path: str | Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:

@@ -23,7 +23,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict, sha256_file
+from cxrmodel.io import atomic_write, sha256_file
+from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict
 from cxrmodel.evaluation.metrics import epoch_summary
 
 NEIGHBOUR_GRID = (3, 5, 7, 9, 11)
@@ -73,12 +74,8 @@ class KnnEmbeddingModel:
         return _positive_proba(self.pipeline, np.asarray(embeddings, dtype=np.float32))
 
     def save(self, path: str | Path) -> str:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, embeddings=self.embeddings, labels=self.labels, n_neighbors=np.array(self.n_neighbors))
-        tmp.replace(path)
-        return sha256_file(path)
+        arrays = {"embeddings": self.embeddings, "labels": self.labels, "n_neighbors": np.array(self.n_neighbors)}
+        return sha256_file(atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays)))
 
     @classmethod
     def load(cls, path: str | Path, expected_sha256: str | None) -> KnnEmbeddingModel:

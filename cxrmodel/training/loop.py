@@ -28,6 +28,7 @@ from cxrmodel.config import TrainConfig
 from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
 from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.metrics import epoch_summary
+from cxrmodel.io import atomic_write
 
 
 @dataclass(frozen=True)
@@ -246,23 +247,17 @@ def fit(
 
 
 def _save_checkpoint(path, model, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "history": [h.as_dict() for h in history],
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "best_state": best_state,
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
-        },
-        tmp,
-    )
-    tmp.replace(path)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "history": [h.as_dict() for h in history],
+        "best_metric": best_metric,
+        "best_epoch": best_epoch,
+        "best_state": best_state,
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(),
+        "python_rng": random.getstate(),
+    }
+    atomic_write(path, lambda fh: torch.save(state, fh))

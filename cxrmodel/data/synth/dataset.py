@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cxrmodel.config import SynthConfig
+from cxrmodel.io import atomic_save_to, atomic_write
 from cxrmodel.findings import FINDINGS, format_finding_labels
 from cxrmodel.data.synth.labels import P_AP, sample_findings, sample_patient
 from cxrmodel.data.synth.phantom import render_phantom, sample_anatomy
@@ -81,10 +82,8 @@ def _render(spec: StudySpec, size: int) -> np.ndarray:
 
 def _write_png(args: tuple[StudySpec, int, str]) -> None:
     spec, size, folder = args
-    path = Path(folder) / spec.key
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(_render(spec, size), mode="L").save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    image = Image.fromarray(_render(spec, size), mode="L")
+    atomic_write(Path(folder) / spec.key, lambda fh: image.save(fh, format="PNG", compress_level=1))
 
 
 def write_dicom(path: Path, pixels: np.ndarray, spec: StudySpec) -> None:
@@ -112,9 +111,7 @@ def write_dicom(path: Path, pixels: np.ndarray, spec: StudySpec) -> None:
     ds.HighBit = 7
     ds.PixelRepresentation = 0
     ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
-    tmp = path.with_name(path.name + ".tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    os.replace(tmp, path)
+    atomic_save_to(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 
 def _metadata_row(spec: StudySpec, size: int) -> list[str]:
