@@ -223,7 +223,7 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
 def test_refresh_from_hugging_face_cache_offline(prefect_server, tmp_path, monkeypatch, database_url):
     """The real huggingface_hub code path against a pre-populated cache, offline."""
     import huggingface_hub.constants as hf_constants
-    from test_hub import FakeHubCache, _repo_files
+    from hub_fixtures import FakeHubCache, _repo_files
 
     from cxrmodel.config import HubConfig
     from flows.stages import refresh_flow

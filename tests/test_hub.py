@@ -1,171 +1,27 @@
-"""cxrmodel.data.hub against a hand-built Hugging Face cache: no network, ever.
-
-The cache follows huggingface_hub's on-disk layout for a dataset repo (see its
-``file_download.py``: ``repo_folder_name`` / ``_get_pointer_path`` /
-``_cache_commit_hash_for_specific_revision``)::
-
-    <cache>/datasets--<org>--<name>/blobs/<etag>
-    <cache>/datasets--<org>--<name>/snapshots/<40-hex commit>/<path in repo>  -> ../../blobs/<etag>
-    <cache>/datasets--<org>--<name>/refs/main                                  (commit, no newline)
-"""
+"""cxrmodel.data.hub: fetching NIH ChestX-ray14 from a pre-populated Hugging Face cache, offline;
+re-runs and changed archives."""
 
 from __future__ import annotations
 
 import ast
-import gzip
 import hashlib
-import io
 import json
-import os
-import socket
 import tarfile
 from pathlib import Path
 
-import huggingface_hub
 import huggingface_hub.constants as hf_constants
-import huggingface_hub.file_download as hf_file_download
 import pytest
 
 from cxrmodel.data import hub
 from cxrmodel.data.hub import (
-    HubFileNotFoundError,
     HubSource,
-    UnsafeArchiveError,
     fetch_archives,
     fetch_dataset,
     fetch_metadata,
 )
-from cxrmodel.data.metadata import locate_images, read_nih_metadata
-
-FIXTURES = Path(__file__).parent / "fixtures" / "nih-sample"
-KEYS_001 = ("00000001_000.png", "00000002_000.png")
-KEYS_002 = ("00000013_003.png",)
-KEYS = KEYS_001 + KEYS_002
-REPO_ID = "nih-test-org/chestxray14"
-
-
-# --------------------------------------------------------------------------------------
-# A fake, on-disk Hugging Face cache
-
-
-class FakeHubCache:
-    """Writes commits of a dataset repo into a cache folder the way hf_hub_download does."""
-
-    def __init__(self, root: Path, repo_id: str = REPO_ID, symlinks: bool = True) -> None:
-        self.root = root
-        self.repo_id = repo_id
-        self.symlinks = symlinks
-        sep = hf_constants.REPO_ID_SEPARATOR
-        self.repo_dir = root / sep.join(["datasets", *repo_id.split("/")])
-        assert self.repo_dir.name == hf_file_download.repo_folder_name(repo_id=repo_id, repo_type="dataset")
-        self._count = 0
-
-    def commit(self, files: dict[str, bytes], ref: str | None = "main") -> str:
-        """Store a snapshot holding ``files``; point ``refs/<ref>`` at it; return its hash."""
-        self._count += 1
-        commit = hashlib.sha1(f"{self.repo_id}@{self._count}".encode()).hexdigest()
-        for path_in_repo, data in files.items():
-            etag = hashlib.sha256(data).hexdigest()  # LFS files: the etag is the content sha256
-            blob = self.repo_dir / "blobs" / etag
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            if not blob.exists():
-                blob.write_bytes(data)
-            pointer = self.repo_dir / "snapshots" / commit / path_in_repo
-            pointer.parent.mkdir(parents=True, exist_ok=True)
-            if self.symlinks:
-                pointer.symlink_to(os.path.relpath(blob, pointer.parent))
-            else:
-                pointer.write_bytes(data)
-        (self.repo_dir / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
-        if ref is not None:
-            (self.repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-            (self.repo_dir / "refs" / ref).write_text(commit)  # hf reads it without strip()
-        return commit
-
-
-def _data_entry_csv(keys=KEYS) -> bytes:
-    lines = (FIXTURES / "Data_Entry_2017_v2020.sample.csv").read_text(encoding="utf-8").splitlines()
-    rows = {line.split(",", 1)[0]: line for line in lines[1:]}
-    return ("\n".join([lines[0], *(rows[k] for k in keys)]) + "\n").encode()
-
-
-def _png(key: str) -> bytes:
-    return (FIXTURES / "images" / key).read_bytes()
-
-
-def _tar_gz(entries: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
-    """A .tar.gz with a fixed gzip mtime: the same entries always give the same bytes."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for entry in entries:
-            if isinstance(entry, tarfile.TarInfo):
-                tar.addfile(entry)
-            else:
-                name, data = entry
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mtime = 1_500_000_000
-                tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(buf.getvalue(), mtime=0)
-
-
-def _archive(keys, prefix: str = "images/") -> bytes:
-    return _tar_gz([(prefix + k, _png(k)) for k in keys])
-
-
-def _repo_files(**overrides: bytes | None) -> dict[str, bytes]:
-    files: dict[str, bytes | None] = {
-        "Data_Entry_2017_v2020.csv": _data_entry_csv(),
-        "train_val_list.txt": b"00000001_000.png\n00000002_000.png\n",
-        "test_list.txt": b"00000013_003.png\n",
-        "images_001.tar.gz": _archive(KEYS_001),
-        "images_002.tar.gz": _archive(KEYS_002),
-    }
-    files.update(overrides)
-    return {k: v for k, v in files.items() if v is not None}
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Offline mode as huggingface_hub sees it (its constants are read at import time, so
-    the env var alone is not enough once it is imported), plus a socket guard."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted in a test: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-
-
-@pytest.fixture
-def cache(tmp_path) -> FakeHubCache:
-    return FakeHubCache(tmp_path / "hf-cache")
-
-
-def _source(cache: FakeHubCache, revision: str, **kwargs) -> HubSource:
-    kwargs.setdefault("archives", (1, 2))
-    return HubSource(repo_id=cache.repo_id, revision=revision, cache_dir=str(cache.root), **kwargs)
-
-
-def _assert_nih_layout(target: Path) -> None:
-    result = read_nih_metadata(target / "Data_Entry_2017_v2020.csv")
-    assert result.quarantined == []
-    assert sorted(result.studies["study_key"]) == sorted(KEYS)
-    found = locate_images(target, result.studies["study_key"])
-    assert set(found) == set(KEYS)
-    for key in KEYS_001:
-        assert found[key] == target / "images_001" / "images" / key
-    assert found[KEYS_002[0]] == target / "images_002" / "images" / KEYS_002[0]
-    for key, path in found.items():
-        assert path.read_bytes() == _png(key)
-
-
-def _leftovers(target: Path) -> list[str]:
-    return sorted(p.name for p in target.iterdir() if ".partial-" in p.name or ".old-" in p.name)
-
+from cxrmodel.data.metadata import read_nih_metadata
+from hub_fixtures import FakeHubCache, KEYS_001, KEYS_002, REPO_ID, cache, no_network  # noqa: F401 - fixtures (no_network is autouse)
+from hub_fixtures import _archive, _assert_nih_layout, _data_entry_csv, _leftovers, _png, _repo_files, _source, _tar_gz  # noqa: F401
 
 # --------------------------------------------------------------------------------------
 # Happy path
@@ -332,159 +188,6 @@ def test_folder_without_marker_is_replaced(cache, tmp_path):
 
 
 # --------------------------------------------------------------------------------------
-# Unsafe archives
-
-
-def _special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = linkname
-    return info
-
-
-UNSAFE = {
-    "dotdot": lambda root: ("../evil.png", b"evil"),
-    "nested-dotdot": lambda root: ("images/../../evil.png", b"evil"),
-    "absolute": lambda root: (str(root / "evil.png"), b"evil"),
-    "symlink": lambda root: _special("images/evil.png", tarfile.SYMTYPE, "../../evil.png"),
-    "symlink-abs": lambda root: _special("images/evil.png", tarfile.SYMTYPE, str(root / "evil.png")),
-    "hardlink": lambda root: _special("images/evil.png", tarfile.LNKTYPE, "images/00000001_000.png"),
-    "fifo": lambda root: _special("images/evil.png", tarfile.FIFOTYPE),
-    "char-device": lambda root: _special("images/evil.png", tarfile.CHRTYPE),
-}
-
-
-@pytest.mark.parametrize("case", sorted(UNSAFE))
-def test_unsafe_archive_is_refused_before_anything_is_written(tmp_path, case):
-    sandbox = tmp_path / "sandbox"
-    cache = FakeHubCache(sandbox / "hf-cache")
-    target = sandbox / "work" / "nih"
-    good = cache.commit(_repo_files())
-    fetch_dataset(_source(cache, good), target)  # a complete, good extraction is in place
-    good_marker = (target / "images_001" / hub.MARKER_NAME).read_bytes()
-
-    evil = UNSAFE[case](sandbox)
-    member_name = evil.name if isinstance(evil, tarfile.TarInfo) else evil[0]
-    # a harmless member first: checking must happen before extracting anything
-    bad = cache.commit(_repo_files(**{"images_001.tar.gz": _tar_gz([("images/first.png", b"ok"), evil])}))
-
-    with pytest.raises(UnsafeArchiveError) as info:
-        fetch_archives(_source(cache, bad), target, indices=[1])
-
-    assert info.value.member == member_name
-    assert member_name in str(info.value) and "images_001.tar.gz" in str(info.value)
-    assert isinstance(info.value, ValueError)
-    assert not list(tmp_path.rglob("*evil*"))
-    assert not list(tmp_path.rglob("first.png"))
-    assert _leftovers(target) == []
-    assert (target / "images_001" / hub.MARKER_NAME).read_bytes() == good_marker  # old extraction kept
-    _assert_nih_layout(target)
-
-
-def test_duplicate_destination_is_refused(cache, tmp_path):
-    archive = _tar_gz([("images/00000001_000.png", b"a"), ("00000001_000.png", b"b")])
-    commit = cache.commit(_repo_files(**{"images_001.tar.gz": archive}))
-
-    with pytest.raises(UnsafeArchiveError, match="same path"):
-        fetch_archives(_source(cache, commit), tmp_path / "nih", indices=[1])
-    assert not (tmp_path / "nih" / "images_001").exists()
-
-
-# --------------------------------------------------------------------------------------
-# Missing files, offline
-
-
-def test_archive_missing_from_cache_offline_is_a_clear_error(cache, tmp_path):
-    commit = cache.commit(_repo_files())
-    target = tmp_path / "nih"
-
-    with pytest.raises(HubFileNotFoundError) as info:
-        fetch_dataset(_source(cache, commit, archives=(1, 2, 3)), target)
-
-    message = str(info.value)
-    assert REPO_ID in message and "images_003.tar.gz" in message and commit in message
-    assert "not in the local Hugging Face cache" in message and "HF_HUB_OFFLINE is set" in message
-    assert isinstance(info.value, FileNotFoundError) and info.value.offline
-    assert info.value.path_in_repo == "images_003.tar.gz" and info.value.repo_id == REPO_ID
-    assert isinstance(info.value.__cause__, huggingface_hub.utils.LocalEntryNotFoundError)
-    # metadata came first, the archives before the missing one were extracted
-    assert (target / "Data_Entry_2017_v2020.csv").is_file()
-    assert (target / "images_002" / hub.MARKER_NAME).is_file()
-    assert not (target / "images_003").exists()
-
-
-def test_missing_data_entry_raises_file_not_found(cache, tmp_path):
-    commit = cache.commit(_repo_files(**{"Data_Entry_2017_v2020.csv": None}))
-    target = tmp_path / "nih"
-
-    with pytest.raises(FileNotFoundError) as info:
-        fetch_dataset(_source(cache, commit), target)
-
-    message = str(info.value)
-    assert REPO_ID in message and commit in message
-    assert "Data_Entry_2017_v2020.csv" in message and "Data_Entry_2017.csv" in message
-    assert "HF_HUB_OFFLINE is set" in message
-    assert not list(target.glob("images_*"))  # no archive fetched before the metadata
-
-
-def test_unknown_repo_or_revision_offline(cache, tmp_path):
-    commit = cache.commit(_repo_files())
-    with pytest.raises(FileNotFoundError, match="nobody/nothing"):
-        fetch_dataset(HubSource("nobody/nothing", commit, cache_dir=str(cache.root)), tmp_path / "a")
-    with pytest.raises(FileNotFoundError, match="'v9.9'"):
-        fetch_dataset(_source(cache, "v9.9"), tmp_path / "b")
-
-
-def test_env_var_set_after_import_is_honoured(cache, tmp_path, monkeypatch):
-    """huggingface_hub reads HF_HUB_OFFLINE at import; hub.py re-checks the environment."""
-    commit = cache.commit(_repo_files())
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def no_head_call(*args, **kwargs):
-        raise AssertionError("huggingface_hub tried to reach the Hub")
-
-    monkeypatch.setattr(hf_file_download, "get_hf_file_metadata", no_head_call)
-    assert hub.hub_offline()
-
-    fetch_dataset(_source(cache, "main"), tmp_path / "nih")
-    _assert_nih_layout(tmp_path / "nih")
-    with pytest.raises(HubFileNotFoundError, match="HF_HUB_OFFLINE is set"):
-        fetch_archives(_source(cache, commit), tmp_path / "nih", indices=[7])
-
-
-def test_online_errors_are_classified(cache, tmp_path, monkeypatch):
-    """Online (offline mode off), with hf_hub_download faked: a 404 for an optional file is
-    skipped, a Hub that cannot be reached gives an error saying so."""
-    commit = cache.commit(_repo_files())
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    real = hf_file_download.hf_hub_download
-    calls = []
-
-    def fake(repo_id, filename, **kwargs):
-        calls.append((filename, kwargs["repo_type"], kwargs["revision"], kwargs["local_files_only"]))
-        if filename == "BBox_List_2017.csv":
-            raise huggingface_hub.utils.EntryNotFoundError("404 Entry Not Found")
-        if filename == "images_002.tar.gz":
-            raise huggingface_hub.utils.LocalEntryNotFoundError("connection refused")
-        kwargs["local_files_only"] = True  # never let the real one reach the network
-        return real(repo_id, filename, **kwargs)
-
-    monkeypatch.setattr(hub, "hf_hub_download", fake)
-    with pytest.raises(HubFileNotFoundError) as info:
-        fetch_dataset(_source(cache, "main"), tmp_path / "nih")
-
-    assert "could not be reached" in str(info.value) and "images_002.tar.gz" in str(info.value)
-    assert not info.value.offline
-    assert not (tmp_path / "nih" / "BBox_List_2017.csv").exists()
-    assert calls[0] == ("Data_Entry_2017_v2020.csv", "dataset", "main", False)
-    assert calls[-1] == ("images_002.tar.gz", "dataset", commit, False)  # archives pinned to the commit
-    assert [c[0] for c in calls[:5]] == list(hub.DEFAULT_METADATA_FILES)  # metadata before archives
-
-
-# --------------------------------------------------------------------------------------
 # HubSource
 
 
@@ -514,3 +217,4 @@ def test_library_has_no_orchestration_imports():
     modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {m for m in modules if m.split(".")[0] in {"prefect", "sqlalchemy", "requests", "httpx", "urllib"}}
+

@@ -87,3 +87,43 @@ def test_hub_weights_from_prepopulated_cache_offline(tmp_path, monkeypatch, refe
     missing = TrainConfig(weights="hub", weights_hub_repo="acme/not-cached", weights_hub_cache_dir=str(tmp_path / "hf"))
     with pytest.raises(Exception, match="(?i)offline|cache|not found"):
         missing.backbone_kwargs()
+
+
+def test_imagenet_weights_load_offline_from_torchvision_cache(tmp_path, monkeypatch, reference_state):
+    """weights='imagenet' reads torchvision's cache file, written here in its format, with the
+    network unreachable."""
+    from cxrmodel.models.weights import imagenet_checkpoint_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # torch caches the hub dir once read
+    path = imagenet_checkpoint_path()
+    assert path == tmp_path / "torch-home" / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    path.parent.mkdir(parents=True)
+    # torchvision's published file: legacy layer names, no num_batches_tracked buffers
+    torch.save({k: v for k, v in _legacy(reference_state).items() if not k.endswith("num_batches_tracked")}, path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was used although the file is cached")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    model = build_model("densenet121_fpn", **TrainConfig(weights="imagenet").backbone_kwargs())
+    loaded = model.backbone.body.state_dict()
+    compared = [k for k in loaded if not k.endswith("num_batches_tracked")]
+    assert len(compared) > 300  # the backbone up to denseblock4 (norm5 is not part of it)
+    for key in compared:
+        assert torch.equal(loaded[key], reference_state[key]), key
+
+
+def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        build_model("densenet121_fpn", imagenet=True)
+    message = str(info.value)
+    assert "densenet121-a639ec97.pth" in message and str(tmp_path / "empty-home" / "hub" / "checkpoints") in message
+    assert "https://download.pytorch.org/models/densenet121-a639ec97.pth" in message and "weights='file'" in message

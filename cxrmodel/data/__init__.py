@@ -8,12 +8,13 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules={'synth', 'balancing', 'cache', 'datasets', 'hub', 'imaging', 'metadata', 'sidecar', 'splits', 'transforms',},
+    submodules={'synth', 'archives', 'balancing', 'cache', 'datasets', 'hub', 'imaging', 'metadata', 'sidecar', 'splits', 'transforms',},
     submod_attrs={
+        'archives': ['UnsafeArchiveError', 'plan_members', 'safe_extract'],
         'balancing': ['BalancingResult', 'preset_steps', 'label_counts', 'apply_step', 'apply_balancing'],
         'cache': ['ImageCache'],
         'datasets': ['StudyDataset', 'array_loader'],
-        'hub': ['DATA_ENTRY_FILES', 'DEFAULT_ARCHIVE_PATTERN', 'DEFAULT_METADATA_FILES', 'MARKER_NAME', 'HubFileNotFoundError', 'HubSource', 'UnsafeArchiveError', 'fetch_archives', 'fetch_dataset', 'fetch_metadata', 'hub_offline'],
+        'hub': ['DATA_ENTRY_FILES', 'DEFAULT_ARCHIVE_PATTERN', 'DEFAULT_METADATA_FILES', 'MARKER_NAME', 'HubFileNotFoundError', 'HubSource', 'fetch_archives', 'fetch_dataset', 'fetch_metadata', 'hub_offline'],
         'imaging': ['ImageDecodeError', 'is_plain_file_name', 'safe_join', 'file_sha256', 'read_grayscale', 'parse_patient_age', 'read_dicom_metadata', 'resize_square'],
         'metadata': ['QuarantineRecord', 'MetadataResult', 'expand_header', 'read_nih_metadata', 'locate_images', 'AgeScaler', 'patient_features', 'labels_matrix'],
         'sidecar': ['SidecarRow', 'parse_sidecar_row', 'read_sidecar'],

@@ -30,36 +30,30 @@ from its cache only; a file that is not cached raises a :class:`HubFileNotFoundE
 imported**; this module also checks the environment variable at call time and then passes
 ``local_files_only=True``, so setting it later in the process is honoured here too.
 
-Extraction is safe and atomic: every member of an archive is checked before anything is
-extracted (no absolute paths, ``..`` components, links, devices or FIFOs: otherwise
-:class:`UnsafeArchiveError`), the archive is unpacked into a hidden temporary sibling folder,
-and that folder is moved into place with ``os.replace`` only when complete, with a marker
-file recording which archive it came from. A re-run skips archives already extracted from the
-same file and re-extracts when the archive changed.
-
-This module is a pure library (no Prefect, no database).
+Extraction is safe (:mod:`cxrmodel.data.archives` checks every member first) and atomic: the
+archive is unpacked into a hidden sibling folder that is moved into place only when complete,
+with a marker naming the archive it came from; a re-run re-extracts only a changed archive.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 
 from filelock import FileLock  # a hard dependency of huggingface_hub
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
+from cxrmodel.data.archives import UnsafeArchiveError, safe_extract
 from cxrmodel.io import atomic_copy, atomic_write_text, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -79,19 +73,7 @@ MARKER_FORMAT = 1
 _REPO_TYPE = "dataset"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _BLOB_RE = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
-_IMAGES_NNN_RE = re.compile(r"^images_\d{3}$")
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub.constants.ENV_VARS_TRUE_VALUES
-
-
-class UnsafeArchiveError(ValueError):
-    """An archive member that must not be extracted: absolute path, ``..`` component, symbolic
-    or hard link, device or FIFO, or a name clash. Nothing of the archive was extracted."""
-
-    def __init__(self, archive: str, member: str, reason: str) -> None:
-        super().__init__(f"unsafe member {member!r} in archive {archive!r}: {reason}; nothing was extracted")
-        self.archive = archive
-        self.member = member
-        self.reason = reason
 
 
 class HubFileNotFoundError(FileNotFoundError):
@@ -295,71 +277,6 @@ def fetch_metadata(source: HubSource, target_dir: str | os.PathLike[str]) -> dic
     return fetched
 
 
-# --------------------------------------------------------------------------------------
-# Archives
-
-
-def _plan_members(members: Sequence[tarfile.TarInfo], archive: str) -> list[tarfile.TarInfo]:
-    """Check every member, then return copies of the regular files renamed to
-    ``images/<name>`` (a leading ``images_NNN/`` and/or ``images/`` is dropped).
-
-    Raises :class:`UnsafeArchiveError` for the first member that is not safe to extract.
-    """
-    plan: list[tarfile.TarInfo] = []
-    seen: dict[str, str] = {}
-    for member in members:
-        raw = member.name
-        text = raw.replace("\\", "/")
-        if not raw or "\x00" in raw:
-            raise UnsafeArchiveError(archive, raw, "empty or invalid name")
-        if text.startswith("/") or PurePosixPath(text).is_absolute() or PureWindowsPath(raw).drive:
-            raise UnsafeArchiveError(archive, raw, "absolute path")
-        parts = [p for p in text.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise UnsafeArchiveError(archive, raw, "'..' path component")
-        if member.issym():
-            raise UnsafeArchiveError(archive, raw, f"symbolic link (to {member.linkname!r})")
-        if member.islnk():
-            raise UnsafeArchiveError(archive, raw, f"hard link (to {member.linkname!r})")
-        if member.ischr() or member.isblk() or member.isfifo():
-            raise UnsafeArchiveError(archive, raw, "device or FIFO")
-        if member.isdir():
-            continue  # folders are created as needed
-        if not member.isreg():
-            raise UnsafeArchiveError(archive, raw, f"unsupported member type {member.type!r}")
-        if not parts:
-            raise UnsafeArchiveError(archive, raw, "file without a name")
-        if len(parts) > 1 and _IMAGES_NNN_RE.match(parts[0]):
-            parts = parts[1:]
-        if len(parts) > 1 and parts[0] == "images":
-            parts = parts[1:]
-        name = "/".join(["images", *parts])
-        if name in seen:
-            raise UnsafeArchiveError(archive, raw, f"extracts to the same path as {seen[name]!r} ({name})")
-        seen[name] = raw
-        renamed = copy.copy(member)
-        renamed.name = name
-        renamed.mode = 0o644
-        renamed.uid = renamed.gid = 0
-        renamed.uname = renamed.gname = ""
-        plan.append(renamed)
-    return plan
-
-
-def _safe_extract(archive: Path, dest: Path, label: str) -> int:
-    """Extract ``archive`` into the empty folder ``dest`` after checking every member."""
-    with tarfile.open(archive, mode="r:*") as tar:
-        plan = _plan_members(tar.getmembers(), label)
-        if not plan:
-            raise ValueError(f"archive {label!r} contains no files")
-        (dest / "images").mkdir(parents=True, exist_ok=True)
-        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+ / 3.12+
-            tar.extractall(dest, members=plan, filter="data")
-        else:  # pragma: no cover - old Python; every member was checked above
-            tar.extractall(dest, members=plan)
-    return len(plan)
-
-
 def _archive_identity(cached: Path) -> dict[str, str]:
     """What the marker compares: the cache blob's name (its etag: the sha256 for LFS/Xet
     files) when the snapshot entry links into ``blobs/``, else the file's sha256."""
@@ -404,7 +321,7 @@ def _extract_one(source: HubSource, index: int, target_dir: Path) -> Path:
         old: Path | None = None
         try:
             tmp.chmod(0o755)  # mkdtemp makes it 0o700
-            count = _safe_extract(cached, tmp, filename)
+            count = safe_extract(cached, tmp, filename)
             record = {
                 "format": MARKER_FORMAT,
                 "repo_id": source.repo_id,

@@ -1,8 +1,9 @@
 """Where a DenseNet121 backbone's initial weights come from.
 
 - ``scratch``: random initialisation (the default; nothing to download).
-- ``imagenet``: torchvision's weights API (``DenseNet121_Weights.IMAGENET1K_V1``), which downloads
-  into ``$TORCH_HOME`` once and then works offline from that cache.
+- ``imagenet``: torchvision's weights API (``DenseNet121_Weights.IMAGENET1K_V1``): read from
+  ``$TORCH_HOME/hub/checkpoints/densenet121-a639ec97.pth`` when it is there (offline), downloaded
+  into that cache otherwise.
 - ``file``: a local state-dict file (``torch.save(model.state_dict())`` of a torchvision
   DenseNet121, or its ``features.*`` part).
 - ``hub``: a state-dict file in a Hugging Face model repository, fetched with
@@ -49,16 +50,31 @@ def load_state_dict_file(net: nn.Module, path: str | Path) -> nn.Module:
     return net
 
 
+def imagenet_checkpoint_path() -> Path:
+    """Where torchvision keeps the ImageNet DenseNet121 checkpoint: ``$TORCH_HOME/hub/checkpoints/
+    densenet121-a639ec97.pth`` (``TORCH_HOME`` defaults to ``~/.cache/torch``)."""
+    from torchvision.models import DenseNet121_Weights
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(DenseNet121_Weights.IMAGENET1K_V1.url).name
+
+
 def imagenet_densenet121() -> nn.Module:
-    """torchvision DenseNet121 with ImageNet weights through the weights API."""
+    """torchvision DenseNet121 with ImageNet weights (seed 004's initialisation), through the
+    weights API: read from torchvision's cache (:func:`imagenet_checkpoint_path`) when the file is
+    there, so no network is needed; downloaded into that cache otherwise. Without network and
+    without the file, the error says which file to put where."""
     from torchvision.models import DenseNet121_Weights, densenet121
 
+    weights = DenseNet121_Weights.IMAGENET1K_V1
+    cached = imagenet_checkpoint_path()
     try:
-        return densenet121(weights=DenseNet121_Weights.IMAGENET1K_V1)
-    except Exception as exc:  # no network and nothing in $TORCH_HOME
-        raise RuntimeError(
-            "could not obtain torchvision's ImageNet DenseNet121 weights (no network and not in "
-            f"$TORCH_HOME's cache): {exc}. Use weights='file' with a local state dict instead."
+        return densenet121(weights=weights)
+    except Exception as exc:  # no network and nothing cached, or a damaged file
+        where = "is damaged or not a DenseNet121 state dict" if cached.is_file() else "is missing"
+        raise FileNotFoundError(
+            f"ImageNet DenseNet121 weights: {cached} {where} and could not be downloaded ({type(exc).__name__}: {exc}). "
+            f"Copy {weights.url} to {cached} (or set TORCH_HOME to a folder whose hub/checkpoints/ holds it), "
+            "or use weights='file' with pretrained_weights pointing at a local state dict."
         ) from exc
 
 
