@@ -49,8 +49,8 @@ def best_of(repeats: int, fn) -> float:
 def main() -> None:
     from sklearn.metrics import roc_curve
 
-    from cxrmodel.evaluation.calibration import CALIBRATION_METHODS, ProbabilityCalibrator
     from cxrmodel.config import ThresholdConfig
+    from cxrmodel.evaluation.calibration import CALIBRATION_METHODS, ProbabilityCalibrator
     from cxrmodel.evaluation.thresholds import calibrate_thresholds
 
     labels, probs = synthetic_predictions()
@@ -64,13 +64,23 @@ def main() -> None:
     for method in methods:
         config = ThresholdConfig(method=method)
         seconds = best_of(3, lambda config=config: calibrate_thresholds(labels, probs, config))
-        emit(f"calibration: thresholds '{method}', {shape}", round(seconds, 4), "s",
-             f"{seconds / reference:.1f}x the roc_curve reference (target <= {TARGET_S:g} s)", seconds <= TARGET_S)
+        emit(
+            f"calibration: thresholds '{method}', {shape}",
+            round(seconds, 4),
+            "s",
+            f"{seconds / reference:.1f}x the roc_curve reference (target <= {TARGET_S:g} s)",
+            seconds <= TARGET_S,
+        )
 
     for method in CALIBRATION_METHODS:
         seconds = best_of(3, lambda method=method: ProbabilityCalibrator.fit(labels, probs, method))
-        emit(f"calibration: ProbabilityCalibrator.fit '{method}', {shape}", round(seconds, 4), "s",
-             f"{seconds / reference:.1f}x the roc_curve reference (target <= {TARGET_S:g} s)", seconds <= TARGET_S)
+        emit(
+            f"calibration: ProbabilityCalibrator.fit '{method}', {shape}",
+            round(seconds, 4),
+            "s",
+            f"{seconds / reference:.1f}x the roc_curve reference (target <= {TARGET_S:g} s)",
+            seconds <= TARGET_S,
+        )
 
 
 if __name__ == "__main__":

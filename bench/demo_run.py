@@ -31,24 +31,29 @@ def main() -> None:
     started = time.perf_counter()
     result = run_demo(settings, _config(DEFAULT_CONFIG), SynthConfig())
     total = time.perf_counter() - started
-    synth_seconds = total - sum(result["timings"].values())
+    synth_seconds = total - sum(result.timings.values())
     emit("demo: synthesise 2,000 + 200 studies (and Prefect start-up)", round(synth_seconds, 1), "s", "part of the 600 s budget")
-    for stage, seconds in result["timings"].items():
+    for stage, seconds in result.timings.items():
         emit(f"demo: stage {stage}", seconds, "s", "part of the 600 s budget")
     emit("demo: total wall time", round(total, 1), "s", "<= 600 s", total <= 600)
     with get_engine(settings.resolved_database_url).connect() as conn:
         auroc = conn.execute(
-            text("SELECT macro_auroc FROM evaluations WHERE id = :id"), {"id": result["evaluation_id"]}
+            text("SELECT macro_auroc FROM evaluations WHERE id = :id"), {"id": result.evaluation_id}
         ).scalar_one()
         by_model = conn.execute(
             text(
                 "SELECT mv.kind, e.macro_auroc FROM evaluations e JOIN model_versions mv ON mv.id = e.model_version_id "
                 "WHERE e.split = :split AND e.id <> :main ORDER BY e.id"
             ),
-            {"split": "test", "main": result["evaluation_id"]},
+            {"split": "test", "main": result.evaluation_id},
         ).all()
         epoch_seconds = conn.execute(text("SELECT AVG(seconds), COUNT(*) FROM epoch_metrics")).one()
-    emit(f"demo: seconds per training epoch (mean of {epoch_seconds[1]})", round(epoch_seconds[0], 1), "s", "demo config, 2 CPU cores")
+    emit(
+        f"demo: seconds per training epoch (mean of {epoch_seconds[1]})",
+        round(epoch_seconds[0], 1),
+        "s",
+        "demo config, 2 CPU cores",
+    )
     emit("demo: macro AUROC, seed-004 model, synthetic test split", round(auroc, 4), "", ">= 0.85", auroc >= 0.85)
     for kind, value in by_model:
         emit(f"demo: macro AUROC, baseline {kind}", round(value, 4), "", "compare with the model above")

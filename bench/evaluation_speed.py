@@ -49,17 +49,20 @@ def main() -> None:
             labels, probs, thresholds, patients, N_RESAMPLES
         ),
         "per-class ECE (15 bins)": lambda: [expected_calibration_error(labels[:, j], probs[:, j]) for j in range(c)],
-        "subgroup_metrics (sex, age band, view)": lambda: subgroup_metrics(
-            labels, probs, thresholds, attributes, min_studies=20
-        ),
+        "subgroup_metrics (sex, age band, view)": lambda: subgroup_metrics(labels, probs, thresholds, attributes, min_studies=20),
     }
     total = 0.0
     for name, run in parts.items():
         seconds = best_of(1, run)
         total += seconds
         emit(f"evaluation: {name}", round(seconds, 3), "s", f"{seconds / reference:.1f}x the reference")
-    emit(f"evaluation: all parts, {shape}", round(total, 2), "s",
-         f"{total / reference:.1f}x the reference (target <= {TARGET_S:g} s)", total <= TARGET_S)
+    emit(
+        f"evaluation: all parts, {shape}",
+        round(total, 2),
+        "s",
+        f"{total / reference:.1f}x the reference (target <= {TARGET_S:g} s)",
+        total <= TARGET_S,
+    )
 
 
 if __name__ == "__main__":

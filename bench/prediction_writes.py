@@ -1,6 +1,6 @@
 """Writing the predictions of 100,000 studies (14 findings each, 1.4 M rows) the way the
 scoring task does (one transaction per batch of 64 studies, the task's default batch size):
-``repo.write_predictions(..., keep_other_runs=True)``, whose row count says how many studies
+``scoring.write_predictions(..., keep_other_runs=True)``, whose row count says how many studies
 the run won, against a bare driver ``executemany`` of the same
 ``INSERT ... ON CONFLICT ... DO UPDATE ... WHERE`` over the same rows with the same commits
 (``sqlite3`` / ``psycopg``), into fresh databases with the Alembic schema.
@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,7 +29,16 @@ N_STUDIES = int(os.environ.get("CXR_BENCH_WRITES_STUDIES", "100000"))
 BATCH_STUDIES = 64
 TARGET = 0.8
 
-COLUMNS = ("study_id", "model_version_id", "finding", "probability", "decision", "threshold_set_id", "scoring_run_id", "created_at")
+COLUMNS = (
+    "study_id",
+    "model_version_id",
+    "finding",
+    "probability",
+    "decision",
+    "threshold_set_id",
+    "scoring_run_id",
+    "created_at",
+)
 UPDATED = ("probability", "decision", "threshold_set_id", "scoring_run_id", "created_at")
 
 
@@ -47,19 +56,34 @@ def prepare(url: str) -> tuple[int, int, int, list[int]]:
     from sqlalchemy import insert, select
 
     from cxrmodel.findings import FINDINGS
-    from db import repository as repo
+    from db import registry, scoring, thresholds
     from db.engine import session_scope, upgrade_database
-    from db.models import Study
+    from db.models import Study, utcnow
 
     upgrade_database(url)
-    stamp = repo.now()
+    stamp = utcnow()
     with session_scope(url) as s:
-        s.execute(insert(Study), [{"study_key": f"{i:08d}_000.png", "source": "bench", "split": "incoming", "image_path": "-",
-                                   "labelled": False, "status": "active", "created_at": stamp, "updated_at": stamp}
-                                  for i in range(N_STUDIES)])
-        version = repo.register_model_version(s, name="bench", kind="densenet121_fpn", config={}, artifact_path="-", sha256="0" * 64)
-        tset = repo.save_threshold_set(s, version.id, "fixed", {}, {f: 0.5 for f in FINDINGS}, {})
-        run = repo.start_scoring_run(s, model_version_id=version.id, threshold_set_id=tset.id, n_candidates=N_STUDIES)
+        s.execute(
+            insert(Study),
+            [
+                {
+                    "study_key": f"{i:08d}_000.png",
+                    "source": "bench",
+                    "split": "incoming",
+                    "image_path": "-",
+                    "labelled": False,
+                    "status": "active",
+                    "created_at": stamp,
+                    "updated_at": stamp,
+                }
+                for i in range(N_STUDIES)
+            ],
+        )
+        version = registry.register_model_version(
+            s, name="bench", kind="densenet121_fpn", config={}, artifact_path="-", sha256="0" * 64
+        )
+        tset = thresholds.save_threshold_set(s, version.id, "fixed", {}, {f: 0.5 for f in FINDINGS}, {})
+        run = scoring.start_scoring_run(s, model_version_id=version.id, threshold_set_id=tset.id, n_candidates=N_STUDIES)
         ids = list(s.scalars(select(Study.id).order_by(Study.id)))
         return version.id, tset.id, run.id, ids
 
@@ -74,14 +98,35 @@ def batches(ids: list[int], vid: int, tid: int, rid: int) -> Iterator[list[dict]
     for start in range(0, len(ids), BATCH_STUDIES):
         chunk = ids[start : start + BATCH_STUDIES]
         probs = rng.random((len(chunk), len(FINDINGS)), dtype=np.float32)
-        yield [{"study_id": sid, "model_version_id": vid, "finding": f, "probability": float(p), "decision": bool(p >= 0.5),
-                "threshold_set_id": tid, "scoring_run_id": rid}
-               for sid, row in zip(chunk, probs) for f, p in zip(FINDINGS, row)]
+        yield [
+            {
+                "study_id": sid,
+                "model_version_id": vid,
+                "finding": f,
+                "probability": float(p),
+                "decision": bool(p >= 0.5),
+                "threshold_set_id": tid,
+                "scoring_run_id": rid,
+            }
+            for sid, row in zip(chunk, probs, strict=True)
+            for f, p in zip(FINDINGS, row, strict=True)
+        ]
 
 
 def bare_params(rows: list[dict], created_at) -> list[tuple]:
-    return [(r["study_id"], r["model_version_id"], r["finding"], r["probability"], r["decision"], r["threshold_set_id"],
-             r["scoring_run_id"], created_at) for r in rows]
+    return [
+        (
+            r["study_id"],
+            r["model_version_id"],
+            r["finding"],
+            r["probability"],
+            r["decision"],
+            r["threshold_set_id"],
+            r["scoring_run_id"],
+            created_at,
+        )
+        for r in rows
+    ]
 
 
 def race(ours_url: str, bare_url: str, bare_connect, placeholder: str, created_at) -> tuple[float, float, int]:
@@ -90,7 +135,7 @@ def race(ours_url: str, bare_url: str, bare_connect, placeholder: str, created_a
     Returns (ours rows/s, bare rows/s, rows)."""
     from sqlalchemy import func, select
 
-    from db import repository as repo
+    from db import scoring
     from db.engine import session_scope
     from db.models import Prediction
 
@@ -106,7 +151,7 @@ def race(ours_url: str, bare_url: str, bare_connect, placeholder: str, created_a
             params = bare_params(rows, created_at)
             t0 = time.perf_counter()
             with session_scope(ours_url) as s:
-                written = repo.write_predictions(s, rows, keep_other_runs=True)
+                written = scoring.write_predictions(s, rows, keep_other_runs=True)
             t1 = time.perf_counter()
             assert written == len(rows)
             cur = conn.cursor()
@@ -140,7 +185,7 @@ def sqlite_case(work: Path) -> None:
         return conn
 
     # SQLAlchemy stores SQLite DATETIME as this text; the bare side sends the same text.
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     r_ours, r_bare, n = race(f"sqlite:///{ours}", f"sqlite:///{bare}", connect, "?", stamp)
     report("SQLite", r_ours, r_bare, n)
 
@@ -175,20 +220,28 @@ def postgres_case(base: str) -> None:
 
     with postgres_databases(base, 2) as (ours, bare):
         dsn = make_url(bare).set(drivername="postgresql").render_as_string(hide_password=False)
-        r_ours, r_bare, n = race(ours, bare, lambda: psycopg.connect(dsn), "%s", datetime.now(timezone.utc))
+        r_ours, r_bare, n = race(ours, bare, lambda: psycopg.connect(dsn), "%s", datetime.now(UTC))
     report("PostgreSQL", r_ours, r_bare, n)
 
 
 def report(name: str, ours: float, bare: float, n: int) -> None:
     ratio = ours / bare
     emit(f"predictions: {n:,} rows into {name}, bare driver executemany", round(bare), "rows/s", "reference")
-    emit(f"predictions: {n:,} rows into {name}, repo.write_predictions", round(ours), "rows/s",
-         f"ratio {ratio:.2f} of bare (target >= {TARGET})", ratio >= TARGET)
+    emit(
+        f"predictions: {n:,} rows into {name}, scoring.write_predictions",
+        round(ours),
+        "rows/s",
+        f"ratio {ratio:.2f} of bare (target >= {TARGET})",
+        ratio >= TARGET,
+    )
 
 
 def main() -> None:
-    print(f"{N_STUDIES:,} studies x 14 findings, {BATCH_STUDIES} studies per transaction, cpus {os.cpu_count()}, "
-          f"load average {os.getloadavg()}", flush=True)
+    print(
+        f"{N_STUDIES:,} studies x 14 findings, {BATCH_STUDIES} studies per transaction, cpus {os.cpu_count()}, "
+        f"load average {os.getloadavg()}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="cxr-bench-writes-") as work:
         sqlite_case(Path(work))
     pg = os.environ.get("CXR_BENCH_POSTGRES_URL") or os.environ.get("CXR_TEST_POSTGRES_URL")

@@ -29,9 +29,9 @@ def write_dataset(root: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from cxrmodel.findings import FINDINGS, format_finding_labels
     from cxrmodel.data.synth.dataset import NIH_HEADER
     from cxrmodel.data.synth.labels import P_NO_FINDING, conditional_probabilities
+    from cxrmodel.findings import FINDINGS, format_finding_labels
 
     marker = root / "complete"
     if marker.is_file():
@@ -52,14 +52,31 @@ def write_dataset(root: Path) -> None:
             fu = follow.get(pid, 0)
             follow[pid] = fu + 1
             key = f"{pid:08d}_{fu:03d}.png"
-            names = [] if rng.random() < P_NO_FINDING else [f for f, p in zip(FINDINGS, rng.random(14) < q) if p] or ["Infiltration"]
-            w.writerow([key, format_finding_labels(names), fu, pid, int(rng.integers(1, 95)), "MF"[int(rng.random() < 0.44)],
-                        "AP" if rng.random() < 0.4 else "PA", 2500, 2048, 0.168, 0.168])
+            names = (
+                []
+                if rng.random() < P_NO_FINDING
+                else [f for f, p in zip(FINDINGS, rng.random(14) < q, strict=True) if p] or ["Infiltration"]
+            )
+            w.writerow(
+                [
+                    key,
+                    format_finding_labels(names),
+                    fu,
+                    pid,
+                    int(rng.integers(1, 95)),
+                    "MF"[int(rng.random() < 0.44)],
+                    "AP" if rng.random() < 0.4 else "PA",
+                    2500,
+                    2048,
+                    0.168,
+                    0.168,
+                ]
+            )
             Image.fromarray(np.roll(pixels, int(pid) % TINY)).save(images / key, compress_level=1)
     marker.write_text("ok")
 
 
-def refresh_once(root: Path, url: str, home: Path) -> tuple[float, dict]:
+def refresh_once(root: Path, url: str, home: Path):
     from cxrmodel.config import DataConfig
     from db.engine import upgrade_database
     from tasks import data as data_tasks
@@ -108,7 +125,9 @@ def main() -> None:
     root = Path(os.environ.get("CXR_BENCH_DATA", Path(tempfile.gettempdir()) / "cxr-bench-nih-112k"))
     t0 = time.perf_counter()
     write_dataset(root)
-    emit("refresh: write 112,120-row metadata + 32px PNGs (setup, cached)", round(time.perf_counter() - t0, 1), "s", "not a target")
+    emit(
+        "refresh: write 112,120-row metadata + 32px PNGs (setup, cached)", round(time.perf_counter() - t0, 1), "s", "not a target"
+    )
     home = Path(tempfile.mkdtemp(prefix="cxr-bench-refresh-"))
 
     from prefect.logging import disable_run_logger
@@ -117,8 +136,13 @@ def main() -> None:
         seconds, counts = refresh_once(root, f"sqlite:///{home / 'cxr.db'}", home)
         emit("refresh: 112,120 rows into SQLite (first run)", round(seconds, 1), "s", "<= 60 s", seconds <= 60)
         again, counts2 = refresh_once(root, f"sqlite:///{home / 'cxr.db'}", home)
-        emit("refresh: same file again, SQLite (nothing changes)", round(again, 1), "s",
-             f"added {counts2['added']}, unchanged {counts2['unchanged']}", counts2["added"] == 0)
+        emit(
+            "refresh: same file again, SQLite (nothing changes)",
+            round(again, 1),
+            "s",
+            f"added {counts2.added}, unchanged {counts2.unchanged}",
+            counts2.added == 0,
+        )
         pg = os.environ.get("CXR_BENCH_POSTGRES_URL") or os.environ.get("CXR_TEST_POSTGRES_URL")
         if pg:
             from sqlalchemy import create_engine, text
@@ -141,8 +165,13 @@ def main() -> None:
         else:
             emit("refresh: PostgreSQL", None, "", "skipped: set CXR_BENCH_POSTGRES_URL")
     bare, ours = cache_vs_bare(home)
-    emit("image cache build, 1024px PNG -> 224px uint8", round(ours, 1), "img/s",
-         f"ratio {ours / bare:.2f} of a bare PIL loop ({bare:.0f} img/s), target >= 0.8", ours / bare >= 0.8)
+    emit(
+        "image cache build, 1024px PNG -> 224px uint8",
+        round(ours, 1),
+        "img/s",
+        f"ratio {ours / bare:.2f} of a bare PIL loop ({bare:.0f} img/s), target >= 0.8",
+        ours / bare >= 0.8,
+    )
 
 
 if __name__ == "__main__":

@@ -8,19 +8,35 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["refresh_full_scale.py", "train_throughput.py", "scoring_throughput.py", "prediction_writes.py", "calibration_speed.py", "evaluation_speed.py", "demo_run.py"]
+SCRIPTS = [
+    "refresh_full_scale.py",
+    "train_throughput.py",
+    "scoring_throughput.py",
+    "prediction_writes.py",
+    "calibration_speed.py",
+    "evaluation_speed.py",
+    "demo_run.py",
+]
 
 
 def main() -> int:
     rows = []
-    for script in (sys.argv[1:] or SCRIPTS):
+    for script in sys.argv[1:] or SCRIPTS:
         print(f"== running bench/{script}", flush=True)
         proc = subprocess.run([sys.executable, str(HERE / script)], capture_output=True, text=True, cwd=HERE.parent)
         for line in proc.stdout.splitlines():
             if line.startswith("BENCH "):
                 rows.append(json.loads(line[6:]))
         if proc.returncode != 0:
-            rows.append({"figure": f"{script} FAILED (exit {proc.returncode})", "value": None, "unit": "", "reference": proc.stderr[-300:], "ok": False})
+            rows.append(
+                {
+                    "figure": f"{script} FAILED (exit {proc.returncode})",
+                    "value": None,
+                    "unit": "",
+                    "reference": proc.stderr[-300:],
+                    "ok": False,
+                }
+            )
     width = max(len(r["figure"]) for r in rows) if rows else 10
     print(f"\n{'figure'.ljust(width)}  {'value':>10}  unit   reference")
     for r in rows:

@@ -26,9 +26,9 @@ def measure(device_name: str) -> None:
 
     from cxrmodel.config import TrainConfig
     from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.data.transforms import eval_transform, train_transform
     from cxrmodel.models.networks import densenet121_fpn
     from cxrmodel.training.loop import fit, positive_weights
-    from cxrmodel.data.transforms import eval_transform, train_transform
 
     device = torch.device(device_name)
     rng = np.random.default_rng(0)
@@ -62,12 +62,20 @@ def measure(device_name: str) -> None:
 
     dataset = StudyDataset(array_loader(images), patient, labels, transform=train_transform(SIZE))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda")
-    val = DataLoader(StudyDataset(array_loader(images[:BATCH]), patient[:BATCH], labels[:BATCH], transform=eval_transform(SIZE)), batch_size=BATCH)
+    val = DataLoader(
+        StudyDataset(array_loader(images[:BATCH]), patient[:BATCH], labels[:BATCH], transform=eval_transform(SIZE)),
+        batch_size=BATCH,
+    )
     result = fit(densenet121_fpn(), loader, val, TrainConfig(epochs=3, batch_size=BATCH), weights, device)
     ours = max(r.images_per_second for r in result.history[1:])
     emit(f"training: bare loop, full model, {SIZE}px, batch {BATCH}, {device_name}", round(bare, 1), "img/s", "reference")
-    emit(f"training: cxrmodel.training.loop.fit from the image cache, {device_name}", round(ours, 1), "img/s",
-         f"ratio {ours / bare:.2f} of bare (target >= 0.9)", ours / bare >= 0.9)
+    emit(
+        f"training: cxrmodel.training.loop.fit from the image cache, {device_name}",
+        round(ours, 1),
+        "img/s",
+        f"ratio {ours / bare:.2f} of bare (target >= 0.9)",
+        ours / bare >= 0.9,
+    )
 
 
 def main() -> None:

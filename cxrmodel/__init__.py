@@ -20,14 +20,29 @@ import importlib.util as _util
 import sys as _sys
 
 _LEGACY = {
-    "metadata": "data.metadata", "sidecar": "data.sidecar", "splits": "data.splits", "balancing": "data.balancing",
-    "imaging": "data.imaging", "cache": "data.cache", "transforms": "data.transforms",
-    "hub": "data.hub", "synth": "data.synth",
-    "model": "models.networks", "weights": "models.weights", "artifacts": "models.artifacts", "baselines": "models.embedding",
-    "train": "training.loop", "distributed": "training.distributed",
-    "metrics": "evaluation.metrics", "thresholds": "evaluation.thresholds", "calibration": "evaluation.calibration",
-    "bootstrap": "evaluation.bootstrap", "subgroups": "evaluation.subgroups",
-    "gradcam": "explain.gradcam", "similarity": "explain.similarity", "embedding_map": "explain.embedding_map",
+    "metadata": "data.metadata",
+    "sidecar": "data.sidecar",
+    "splits": "data.splits",
+    "balancing": "data.balancing",
+    "imaging": "data.imaging",
+    "cache": "data.cache",
+    "transforms": "data.transforms",
+    "hub": "data.hub",
+    "synth": "data.synth",
+    "model": "models.networks",
+    "weights": "models.weights",
+    "artifacts": "models.artifacts",
+    "baselines": "models.embedding",
+    "train": "training.loop",
+    "distributed": "training.distributed",
+    "metrics": "evaluation.metrics",
+    "thresholds": "evaluation.thresholds",
+    "calibration": "evaluation.calibration",
+    "bootstrap": "evaluation.bootstrap",
+    "subgroups": "evaluation.subgroups",
+    "gradcam": "explain.gradcam",
+    "similarity": "explain.similarity",
+    "embedding_map": "explain.embedding_map",
 }
 
 

@@ -7,6 +7,7 @@ are plain pydantic models that flows take as typed parameters (what to do), load
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cxrmodel.findings import FINDINGS
-
+from cxrmodel.models.kinds import ModelKind
 
 #: The repository's configuration folder (``configs/``), beside the installed packages.
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -30,12 +31,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
 
     home: Path = Field(default=Path(".cxr"), description="Root folder for data, artefacts and reports.")
-    database_url: str | None = Field(
-        default=None, description="SQLAlchemy URL; defaults to sqlite:///<home>/cxr.db"
-    )
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; defaults to sqlite:///<home>/cxr.db")
     config: Path = Field(DEFAULT_CONFIG, description="Pipeline YAML the deployments run (data, train, thresholds, evaluation).")
     # The nightly run's inputs: folders on the host that runs it (a worker reads its own environment).
-    source_dir: Path | None = Field(None, description="NIH-layout folder the nightly refresh reads (Data_Entry_2017*.csv, images/).")
+    source_dir: Path | None = Field(
+        None, description="NIH-layout folder the nightly refresh reads (Data_Entry_2017*.csv, images/)."
+    )
     source: Literal["nih-local", "synthetic"] = Field("nih-local", description="How the nightly refresh reads source_dir.")
     incoming_dir: Path | None = Field(None, description="Folder of new PNG/DICOM studies the nightly run registers and scores.")
     # Schedules (cron, in ``timezone``) and work pools of the shipped deployments.
@@ -51,7 +52,8 @@ class Settings(BaseSettings):
     reports_host: str = "127.0.0.1"
     reports_port: int = Field(8000, ge=1, le=65535)
     reports_base_url: str | None = Field(
-        None, description="Public URL of the reports folder, e.g. https://cxr.example.org/reports; default http://<host>:<port>/reports."
+        None,
+        description="Public URL of the reports folder, e.g. https://cxr.example.org/reports; default http://<host>:<port>/reports.",
     )
 
     @property
@@ -143,7 +145,7 @@ class DataConfig(_Frozen):
 class TrainConfig(_Frozen):
     """Seed 004's training recipe; every number here is a parameter, not a constant."""
 
-    architecture: Literal["densenet121_fpn", "densenet121"] = "densenet121_fpn"
+    architecture: Literal[ModelKind.DENSENET121_FPN, ModelKind.DENSENET121] = ModelKind.DENSENET121_FPN
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -196,7 +198,9 @@ class TrainConfig(_Frozen):
         if self.weights == "hub":
             from cxrmodel.models.weights import fetch_hub_weights
 
-            path = fetch_hub_weights(self.weights_hub_repo, self.weights_hub_file, self.weights_hub_revision, self.weights_hub_cache_dir)
+            path = fetch_hub_weights(
+                self.weights_hub_repo, self.weights_hub_file, self.weights_hub_revision, self.weights_hub_cache_dir
+            )
             return {"weights_path": path}
         return {}
 
@@ -209,10 +213,25 @@ class TrainConfig(_Frozen):
         return value
 
 
+class ThresholdMethod(StrEnum):
+    """How a threshold set was chosen: the four calibration methods, or ``fixed`` by hand."""
+
+    YOUDEN = "youden"
+    PRECISION_CONSTRAINED_F1 = "precision_constrained_f1"
+    DYNAMIC_F1 = "dynamic_f1"
+    FIXED_SENSITIVITY = "fixed_sensitivity"
+    FIXED = "fixed"
+
+
 class ThresholdConfig(_Frozen):
     """Per-finding decision thresholds (seed 004, 'dynamic threshold per class')."""
 
-    method: Literal["youden", "precision_constrained_f1", "dynamic_f1", "fixed_sensitivity"] = "dynamic_f1"
+    method: Literal[
+        ThresholdMethod.YOUDEN,
+        ThresholdMethod.PRECISION_CONSTRAINED_F1,
+        ThresholdMethod.DYNAMIC_F1,
+        ThresholdMethod.FIXED_SENSITIVITY,
+    ] = ThresholdMethod.DYNAMIC_F1
     min_precision: float = Field(0.40, ge=0, le=1)
     min_sensitivity: float = Field(0.90, gt=0, le=1, description="fixed_sensitivity: the operating point for triage.")
     grid_start: float = 0.10

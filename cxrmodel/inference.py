@@ -10,12 +10,28 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrmodel.data.imaging import ImageDecodeError, read_grayscale, resize_square
+from cxrmodel.data.metadata import AgeScaler, patient_features
+from cxrmodel.data.transforms import eval_transform
+from cxrmodel.models.loading import LoadedModel
+from cxrmodel.training.loop import resolve_device
+
+
+class PendingStudy(Protocol):
+    """What scoring needs of a study (the database's study entities have it)."""
+
+    id: int
+    image_path: str
+    age: float | None
+    sex: str | None
+    view: str | None
 
 
 @dataclass(frozen=True)
@@ -23,6 +39,20 @@ class ScoringItem:
     study_id: int
     image_path: str
     patient: tuple[float, float, float] | None  # None: metadata missing
+
+
+def scoring_items(studies: Sequence[PendingStudy], scaler: AgeScaler) -> list[ScoringItem]:
+    """One item per study with its patient features encoded as the model was trained
+    (:func:`cxrmodel.data.metadata.patient_features`); ``patient`` is None where age, sex and
+    view are all unknown (scored as a failure: missing metadata)."""
+    frame = pd.DataFrame({"age": [s.age for s in studies], "sex": [s.sex for s in studies], "view": [s.view for s in studies]})
+    features = patient_features(frame, scaler)
+    return [
+        ScoringItem(
+            s.id, s.image_path, None if s.age is None and s.sex is None and s.view is None else tuple(float(v) for v in row)
+        )
+        for s, row in zip(studies, features, strict=True)
+    ]
 
 
 class ScoringDataset(Dataset):
@@ -139,3 +169,11 @@ def score_batches(
             yield scored
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def score_studies(
+    model: LoadedModel, studies: Sequence[PendingStudy], batch_size: int = 64, device: str = "auto", num_workers: int = 0
+) -> Iterator[ScoredBatch]:
+    """:func:`score_batches` of a loaded network over ``studies``, decoded from their files."""
+    dataset = ScoringDataset(scoring_items(studies, model.age_scaler), model.image_size, eval_transform(model.image_size))
+    yield from score_batches(model.network, dataset, batch_size, resolve_device(device), num_workers=num_workers)

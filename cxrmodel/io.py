@@ -1,4 +1,5 @@
-"""File helpers every stage shares: a file's sha256, and atomic writes.
+"""File helpers every stage shares: a file's sha256 (of many files, in threads), atomic writes, and
+the check that an input folder is there.
 
 An atomic write goes to a temporary file beside the target, is flushed to disk, then moved
 over the target with ``os.replace``: a reader sees the old file or the whole new one, never a
@@ -11,7 +12,8 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +27,15 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_files(paths: Sequence[str | os.PathLike[str]], threads: int = 4) -> list[str]:
+    """:func:`sha256_file` of each path, in order, ``threads`` at a time (hashlib and file reads
+    release the GIL, so a refresh of many small images is bound by the disk, not one core)."""
+    if threads <= 1 or len(paths) < 2:
+        return [sha256_file(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cxr-sha256") as pool:
+        return list(pool.map(sha256_file, paths, chunksize=64))
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -75,3 +86,15 @@ def atomic_save_to(path: str | os.PathLike[str], save: Callable[[str], object]) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class MissingInputError(FileNotFoundError):
+    """A folder or file a run was told to read is not there: the user's to fix, never retried."""
+
+
+def require_folder(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` resolved, or :class:`MissingInputError` naming ``what`` when it is not a folder."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise MissingInputError(f"{what} {folder} does not exist or is not a folder")
+    return folder.resolve()

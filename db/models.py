@@ -2,12 +2,13 @@
 
 Long tables (one row per finding) hold labels, thresholds, per-class metrics and
 predictions, so SQL reads naturally: ``WHERE finding = 'Effusion' AND probability > 0.8``.
-Unique constraints make every write an idempotent upsert.
+Unique constraints make every write an idempotent upsert. Every status, kind, action, split
+and method column has a CHECK constraint listing the members of its enum (:mod:`db.checks`).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +27,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.checks import checks
+from db.statuses import ModelStatus, PromotionAction, RunStatus, ScoringStatus, StudyStatus
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -36,7 +40,7 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -48,6 +52,7 @@ class Study(Base):
     """One image: the NIH image index is the study key."""
 
     __tablename__ = "studies"
+    __table_args__ = checks("studies")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_key: Mapped[str] = mapped_column(String(128), unique=True)
@@ -61,7 +66,7 @@ class Study(Base):
     image_path: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str | None] = mapped_column(String(64))
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -83,6 +88,7 @@ class StudyLabel(Base):
 
 class RefreshRun(Base):
     __tablename__ = "refresh_runs"
+    __table_args__ = checks("refresh_runs")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source: Mapped[str] = mapped_column(String(32))
@@ -95,7 +101,7 @@ class RefreshRun(Base):
     n_updated: Mapped[int] = mapped_column(default=0)
     n_unchanged: Mapped[int] = mapped_column(default=0)
     n_quarantined: Mapped[int] = mapped_column(default=0)
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)
     #: Why a ``failed`` run failed (one line), shown by the night's scoring report.
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -118,6 +124,7 @@ class QuarantinedRow(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
+    __table_args__ = checks("model_versions")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
@@ -125,7 +132,7 @@ class ModelVersion(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     artifact_path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="candidate", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.CANDIDATE, index=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     parameter_count: Mapped[int | None]
     # A champion pinned by hand stays champion: automatic promotion leaves it alone until unpinned.
@@ -135,6 +142,7 @@ class ModelVersion(Base):
 
 class TrainingRun(Base):
     __tablename__ = "training_runs"
+    __table_args__ = checks("training_runs")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
@@ -146,7 +154,7 @@ class TrainingRun(Base):
     n_val: Mapped[int | None]
     best_epoch: Mapped[int | None]
     best_metric: Mapped[float | None] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -168,10 +176,12 @@ class EpochMetric(Base):
     mean_auroc: Mapped[float | None] = mapped_column(Float)
     learning_rate: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+    images_per_second: Mapped[float | None] = mapped_column(Float)
 
 
 class ThresholdSet(Base):
     __tablename__ = "threshold_sets"
+    __table_args__ = checks("threshold_sets")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
@@ -227,6 +237,9 @@ class Evaluation(Base):
     calibration: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     report_path: Mapped[str | None] = mapped_column(Text)
     bundle_path: Mapped[str | None] = mapped_column(Text)
+    #: The evaluation's own arrays (labels, probabilities, study keys, map): ``predictions.npz``
+    #: in ``<model folder>/evaluations/<id>/``, so a later evaluation never overwrites them.
+    arrays_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     class_metrics: Mapped[list[ClassMetric]] = relationship(cascade="all, delete-orphan")
@@ -287,12 +300,13 @@ class ScoringRun(Base):
     ``abandoned`` (its process died without saying so)."""
 
     __tablename__ = "scoring_runs"
+    __table_args__ = checks("scoring_runs")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="running")
+    status: Mapped[str] = mapped_column(String(16), default=ScoringStatus.RUNNING)
     n_candidates: Mapped[int] = mapped_column(default=0)
     n_scored: Mapped[int] = mapped_column(default=0)
     n_skipped: Mapped[int] = mapped_column(default=0)
@@ -337,10 +351,11 @@ class ScoringFailure(Base):
 
 class Promotion(Base):
     __tablename__ = "promotions"
+    __table_args__ = checks("promotions")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     previous_champion_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     reason: Mapped[str] = mapped_column(Text)
-    action: Mapped[str] = mapped_column(String(16), default="promote", server_default="promote")  # promote | pin | rollback
+    action: Mapped[str] = mapped_column(String(16), default=PromotionAction.PROMOTE, server_default="promote")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,6 +1,11 @@
-"""Example SQL for users (README, demo and tests use this one list). Bound parameters only."""
+"""Example SQL for users (README, demo and tests use this one list), the demo's summary, and
+:func:`run_query` to run any of them. Bound parameters only."""
 
 from __future__ import annotations
+
+from sqlalchemy import text
+
+from db.engine import get_engine
 
 EXAMPLE_QUERIES: dict[str, tuple[str, dict]] = {
     "Studies scored in the latest night, with their flagged findings": (
@@ -75,3 +80,26 @@ DEMO_QUERIES = (
     "Latest prediction per study and finding (the view), strongest Effusion calls",
     "Failures of the latest night and their reasons",
 )
+
+#: The demo's model-comparison table: every evaluation on a split, oldest first.
+MODEL_COMPARISON = (
+    """
+    SELECT mv.name AS model, mv.kind, mv.status, ROUND(CAST(e.macro_auroc AS NUMERIC), 3) AS "macro AUROC",
+           ROUND(CAST(e.macro_f1 AS NUMERIC), 3) AS "macro F1", ROUND(CAST(e.micro_f1 AS NUMERIC), 3) AS "micro F1"
+    FROM evaluations e JOIN model_versions mv ON mv.id = e.model_version_id
+    WHERE e.split = :split ORDER BY e.id
+    """,
+    {"split": "test"},
+)
+#: The newest scoring run's counts.
+LATEST_SCORING_RUN = (
+    "SELECT id, n_candidates, n_scored, n_failed, n_skipped FROM scoring_runs ORDER BY id DESC LIMIT :n",
+    {"n": 1},
+)
+
+
+def run_query(database_url: str, sql: str, params: dict | None = None) -> tuple[list[str], list[tuple]]:
+    """(column names, rows) of one read-only query."""
+    with get_engine(database_url).connect() as connection:
+        result = connection.execute(text(sql), params or {})
+        return list(result.keys()), [tuple(row) for row in result.all()]

@@ -1,28 +1,200 @@
-"""The model registry by hand: list versions, pin a champion, undo the last change.
+"""The model registry: versions, the champion, and every change of champion with its reason.
 
-Automatic promotion (``tasks.evaluation.promote_if_better``) goes through
-:func:`db.repository.promote`; the functions here are what ``cxr models ...`` calls. Every
-change of champion is a row in ``promotions`` with its action and reason, so the history
-reads as a log. Functions take an open session; the caller owns the transaction.
+Automatic promotion after an evaluation follows :func:`promotion_decision` (a pure rule:
+first champion, a pinned champion stays, otherwise the challenger must beat the champion's
+metric on the same split by more than the margin) through :func:`promote_if_better`; by hand,
+``cxr models ...`` calls :func:`pin`, :func:`unpin` and :func:`rollback`. Every change of
+champion is a row in ``promotions`` with its action and reason, so the history reads as a
+log. Functions take an open session and leave the transaction to the caller; versions leave
+as :class:`db.entities.ModelVersionInfo`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Evaluation, ModelVersion, Promotion
-from db.repository import active_threshold_set, champion, promote
+from cxrmodel.models.kinds import EMBEDDING_KINDS
+from cxrmodel.models.version_files import ModelVersionFiles
+from db.entities import ModelVersionInfo
+from db.evaluations import latest_evaluation
+from db.models import ModelVersion, Promotion
+from db.statuses import ModelStatus, PromotionAction
+from db.thresholds import active_threshold_set
 
-# Kinds the scoring task cannot run (embedding baselines): never champions.
-BASELINE_KINDS = frozenset({"knn_embedding", "mlp_embedding"})
+#: Kinds the scoring task cannot run (embedding baselines): never champions.
+BASELINE_KINDS = EMBEDDING_KINDS
 
 
 class RegistryError(ValueError):
     """A registry change that is refused, with the reason in its message."""
+
+
+# --- versions ------------------------------------------------------------------------------------
+
+
+def register_model_version(session: Session, **fields: Any) -> ModelVersionInfo:
+    """A new version (``name``, ``kind``, ``config``, ``artifact_path``, ``sha256`` and
+    optionally ``status``, ``parent_id``, ``parameter_count``); a candidate unless told otherwise."""
+    version = ModelVersion(**fields)
+    session.add(version)
+    session.flush()
+    return ModelVersionInfo.from_row(version)
+
+
+def model_version(session: Session, version_id: int) -> ModelVersionInfo:
+    """The version with this id (``ValueError`` if there is none)."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise ValueError(f"no model version with id {version_id}")
+    return ModelVersionInfo.from_row(version)
+
+
+def model_version_files(session: Session, version_id: int) -> ModelVersionFiles:
+    """What :func:`cxrmodel.models.loading.load_model_version` needs to load this version
+    (with its parent network's files for an embedding baseline)."""
+    version = model_version(session, version_id)
+    parent = model_version(session, version.parent_id) if version.parent_id else None
+    return version.files(parent)
+
+
+def update_model_config(session: Session, version_id: int, **values: Any) -> ModelVersionInfo:
+    """Merge ``values`` into the version's config (a new dict: the JSON column does not
+    notice in-place changes)."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise ValueError(f"no model version with id {version_id}")
+    version.config = {**(version.config or {}), **values}
+    session.flush()
+    return ModelVersionInfo.from_row(version)
+
+
+def indexed_network(session: Session, version_id: int | None = None) -> ModelVersionInfo:
+    """The network whose embedding index serves ``version_id`` (default: the champion): the
+    version itself when it has an index, else its parent network's (embedding baselines share
+    their parent's embedding space). ``RuntimeError`` when there is none."""
+    version = champion(session) if version_id is None else model_version(session, version_id)
+    if version is None:
+        raise RuntimeError("no champion model version: train, evaluate and promote one first")
+    if (version.config or {}).get("embedding_index"):
+        return version
+    if version.parent_id:
+        parent = model_version(session, version.parent_id)
+        if (parent.config or {}).get("embedding_index"):
+            return parent
+    raise RuntimeError(f"model version {version.name} has no embedding index: run the train flow (index-embeddings) for it")
+
+
+def _by_name(session: Session, name: str) -> ModelVersion:
+    version = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+    if version is None:
+        known = ", ".join(session.scalars(select(ModelVersion.name).order_by(ModelVersion.id))) or "none"
+        raise RegistryError(f"no model version named {name!r} (known: {known})")
+    return version
+
+
+def _champion_row(session: Session) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.CHAMPION))
+
+
+def champion(session: Session) -> ModelVersionInfo | None:
+    row = _champion_row(session)
+    return ModelVersionInfo.from_row(row) if row is not None else None
+
+
+def promote(session: Session, version_id: int, reason: str, action: PromotionAction = PromotionAction.PROMOTE) -> None:
+    """Make ``version_id`` the champion (the previous one retires) and record why.
+
+    ``action`` says how: ``promote`` (automatic, after an evaluation), ``pin`` or ``rollback``
+    (by hand). A new champion starts unpinned unless it was pinned.
+    """
+    previous = _champion_row(session)
+    if previous is not None and previous.id == version_id:
+        return
+    if previous is not None:
+        previous.status = ModelStatus.RETIRED
+        previous.pinned = False
+    session.get(ModelVersion, version_id).status = ModelStatus.CHAMPION
+    session.add(
+        Promotion(
+            model_version_id=version_id, previous_champion_id=previous.id if previous else None, reason=reason, action=action
+        )
+    )
+    session.flush()
+
+
+# --- automatic promotion -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """``promote``: record a change of champion; ``champion``: the challenger is (or becomes)
+    the champion; ``reason``: why, in words (the promotion's reason, or why not)."""
+
+    promote: bool
+    champion: bool
+    reason: str
+
+
+def promotion_decision(
+    metric: str,
+    challenger: float | None,
+    champion_name: str | None,
+    champion_value: float | None,
+    *,
+    champion_pinned: bool = False,
+    challenger_is_champion: bool = False,
+    margin: float = 0.0,
+) -> PromotionDecision:
+    """The promotion rule. No champion: the challenger becomes the first. The challenger is
+    already champion: nothing to do. A pinned champion stays. Otherwise the challenger's
+    ``metric`` must beat the champion's by more than ``margin`` (a missing value counts as 0)."""
+    ours = challenger or 0.0
+    if champion_name is None:
+        return PromotionDecision(True, True, f"first champion ({metric} {ours:.4f})")
+    if challenger_is_champion:
+        return PromotionDecision(False, True, f"{champion_name} is already the champion")
+    if champion_pinned:
+        return PromotionDecision(
+            False, False, f"kept champion {champion_name}: it is pinned (cxr models unpin to allow promotion)"
+        )
+    theirs = champion_value or 0.0
+    if ours > theirs + margin:
+        return PromotionDecision(
+            True, True, f"{metric} {ours:.4f} beats champion {champion_name} ({theirs:.4f}) by more than {margin}"
+        )
+    return PromotionDecision(False, False, f"kept champion {champion_name}: {metric} {theirs:.4f} vs challenger {ours:.4f}")
+
+
+def promote_if_better(
+    session: Session, version_id: int, metric: str = "macro_auroc", margin: float = 0.0, split: str = "test"
+) -> PromotionDecision:
+    """Apply :func:`promotion_decision` to ``version_id``'s newest evaluation on ``split``
+    against the champion's (``RuntimeError`` when the version has none)."""
+    ours = latest_evaluation(session, version_id, split)
+    if ours is None:
+        raise RuntimeError(f"model version {version_id} has no evaluation on {split}")
+    current = champion(session)
+    theirs = latest_evaluation(session, current.id, split) if current is not None else None
+    decision = promotion_decision(
+        metric,
+        getattr(ours, metric),
+        current.name if current else None,
+        getattr(theirs, metric) if theirs else None,
+        champion_pinned=bool(current and current.pinned),
+        challenger_is_champion=bool(current and current.id == version_id),
+        margin=margin,
+    )
+    if decision.promote:
+        promote(session, version_id, decision.reason)
+    return decision
+
+
+# --- by hand -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -40,11 +212,7 @@ def list_versions(session: Session, split: str = "test") -> list[VersionRow]:
     """Every model version, oldest first, with its newest macro AUROC on ``split``."""
     rows = []
     for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
-        ev = session.scalar(
-            select(Evaluation)
-            .where(Evaluation.model_version_id == version.id, Evaluation.split == split)
-            .order_by(Evaluation.id.desc())
-        )
+        ev = latest_evaluation(session, version.id, split)
         rows.append(
             VersionRow(
                 name=version.name,
@@ -59,14 +227,6 @@ def list_versions(session: Session, split: str = "test") -> list[VersionRow]:
     return rows
 
 
-def _version(session: Session, name: str) -> ModelVersion:
-    version = session.scalar(select(ModelVersion).where(ModelVersion.name == name))
-    if version is None:
-        known = ", ".join(session.scalars(select(ModelVersion.name).order_by(ModelVersion.id))) or "none"
-        raise RegistryError(f"no model version named {name!r} (known: {known})")
-    return version
-
-
 def _check_can_score(session: Session, version: ModelVersion) -> None:
     if version.kind in BASELINE_KINDS:
         raise RegistryError(f"{version.name} is an embedding baseline ({version.kind}); scoring cannot use it as champion")
@@ -74,38 +234,42 @@ def _check_can_score(session: Session, version: ModelVersion) -> None:
         raise RegistryError(f"{version.name} has no active threshold set: calibrate it before making it champion")
 
 
-def pin(session: Session, name: str, reason: str) -> ModelVersion:
+def pin(session: Session, name: str, reason: str) -> ModelVersionInfo:
     """Make ``name`` the champion and pin it, so automatic promotion leaves it in place."""
-    version = _version(session, name)
+    version = _by_name(session, name)
     _check_can_score(session, version)
-    current = champion(session)
+    current = _champion_row(session)
     if current is not None and current.id == version.id:
         if not version.pinned:
             version.pinned = True
-            session.add(Promotion(model_version_id=version.id, previous_champion_id=version.id, reason=reason, action="pin"))
+            session.add(
+                Promotion(model_version_id=version.id, previous_champion_id=version.id, reason=reason, action=PromotionAction.PIN)
+            )
     else:
-        promote(session, version.id, reason, action="pin")
+        promote(session, version.id, reason, action=PromotionAction.PIN)
         version.pinned = True
     session.flush()
-    return version
+    return ModelVersionInfo.from_row(version)
 
 
-def unpin(session: Session, reason: str) -> ModelVersion:
+def unpin(session: Session, reason: str) -> ModelVersionInfo:
     """Let automatic promotion replace the champion again."""
-    current = champion(session)
+    current = _champion_row(session)
     if current is None:
         raise RegistryError("there is no champion to unpin")
     if current.pinned:
         current.pinned = False
-        session.add(Promotion(model_version_id=current.id, previous_champion_id=current.id, reason=reason, action="unpin"))
+        session.add(
+            Promotion(model_version_id=current.id, previous_champion_id=current.id, reason=reason, action=PromotionAction.UNPIN)
+        )
         session.flush()
-    return current
+    return ModelVersionInfo.from_row(current)
 
 
-def rollback(session: Session, reason: str) -> ModelVersion:
+def rollback(session: Session, reason: str) -> ModelVersionInfo:
     """Undo the last change of champion: the champion it replaced comes back, pinned (so the
     next automatic promotion does not undo the rollback). Rolling back twice toggles back."""
-    current = champion(session)
+    current = _champion_row(session)
     if current is None:
         raise RegistryError("there is no champion to roll back")
     last = session.scalar(
@@ -117,10 +281,10 @@ def rollback(session: Session, reason: str) -> ModelVersion:
         raise RegistryError(f"{current.name} replaced no earlier champion: nothing to roll back to")
     previous = session.get(ModelVersion, last.previous_champion_id)
     _check_can_score(session, previous)
-    promote(session, previous.id, reason, action="rollback")
+    promote(session, previous.id, reason, action=PromotionAction.ROLLBACK)
     previous.pinned = True
     session.flush()
-    return previous
+    return ModelVersionInfo.from_row(previous)
 
 
 def history(session: Session) -> list[dict]:

@@ -112,7 +112,11 @@ def _driver_path_fits(table: Table, rows: Sequence[dict], columns: tuple[str, ..
 
 @lru_cache(maxsize=64)
 def _driver_statement(
-    table: Table, columns: tuple[str, ...], conflict: tuple[str, ...], update: tuple[str, ...], update_if_equal: tuple[str, ...],
+    table: Table,
+    columns: tuple[str, ...],
+    conflict: tuple[str, ...],
+    update: tuple[str, ...],
+    update_if_equal: tuple[str, ...],
     dialect: Dialect,
 ) -> tuple[str, tuple[tuple[int, object], ...]]:
     """The ``INSERT ... ON CONFLICT`` text for the driver and the bind processors, as

@@ -65,15 +65,21 @@ def deployment_specs(settings: Settings | None = None, config: PipelineConfig | 
     scoring = {"task_runner": "dask", "dask_address": s.dask_address} if s.dask_address else {}
     return [
         DeploymentSpec(
-            NIGHTLY, "flows/nightly.py:nightly_flow",
+            NIGHTLY,
+            "flows/nightly.py:nightly_flow",
             "Nightly: refresh the data (CXR_SOURCE_DIR) and register new studies (CXR_INCOMING_DIR), then score every "
             "pending study with the champion. A failed refresh still scores what is registered.",
-            s.cpu_pool, ("cxr", "nightly"), {"data": cfg.data.model_dump(mode="json"), **scoring}, s.nightly_cron,
+            s.cpu_pool,
+            ("cxr", "nightly"),
+            {"data": cfg.data.model_dump(mode="json"), **scoring},
+            s.nightly_cron,
         ),
         DeploymentSpec(
-            RETRAIN, "flows/pipeline.py:retrain_flow",
+            RETRAIN,
+            "flows/pipeline.py:retrain_flow",
             "Weekly on the GPU pool: train a challenger and its baselines, calibrate and evaluate them all, promote if better.",
-            s.gpu_pool, ("cxr", "gpu"),
+            s.gpu_pool,
+            ("cxr", "gpu"),
             {
                 "data": cfg.data.model_dump(mode="json"),
                 "train": cfg.train.model_dump(mode="json"),
@@ -84,12 +90,20 @@ def deployment_specs(settings: Settings | None = None, config: PipelineConfig | 
             s.retrain_cron,
         ),
         DeploymentSpec(
-            SCORE, "flows/stages.py:score_flow", "On demand: score every pending study with the champion now.",
-            s.cpu_pool, ("cxr",), dict(scoring),
+            SCORE,
+            "flows/stages.py:score_flow",
+            "On demand: score every pending study with the champion now.",
+            s.cpu_pool,
+            ("cxr",),
+            dict(scoring),
         ),
         DeploymentSpec(
-            REPORT, "flows/stages.py:report_flow", "On demand: render the HTML report of one evaluation.",
-            s.cpu_pool, ("cxr",), one_at_a_time=False,
+            REPORT,
+            "flows/stages.py:report_flow",
+            "On demand: render the HTML report of one evaluation.",
+            s.cpu_pool,
+            ("cxr",),
+            one_at_a_time=False,
         ),
     ]
 

@@ -6,9 +6,9 @@ import dataclasses
 import json
 import os
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,7 +22,9 @@ db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 models_app = typer.Typer(help="The model registry: list versions, pin a champion, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
-deployments_app = typer.Typer(help="The shipped deployments (nightly run, weekly retrain, on-demand scoring and reports).", no_args_is_help=True)
+deployments_app = typer.Typer(
+    help="The shipped deployments (nightly run, weekly retrain, on-demand scoring and reports).", no_args_is_help=True
+)
 app.add_typer(deployments_app, name="deployments")
 reports_app = typer.Typer(help="The HTML reports.", no_args_is_help=True)
 app.add_typer(reports_app, name="reports")
@@ -31,13 +33,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (data, train, thresholds).")]
-HomeOption = Annotated[Optional[Path], typer.Option("--home", help="State folder (default: $CXR_HOME or .cxr).")]
+HomeOption = Annotated[Path | None, typer.Option("--home", help="State folder (default: $CXR_HOME or .cxr).")]
 
 
 def _settings(home: Path | None) -> Settings:
     if home is not None:
         os.environ["CXR_HOME"] = str(home)
     return Settings()
+
+
+def _echo_json(result) -> None:
+    """Print a flow's result (a dataclass) as indented JSON."""
+    typer.echo(json.dumps(dataclasses.asdict(result), indent=2, default=str))
 
 
 def _config(path: Path) -> PipelineConfig:
@@ -92,7 +99,11 @@ def models_list(home: HomeOption = None) -> None:
 
 
 @models_app.command("pin")
-def models_pin(name: Annotated[str, typer.Argument(help="Model version name.")], reason: ReasonOption = "pinned by hand", home: HomeOption = None) -> None:
+def models_pin(
+    name: Annotated[str, typer.Argument(help="Model version name.")],
+    reason: ReasonOption = "pinned by hand",
+    home: HomeOption = None,
+) -> None:
     """Make a model version the champion and keep it there (automatic promotion skips it)."""
     from db.registry import pin
 
@@ -121,10 +132,13 @@ def models_history(home: HomeOption = None) -> None:
     from db.registry import history
 
     def show(session) -> str:
-        return "\n".join(
-            f"{h['at']:%Y-%m-%d %H:%M:%S}  {h['action']:8}  {h['champion']}  (was {h['previous'] or '-'})  {h['reason']}"
-            for h in history(session)
-        ) or "no promotions yet"
+        return (
+            "\n".join(
+                f"{h['at']:%Y-%m-%d %H:%M:%S}  {h['action']:8}  {h['champion']}  (was {h['previous'] or '-'})  {h['reason']}"
+                for h in history(session)
+            )
+            or "no promotions yet"
+        )
 
     _registry_change(home, show)
 
@@ -141,16 +155,16 @@ def synth(
     from flows.stages import synthesize_flow
 
     summary = synthesize_flow(str(out), SynthConfig(n_studies=studies, n_incoming=incoming, image_size=image_size, seed=seed))
-    typer.echo(json.dumps(summary, indent=2))
+    _echo_json(summary)
 
 
 @app.command()
 def refresh(
     source_dir: Annotated[Path, typer.Argument(help="NIH-layout folder (Data_Entry_2017*.csv, images/).")],
-    incoming: Annotated[Optional[Path], typer.Option(help="Folder of new PNG/DICOM studies to register.")] = None,
+    incoming: Annotated[Path | None, typer.Option(help="Folder of new PNG/DICOM studies to register.")] = None,
     source: Annotated[str, typer.Option(help="nih-local, synthetic or huggingface")] = "nih-local",
-    hub_repo: Annotated[Optional[str], typer.Option(help="Hugging Face dataset repo id (source huggingface).")] = None,
-    hub_revision: Annotated[Optional[str], typer.Option(help="Commit hash or tag to pin (source huggingface).")] = None,
+    hub_repo: Annotated[str | None, typer.Option(help="Hugging Face dataset repo id (source huggingface).")] = None,
+    hub_revision: Annotated[str | None, typer.Option(help="Commit hash or tag to pin (source huggingface).")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     home: HomeOption = None,
 ) -> None:
@@ -161,14 +175,13 @@ def refresh(
 
     _settings(home)
     hub = HubConfig(repo_id=hub_repo, revision=hub_revision) if source == "huggingface" else None
-    result = refresh_flow(str(source_dir), source, str(incoming) if incoming else None, _config(config).data, hub)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    _echo_json(refresh_flow(str(source_dir), source, str(incoming) if incoming else None, _config(config).data, hub))
 
 
 @app.command()
 def train(
     config: ConfigOption = DEFAULT_CONFIG,
-    epochs: Optional[int] = None,
+    epochs: int | None = None,
     knn_baseline: bool = True,
     mlp_baseline: bool = True,
     home: HomeOption = None,
@@ -180,7 +193,7 @@ def train(
     _settings(home)
     cfg = _config(config)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
-    typer.echo(json.dumps(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline), indent=2))
+    _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline))
 
 
 @app.command()
@@ -198,10 +211,10 @@ def evaluate(model_version_id: int, promote: bool = True, config: ConfigOption =
     from flows.stages import evaluate_flow
 
     _settings(home)
-    typer.echo(json.dumps(evaluate_flow(model_version_id, promote=promote, evaluation=_config(config).evaluation), indent=2))
+    _echo_json(evaluate_flow(model_version_id, promote=promote, evaluation=_config(config).evaluation))
 
 
-class TaskRunnerChoice(str, Enum):
+class TaskRunnerChoice(StrEnum):
     default = "default"
     dask = "dask"
 
@@ -213,21 +226,25 @@ def score(
         TaskRunnerChoice, typer.Option(help="default: chunks one after another here; dask: in parallel on a Dask cluster.")
     ] = TaskRunnerChoice.default,
     dask_address: Annotated[
-        Optional[str], typer.Option(help="Scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default: a local one).")
+        str | None, typer.Option(help="Scheduler of an existing Dask cluster, e.g. tcp://host:8786 (default: a local one).")
     ] = None,
     dask_workers: Annotated[int, typer.Option(min=1, help="Workers of the local Dask cluster.")] = 2,
-    chunk_size: Annotated[Optional[int], typer.Option(min=1, help="Studies per scoring task (default: the flow's, 512).")] = None,
+    chunk_size: Annotated[int | None, typer.Option(min=1, help="Studies per scoring task (default: the flow's, 512).")] = None,
     home: HomeOption = None,
 ) -> None:
     """Score every study that has no prediction from the champion model."""
     from flows.stages import score_flow
 
     _settings(home)
-    result = score_flow(
-        batch_size=batch_size, task_runner=task_runner.value, dask_address=dask_address, dask_workers=dask_workers,
-        **({"chunk_size": chunk_size} if chunk_size else {}),
+    _echo_json(
+        score_flow(
+            batch_size=batch_size,
+            task_runner=task_runner.value,
+            dask_address=dask_address,
+            dask_workers=dask_workers,
+            **({"chunk_size": chunk_size} if chunk_size else {}),
+        )
     )
-    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()
@@ -245,12 +262,13 @@ def similar(
         typer.echo(f"no similar labelled studies found for {study_key}")
         return
     table = [("#", "study", "cosine", "split", "findings")] + [
-        (str(i), r["study_key"], f"{r['cosine']:.3f}", str(r.get("split") or ""), r["findings_text"]) for i, r in enumerate(rows, 1)
+        (str(i), r["study_key"], f"{r['cosine']:.3f}", str(r.get("split") or ""), r["findings_text"])
+        for i, r in enumerate(rows, 1)
     ]
     widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
     typer.echo(f"labelled studies most similar to {study_key}:")
     for row in table:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 @app.command()
@@ -280,8 +298,8 @@ def demo(
 
 @app.command()
 def nightly(
-    source_dir: Annotated[Optional[Path], typer.Option(help="NIH-layout folder to refresh (default: $CXR_SOURCE_DIR).")] = None,
-    incoming: Annotated[Optional[Path], typer.Option(help="Folder of new studies to register (default: $CXR_INCOMING_DIR).")] = None,
+    source_dir: Annotated[Path | None, typer.Option(help="NIH-layout folder to refresh (default: $CXR_SOURCE_DIR).")] = None,
+    incoming: Annotated[Path | None, typer.Option(help="Folder of new studies to register (default: $CXR_INCOMING_DIR).")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     home: HomeOption = None,
 ) -> None:
@@ -289,8 +307,9 @@ def nightly(
     from flows.nightly import nightly_flow
 
     _settings(home)
-    night = nightly_flow(str(source_dir) if source_dir else None, str(incoming) if incoming else None, data=_config(config).data)
-    typer.echo(json.dumps(dataclasses.asdict(night), indent=2, default=str))
+    _echo_json(
+        nightly_flow(str(source_dir) if source_dir else None, str(incoming) if incoming else None, data=_config(config).data)
+    )
 
 
 @app.command()
@@ -305,7 +324,9 @@ def serve() -> None:  # pragma: no cover - runs until interrupted
 
 @deployments_app.command("yaml")
 def deployments_yaml(
-    out: Annotated[Optional[Path], typer.Option(help="Write here (e.g. deployments/prefect.yaml) instead of standard output.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write here (e.g. deployments/prefect.yaml) instead of standard output.")
+    ] = None,
 ) -> None:
     """Print deployments/prefect.yaml for `prefect deploy --all`, with the parameters of $CXR_CONFIG."""
     from deployments.definitions import prefect_yaml
@@ -320,8 +341,8 @@ def deployments_yaml(
 
 @reports_app.command("serve")
 def reports_serve(
-    host: Annotated[Optional[str], typer.Option(help="Interface to listen on (default: $CXR_REPORTS_HOST or 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port (default: $CXR_REPORTS_PORT or 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default: $CXR_REPORTS_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: $CXR_REPORTS_PORT or 8000).")] = None,
     home: HomeOption = None,
 ) -> None:  # pragma: no cover - runs until interrupted
     """Serve the reports folder read-only over HTTP, so the Prefect UI's report links open.

@@ -12,12 +12,12 @@ that the failure is not lost in a green run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 from prefect import flow, get_run_logger
 
 from cxrmodel.config import DataConfig, Settings
+from flows.results import NightResult
 from flows.stages import refresh_flow, score_flow
 from tasks.nightly import publish_night_summary
 from tasks.scoring import DEFAULT_CHUNK_SIZE
@@ -25,16 +25,6 @@ from tasks.scoring import DEFAULT_CHUNK_SIZE
 
 class RefreshFailedError(RuntimeError):
     """Tonight's refresh failed; scoring still ran on what was registered before."""
-
-
-@dataclass(frozen=True)
-class NightResult:
-    """What one night did: the refresh (None when it failed) and the scoring run."""
-
-    refresh: dict | None
-    refresh_error: str | None
-    scoring_run_id: int
-    scoring_report: str | None
 
 
 def _state_reason(state) -> str:
@@ -81,8 +71,10 @@ def nightly_flow(
         logger.error("tonight's refresh failed (%s); scoring what is already registered", refresh_error)
 
     scored = score_flow(batch_size=batch_size, task_runner=task_runner, dask_address=dask_address, chunk_size=chunk_size, **where)
-    night = NightResult(refresh, refresh_error, scored["scoring_run_id"], scored["report"])
+    night = NightResult(refresh, refresh_error, scored.scoring_run_id, scored.report)
     publish_night_summary(night.refresh, night.refresh_error, night.scoring_run_id, night.scoring_report, **where)
     if refresh_error:
-        raise RefreshFailedError(f"refresh failed ({refresh_error}); scoring run {night.scoring_run_id} scored what was registered")
+        raise RefreshFailedError(
+            f"refresh failed ({refresh_error}); scoring run {night.scoring_run_id} scored what was registered"
+        )
     return night

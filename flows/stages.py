@@ -9,8 +9,11 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from cxrmodel.config import DataConfig, EvaluationConfig, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.data.synth.dataset import SynthSummary
+from cxrmodel.io import MissingInputError, require_folder
 from db.engine import upgrade_database
 from flows.params import resolve
+from flows.results import EvaluateResult, RefreshResult, ScoreResult, TrainResult
 from tasks import data as data_tasks
 from tasks.common import flow_run_id
 from tasks.dataset_report import render_dataset
@@ -22,7 +25,7 @@ from tasks.training import train_knn_baseline, train_mlp_baseline, train_network
 
 
 @flow(name="cxr-synthesize", log_prints=True)
-def synthesize_flow(root: str, synth: SynthConfig = SynthConfig()) -> dict:
+def synthesize_flow(root: str, synth: SynthConfig = SynthConfig()) -> SynthSummary:
     """Generate the synthetic NIH-layout dataset (labelled studies and an incoming batch)."""
     return data_tasks.generate_synthetic(Path(root), synth)
 
@@ -37,7 +40,7 @@ def refresh_flow(
     dataset_report: bool = True,
     home: str | None = None,
     database_url: str | None = None,
-) -> dict:
+) -> RefreshResult:
     """Read the labelled metadata in ``source_dir`` (quarantine bad rows, split by patient,
     upsert studies, fill the image cache, write the dataset report) and register the new
     studies in ``incoming_dir`` for scoring; either may be left out. With
@@ -46,7 +49,7 @@ def refresh_flow(
     retries) and the refresh run is recorded as failed with the reason."""
     home_path, url = resolve(home, database_url)
     if source_dir is None and incoming_dir is None:
-        raise data_tasks.MissingInputError("nothing to refresh: give source_dir and/or incoming_dir (CXR_SOURCE_DIR, CXR_INCOMING_DIR)")
+        raise MissingInputError("nothing to refresh: give source_dir and/or incoming_dir (CXR_SOURCE_DIR, CXR_INCOMING_DIR)")
     upgrade_database(url)
     run_id = data_tasks.start_refresh(url, source if source_dir else "incoming", str(source_dir or incoming_dir), flow_run_id())
     try:
@@ -57,20 +60,22 @@ def refresh_flow(
                     raise ValueError("source 'huggingface' needs the hub parameter (repo_id and revision)")
                 Path(source_dir).mkdir(parents=True, exist_ok=True)
                 data_tasks.fetch_from_hub(hub, Path(source_dir))
-            root = data_tasks.require_folder(source_dir, "source folder")
+            root = require_folder(source_dir, "source folder")
             counts.append(data_tasks.ingest_labelled(url, root, source, data, run_id))
             counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
         if incoming_dir is not None:
-            counts.append(data_tasks.register_incoming(url, data_tasks.require_folder(incoming_dir, "incoming folder"), run_id))
+            counts.append(data_tasks.register_incoming(url, require_folder(incoming_dir, "incoming folder"), run_id))
         totals = data_tasks.finish_refresh(url, run_id, counts)
     except BaseException as exc:
         data_tasks.fail_refresh(url, run_id, exc)
         raise
     report = (
-        render_dataset(url, home_path, data.balancing, run_id, data.balancing_seed) if dataset_report and source_dir is not None else None
+        render_dataset(url, home_path, data.balancing, run_id, data.balancing_seed)
+        if dataset_report and source_dir is not None
+        else None
     )
     get_run_logger().info("refresh %d: %s", run_id, totals)
-    return {"refresh_run_id": run_id, **totals, "dataset_report": report}
+    return RefreshResult(run_id, totals.rows, totals.added, totals.updated, totals.unchanged, totals.quarantined, report)
 
 
 @flow(name="cxr-train")
@@ -82,20 +87,18 @@ def train_flow(
     with_embedding_index: bool = True,
     home: str | None = None,
     database_url: str | None = None,
-) -> dict:
+) -> TrainResult:
     """Train seed 004's network (or, with ``train.architecture='densenet121'``, the image-only
     baseline) on the training split, index the embeddings of every labelled study for
     similar-case retrieval, and fit the k-NN and MLP embedding baselines."""
     home_path, url = resolve(home, database_url)
     version_id = train_network(url, home_path, data, train)
-    out = {"model_version_id": version_id}
-    if with_embedding_index:
-        out["embedding_index"] = index_embeddings(url, home_path, version_id)
-    if with_knn_baseline:
-        out["knn_version_id"] = train_knn_baseline(url, home_path, version_id)
-    if with_mlp_baseline:
-        out["mlp_version_id"] = train_mlp_baseline(url, home_path, version_id)
-    return out
+    return TrainResult(
+        model_version_id=version_id,
+        embedding_index=index_embeddings(url, home_path, version_id) if with_embedding_index else None,
+        knn_version_id=train_knn_baseline(url, home_path, version_id) if with_knn_baseline else None,
+        mlp_version_id=train_mlp_baseline(url, home_path, version_id) if with_mlp_baseline else None,
+    )
 
 
 @flow(name="cxr-calibrate")
@@ -118,7 +121,7 @@ def evaluate_flow(
     split: Literal["test", "val"] = "test",
     home: str | None = None,
     database_url: str | None = None,
-) -> dict:
+) -> EvaluateResult:
     """Evaluate a model version with its active thresholds (bootstrap intervals, calibration,
     subgroups); promote it if it beats the champion by ``evaluation.promotion_margin``; publish
     the evaluation's artifacts under the keys of the role it ends with (champion or not)."""
@@ -126,10 +129,11 @@ def evaluate_flow(
     evaluation_id = evaluate_model(url, home_path, model_version_id, split=split, config=evaluation)
     promoted = (
         promote_if_better(url, model_version_id, evaluation.promotion_metric, evaluation.promotion_margin, split)
-        if promote else False
+        if promote
+        else False
     )
     publish_evaluation(url, evaluation_id)
-    return {"evaluation_id": evaluation_id, "promoted": promoted}
+    return EvaluateResult(evaluation_id, promoted)
 
 
 def dask_task_runner(address: str | None = None, n_workers: int = 2):
@@ -149,12 +153,22 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2):
 
 @flow(name="cxr-score-chunks")
 def score_chunks_flow(
-    database_url: str, batch_size: int, device: str, num_workers: int, chunk_size: int, stale_after_minutes: float = DEFAULT_STALE_MINUTES
+    database_url: str,
+    batch_size: int,
+    device: str,
+    num_workers: int,
+    chunk_size: int,
+    stale_after_minutes: float = DEFAULT_STALE_MINUTES,
 ) -> int:
     """One scoring run whose chunks go to this flow's task runner all at once (``score_flow``
     runs it with a ``DaskTaskRunner``); planning and finishing run here. Returns the run id."""
     return run_scoring(
-        database_url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, submit=True,
+        database_url,
+        batch_size,
+        device,
+        num_workers=num_workers,
+        chunk_size=chunk_size,
+        submit=True,
         stale_after_minutes=stale_after_minutes,
     )
 
@@ -172,7 +186,7 @@ def score_flow(
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
     home: str | None = None,
     database_url: str | None = None,
-) -> dict:
+) -> ScoreResult:
     """Score every pending study with the champion model; record failures; write the report.
 
     The pending studies are split into chunks of ``chunk_size``. With ``task_runner='default'``
@@ -190,9 +204,11 @@ def score_flow(
         scoring = score_chunks_flow.with_options(task_runner=dask_task_runner(dask_address, dask_workers))
         run_id = scoring(url, batch_size, device, num_workers, chunk_size, stale_after_minutes)
     else:
-        run_id = run_scoring(url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, stale_after_minutes=stale_after_minutes)
+        run_id = run_scoring(
+            url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, stale_after_minutes=stale_after_minutes
+        )
     report = render_scoring(url, home_path, run_id) if render_report else None
-    return {"scoring_run_id": run_id, "report": report}
+    return ScoreResult(run_id, report)
 
 
 @flow(name="cxr-similar")

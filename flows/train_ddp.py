@@ -1,7 +1,8 @@
 """Data-parallel training of seed 004's network (PyTorch DDP), one process per device.
 
 The same training run as the ``train-network`` task (:func:`tasks.training.train_network`),
-spread over several processes: the same data preparation, recipe, ``training_runs`` and
+spread over several processes: the same data preparation
+(:func:`cxrmodel.training.data.prepare_training_data`), recipe, ``training_runs`` and
 ``epoch_metrics`` rows, artefacts in ``CXR_HOME/models/<name>/`` and candidate model version.
 
 Launch
@@ -53,6 +54,8 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from cxrmodel.config import DataConfig, PipelineConfig, TrainConfig, load_pipeline_config
+from cxrmodel.models.networks import build_model
+from cxrmodel.training.data import prepare_training_data, version_name
 from cxrmodel.training.distributed import (
     DistContext,
     barrier,
@@ -62,18 +65,10 @@ from cxrmodel.training.distributed import (
     init_from_env,
     wrap_ddp,
 )
-from cxrmodel.models.networks import build_model
 from cxrmodel.training.loop import fit, seed_everything
 from flows.params import resolve
 from tasks.common import flow_run_id, labelled_frame, model_dir, run_logger
-from tasks.training import (
-    _version_name,
-    epoch_recorder,
-    fail_training_run,
-    open_training_run,
-    prepare_training_data,
-    register_trained_model,
-)
+from tasks.training import epoch_recorder, fail_training_run, open_training_run, register_trained_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -105,7 +100,7 @@ def train_distributed(
     model version's id on rank 0 and None on the other ranks."""
     home_path, url, frame = _load_shared_inputs(ctx, home, database_url)
     seed_everything(train.seed)
-    prepared = prepare_training_data(frame, home_path, data, train)
+    prepared = prepare_training_data(frame, home_path / "cache", data, train)
     backbone = train.backbone_kwargs() if ctx.is_main else {}  # the others get rank 0's weights from DDP
     model = build_model(train.architecture, dropout=train.dropout, **backbone)
     seed_everything(train.seed + ctx.rank)  # each rank its own augmentation and dropout stream
@@ -114,18 +109,33 @@ def train_distributed(
     pin = ctx.device.type == "cuda"
     per_rank = math.ceil(len(prepared.train_dataset) / ctx.world_size)
     train_loader = distributed_loader(
-        prepared.train_dataset, train.batch_size, ctx, shuffle=True, seed=train.seed,
-        num_workers=train.num_workers, pin_memory=pin, drop_last=per_rank > train.batch_size,
+        prepared.train_dataset,
+        train.batch_size,
+        ctx,
+        shuffle=True,
+        seed=train.seed,
+        num_workers=train.num_workers,
+        pin_memory=pin,
+        drop_last=per_rank > train.batch_size,
     )
     # The whole validation split, no sampler: fit() evaluates it on rank 0 only.
     val_loader = DataLoader(
-        prepared.val_dataset, batch_size=max(train.batch_size, 64), shuffle=False,
-        num_workers=train.num_workers if ctx.is_main else 0, pin_memory=pin,
+        prepared.val_dataset,
+        batch_size=max(train.batch_size, 64),
+        shuffle=False,
+        num_workers=train.num_workers if ctx.is_main else 0,
+        pin_memory=pin,
     )
     log.info(
         "rank %d/%d on %s: %d training rows (%d before balancing %r), %d per rank, %d validation rows",
-        ctx.rank, ctx.world_size, ctx.device, len(prepared.train_rows), prepared.n_train_before_balancing,
-        data.balancing, per_rank, len(prepared.val_rows),
+        ctx.rank,
+        ctx.world_size,
+        ctx.device,
+        len(prepared.train_rows),
+        prepared.n_train_before_balancing,
+        data.balancing,
+        per_rank,
+        len(prepared.val_rows),
     )
 
     if not ctx.is_main:
@@ -135,15 +145,23 @@ def train_distributed(
 
     logger = run_logger()
     run = flow_run_id()
-    name = _version_name(train.architecture)
+    name = version_name(train.architecture)
     out = model_dir(home_path, name)
     log_handler = logging.FileHandler(out / "train.log")
     run_id = open_training_run(url, train, ctx.describe(), prepared, run)
     history_rows: list[dict] = []
     on_epoch = epoch_recorder(url, run_id, name, train, logger, log_handler, history_rows, table_artifact=run is not None)
     try:
-        result = fit(ddp_model, train_loader, val_loader, train, prepared.pos_weight, ctx.device,
-                     on_epoch=on_epoch, checkpoint_path=out / "checkpoint.pt")
+        result = fit(
+            ddp_model,
+            train_loader,
+            val_loader,
+            train,
+            prepared.pos_weight,
+            ctx.device,
+            on_epoch=on_epoch,
+            checkpoint_path=out / "checkpoint.pt",
+        )
     except BaseException:
         fail_training_run(url, run_id)
         raise
@@ -151,14 +169,24 @@ def train_distributed(
         log_handler.close()
 
     distributed = {
-        "world_size": ctx.world_size, "backend": ctx.backend, "device_type": ctx.device.type,
-        "batch_size_per_process": train.batch_size, "global_batch_size": train.batch_size * ctx.world_size,
+        "world_size": ctx.world_size,
+        "backend": ctx.backend,
+        "device_type": ctx.device.type,
+        "batch_size_per_process": train.batch_size,
+        "global_batch_size": train.batch_size * ctx.world_size,
     }
     version_id = register_trained_model(
         url, out, name, run_id, model, result, prepared, data, train, history_rows, extra_config={"distributed": distributed}
     )
-    logger.info("registered %s (id %d), best epoch %d, %s %.3f on %s",
-                name, version_id, result.best_epoch, train.selection_metric, result.best_metric, ctx.describe())
+    logger.info(
+        "registered %s (id %d), best epoch %d, %s %.3f on %s",
+        name,
+        version_id,
+        result.best_epoch,
+        train.selection_metric,
+        result.best_metric,
+        ctx.describe(),
+    )
     barrier(ctx)
     return version_id
 
@@ -170,7 +198,9 @@ def _log_to_stderr(ctx: DistContext) -> None:
     if not any(getattr(h, "_cxr_ddp", False) for h in logger.handlers):
         handler = logging.StreamHandler()
         handler._cxr_ddp = True
-        handler.setFormatter(logging.Formatter(f"[rank {ctx.rank}/{ctx.world_size}] %(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter(f"[rank {ctx.rank}/{ctx.world_size}] %(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -185,7 +215,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--home", default=None, help="State folder (default: $CXR_HOME or .cxr).")
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: $CXR_DATABASE_URL or sqlite in home).")
     parser.add_argument("--epochs", type=int, default=None, help="Override train.epochs.")
-    parser.add_argument("--device", default=None, help="Override train.device: auto, cpu or cuda (each rank takes cuda:LOCAL_RANK).")
+    parser.add_argument(
+        "--device", default=None, help="Override train.device: auto, cpu or cuda (each rank takes cuda:LOCAL_RANK)."
+    )
     parser.add_argument("--backend", default=None, choices=["nccl", "gloo"], help="Default: nccl on CUDA, gloo on CPU.")
     return parser.parse_args(argv)
 

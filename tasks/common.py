@@ -1,18 +1,16 @@
-"""Glue shared by the tasks: run identity, studies as frames, cached image loaders."""
+"""What every task shares: its logger, the retry rule for database errors, the flow run's id,
+the labelled studies as a frame, and a model version's folder."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxrmodel.data.cache import ImageCache
-from cxrmodel.findings import FINDINGS
-from db import repository as repo
+from db import studies
 from db.engine import session_scope
 
 
@@ -50,7 +48,9 @@ def retry_on_transient_db_error(task, task_run, state) -> bool:
 
 
 #: Prefect options of the tasks that write to the database.
-DB_RETRIES = dict(retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient_db_error, cache_policy=NO_CACHE)
+DB_RETRIES = dict(
+    retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient_db_error, cache_policy=NO_CACHE
+)
 
 
 def flow_run_id() -> str | None:
@@ -64,42 +64,14 @@ def flow_run_id() -> str | None:
 
 
 def labelled_frame(database_url: str) -> pd.DataFrame:
-    """All active labelled studies with their split, features, image path and 14 label columns."""
+    """All active labelled studies with their split, features, image path, content hash and 14
+    label columns (:func:`db.studies.labelled_frame`; ``RuntimeError`` when there are none)."""
     with session_scope(database_url) as session:
-        studies = repo.labelled_studies(session)
-        labels = repo.label_table(session, [s.id for s in studies])
-        rows = [
-            {
-                "study_id": s.id,
-                "study_key": s.study_key,
-                "patient_id": s.patient_id,
-                "age": s.age,
-                "sex": s.sex,
-                "view": s.view,
-                "split": s.split,
-                "image_path": s.image_path,
-                **{f: int(labels.get(s.id, {}).get(f, 0)) for f in FINDINGS},
-            }
-            for s in studies
-        ]
-    frame = pd.DataFrame(rows)
-    if frame.empty:
-        raise RuntimeError("no labelled studies in the database: run the refresh flow first")
-    return frame
-
-
-def cached_loader(cache: ImageCache, frame: pd.DataFrame):
-    """``i -> uint8 [S, S]`` reading row ``i`` of ``frame`` through the image cache."""
-    keys = frame["study_key"].tolist()
-    paths = [Path(p) for p in frame["image_path"]]
-    return lambda i: cache.get(keys[i], paths[i])
+        return studies.labelled_frame(session)
 
 
 def model_dir(home: Path, name: str) -> Path:
+    """``home/models/<name>``, created: where a model version's artefacts live."""
     path = Path(home) / "models" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def to_python(values: np.ndarray) -> list[float]:
-    return [float(v) for v in values]

@@ -1,46 +1,39 @@
-"""Calibrate per-finding thresholds, evaluate on the test split, promote a better challenger."""
+"""Calibrate per-finding thresholds, evaluate on the test split, promote a better challenger,
+publish an evaluation's artifacts.
+
+The work is :mod:`cxrmodel` (load the version, predict a split, fit thresholds,
+:func:`cxrmodel.evaluation.evaluate.evaluate`); the rows are :mod:`db.thresholds`,
+:mod:`db.evaluations` and :mod:`db.registry` (the promotion rule lives there). The tasks add
+the log lines and the Prefect artifacts.
+"""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 from prefect import task
 
 from cxrmodel.config import EvaluationConfig, ThresholdConfig
-from cxrmodel.explain.embedding_map import embedding_map
+from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, save_arrays
+from cxrmodel.evaluation.thresholds import calibrate_thresholds as fit_thresholds
+from cxrmodel.evaluation.thresholds import save_thresholds_json
 from cxrmodel.findings import FINDINGS
-from cxrmodel.data.metadata import labels_matrix
-from cxrmodel.evaluation.metrics import evaluate_multilabel
-from cxrmodel.evaluation.thresholds import calibrate_thresholds as calibrate, save_thresholds_json
-from db import repository as repo
+from cxrmodel.models.loading import LoadedModel, load_model_version
+from db import evaluations, registry, thresholds
 from db.engine import session_scope
-from db.models import Evaluation, ModelVersion
+from db.evaluations import EvaluationRecord
+from db.registry import PromotionDecision
+from db.statuses import ModelStatus
 from tasks.artifacts import markdown_link, markdown_table, md, publish_markdown, publish_table, role_key
 from tasks.common import labelled_frame, run_logger
-from tasks.models import LoadedModel, load_model_version
 
 
-def _load(database_url: str, version_id: int):
+def _load(database_url: str, version_id: int) -> tuple[LoadedModel, str, Path]:
+    """(the loaded version, its name, its folder)."""
     with session_scope(database_url) as session:
-        version = session.get(ModelVersion, version_id)
-        if version is None:
-            raise ValueError(f"no model version with id {version_id}")
-        parent = session.get(ModelVersion, version.parent_id) if version.parent_id else None
-        return load_model_version(version, parent), version.name, Path(version.artifact_path).parent
-
-
-def predict_split(database_url: str, home: Path, loaded: LoadedModel, split: str):
-    """(probabilities, labels, frame, ms per image) of a loaded model version on a labelled split."""
-    frame = labelled_frame(database_url)
-    frame = frame[frame["split"] == split].reset_index(drop=True)
-    if frame.empty:
-        raise RuntimeError(f"no labelled studies in split {split!r}")
-    started = time.perf_counter()
-    probs = loaded.predict_frame(frame, Path(home) / "cache")
-    ms = (time.perf_counter() - started) * 1000 / len(frame)
-    return probs, labels_matrix(frame), frame, ms
+        files = registry.model_version_files(session, version_id)
+    return load_model_version(files), files.name, Path(files.artifact_path).parent
 
 
 @task(name="calibrate-thresholds")
@@ -48,71 +41,22 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
     """Fit per-finding thresholds on the validation split; store them as the active set and as
     ``thresholds.json`` beside the model."""
     loaded, name, folder = _load(database_url, version_id)
-    probs, labels, _, _ = predict_split(database_url, home, loaded, "val")
-    result = calibrate(labels, probs, config)
+    val = predict_split(loaded, labelled_frame(database_url), "val", Path(home) / "cache")
+    result = fit_thresholds(val.labels, val.probabilities, config)
     for finding, note in result.notes.items():
         run_logger().warning("%s: %s", finding, note)
     save_thresholds_json(result, folder / "thresholds.json")
     with session_scope(database_url) as session:
-        tset = repo.save_threshold_set(
+        tset = thresholds.save_threshold_set(
             session, version_id, result.method, config.model_dump(mode="json"), result.as_dict(), result.notes
         )
-        set_id = tset.id
-        is_champion = session.get(ModelVersion, version_id).status == "champion"
+        is_champion = registry.model_version(session, version_id).status == ModelStatus.CHAMPION
     publish_table(
         role_key("cxr-thresholds", None if is_champion else loaded.kind),
-        _thresholds_table(dict(zip(FINDINGS, (float(t) for t in result.thresholds))), result.notes),
-        description=f"Thresholds of {name} ({result.method}), set {set_id}",
+        _thresholds_table(dict(zip(FINDINGS, (float(t) for t in result.thresholds), strict=True)), result.notes),
+        description=f"Thresholds of {name} ({result.method}), set {tset.id}",
     )
-    return set_id
-
-
-def _none_if_nan(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
-
-
-def _add_calibration_error(per_class: list[dict], aggregates: dict, labels: np.ndarray, probs: np.ndarray, n_bins: int) -> None:
-    from cxrmodel.evaluation.calibration import expected_calibration_error  # TEMP lazy until the module lands
-
-    for j, row in enumerate(per_class):
-        row["ece"] = expected_calibration_error(labels[:, j], probs[:, j], n_bins=n_bins)
-    aggregates["mean_ece"] = float(np.mean([row["ece"] for row in per_class]))
-
-
-def _add_intervals(per_class: list[dict], aggregates: dict, labels, probs, thresholds, patients, config: EvaluationConfig) -> None:
-    """95 % (``config.confidence``) bootstrap intervals over patients for AUROC and F1."""
-    from cxrmodel.evaluation.bootstrap import bootstrap_ci  # TEMP lazy
-
-    boot = bootstrap_ci(labels, probs, thresholds, patients, config.n_bootstrap, config.confidence, config.random_state)
-    for j, row in enumerate(per_class):
-        row["auroc_ci_low"], row["auroc_ci_high"] = (_none_if_nan(v) for v in boot.auroc_ci[j])
-        row["f1_ci_low"], row["f1_ci_high"] = (_none_if_nan(v) for v in boot.f1_ci[j])
-    aggregates["macro_auroc_ci_low"], aggregates["macro_auroc_ci_high"] = (_none_if_nan(v) for v in boot.macro_auroc_ci)
-    aggregates["macro_f1_ci_low"], aggregates["macro_f1_ci_high"] = (_none_if_nan(v) for v in boot.macro_f1_ci)
-    aggregates["n_bootstrap"] = boot.n_resamples
-
-
-def _calibrate_probabilities(per_class: list[dict], aggregates: dict, labels, probs, val_labels, val_probs, config: EvaluationConfig) -> np.ndarray:
-    """Fit per-class probability calibration on validation; Brier and ECE after it on ``probs``."""
-    from cxrmodel.evaluation.calibration import ProbabilityCalibrator, calibration_summary  # TEMP lazy
-
-    calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration)
-    calibrated = calibrator.transform(probs)
-    for row, after in zip(per_class, calibration_summary(labels, probs, calibrated, n_bins=config.ece_bins)):
-        row["brier_calibrated"], row["ece_calibrated"] = after["brier_after"], after["ece_after"]
-    for finding, note in calibrator.notes.items():
-        run_logger().warning("calibration of %s: %s", finding, note)
-    aggregates["calibration_method"] = config.calibration
-    aggregates["calibration"] = calibrator.to_dict()
-    return calibrated
-
-
-def _subgroups(labels, probs, thresholds, frame, config: EvaluationConfig) -> list[dict]:
-    from cxrmodel.evaluation.subgroups import age_band, subgroup_metrics  # TEMP lazy
-
-    attributes = {"sex": frame["sex"].to_numpy(dtype=object), "age_band": age_band(frame["age"].to_numpy(dtype=float)),
-                  "view": frame["view"].to_numpy(dtype=object)}
-    return subgroup_metrics(labels, probs, thresholds, attributes, min_studies=config.subgroup_min_studies)
+    return tset.id
 
 
 @task(name="evaluate-model")
@@ -126,62 +70,82 @@ def evaluate_model(
 ) -> int:
     """Metrics of a model version on ``split`` with its active (or the given) threshold set:
     seed 004's metrics, patient-level bootstrap intervals, calibration error (and optional
-    probability calibration fitted on validation), subgroup metrics and an embedding map."""
+    probability calibration fitted on validation), subgroup metrics and an embedding map. The
+    arrays go to the evaluation's own ``evaluations/<id>/predictions.npz`` beside the model."""
     with session_scope(database_url) as session:
-        tset = session.get(repo.ThresholdSet, threshold_set_id) if threshold_set_id else repo.active_threshold_set(session, version_id)
-        if tset is None:
-            raise RuntimeError(f"model version {version_id} has no threshold set: run calibration first")
-        values = {t.finding: t.threshold for t in tset.thresholds}
-        threshold_set_id = tset.id
-    thresholds = np.array([values[f] for f in FINDINGS])
+        tset = (
+            thresholds.threshold_set(session, threshold_set_id)
+            if threshold_set_id
+            else thresholds.active_threshold_set(session, version_id)
+        )
+    if tset is None:
+        raise RuntimeError(f"model version {version_id} has no threshold set: run calibration first")
     loaded, name, folder = _load(database_url, version_id)
-    probs, labels, frame, ms = predict_split(database_url, home, loaded, split)
-    result = evaluate_multilabel(labels, probs, thresholds)
-    per_class, aggregates = [dict(row) for row in result.per_class], dict(result.aggregates)
-    _add_calibration_error(per_class, aggregates, labels, probs, config.ece_bins)
-    if config.n_bootstrap:
-        patients = frame["patient_id"].fillna(frame["study_key"]).astype(str).to_numpy()
-        _add_intervals(per_class, aggregates, labels, probs, thresholds, patients, config)
-    arrays = {"y_true": labels, "y_prob": probs.astype(np.float32), "study_key": frame["study_key"].to_numpy(dtype=str)}
-    if config.calibration != "none":
-        val_probs, val_labels, _, _ = predict_split(database_url, home, loaded, "val")
-        arrays["y_prob_calibrated"] = _calibrate_probabilities(per_class, aggregates, labels, probs, val_labels, val_probs, config).astype(np.float32)
-    subgroups = _subgroups(labels, probs, thresholds, frame, config)
-    if config.embedding_map and loaded.embedding_head is None and len(frame) >= 4:
-        arrays["map_xy"], arrays["map_rows"] = embedding_map(
-            loaded.embed_frame(frame, Path(home) / "cache"), config.map_max_points, config.random_state
-        )
-    np.savez_compressed(folder / f"predictions_{split}.npz", **arrays)
+    frame, cache = labelled_frame(database_url), Path(home) / "cache"
+    ours = predict_split(loaded, frame, split, cache)
+    val = predict_split(loaded, frame, "val", cache) if config.calibration != "none" else None
+    is_network = loaded.embedding_head is None
+    result = evaluate(
+        ours.labels,
+        ours.probabilities,
+        np.array([tset.values[f] for f in FINDINGS]),
+        ours.frame,
+        config,
+        validation=(val.labels, val.probabilities) if val is not None else None,
+        embeddings=loaded.embed_frame(ours.frame, cache)
+        if config.embedding_map and is_network and len(ours.frame) >= 4
+        else None,
+        inference_ms_per_image=ours.ms_per_image,
+    )
+    for finding, note in result.calibration_notes.items():
+        run_logger().warning("calibration of %s: %s", finding, note)
     with session_scope(database_url) as session:
-        evaluation = repo.save_evaluation(
-            session, version_id, threshold_set_id, split, aggregates, per_class, subgroups, inference_ms_per_image=ms
+        evaluation = evaluations.save_evaluation(
+            session, version_id, tset.id, split, result.aggregates, result.per_class, result.subgroups
         )
-        evaluation_id = evaluation.id
-    _log_evaluation(name, split, aggregates)
-    return evaluation_id
+        path = save_arrays(arrays_path(folder, evaluation.id), result.arrays)
+        evaluations.set_paths(session, evaluation.id, arrays_path=str(path))
+    _log_evaluation(name, split, result.aggregates)
+    return evaluation.id
 
 
 def _log_evaluation(name: str, split: str, aggregates: dict) -> None:
     low, high = aggregates.get("macro_auroc_ci_low"), aggregates.get("macro_auroc_ci_high")
     interval = "no CI" if low is None or high is None else f"95% CI {low:.3f}-{high:.3f}"
     run_logger().info(
-        "%s on %s: macro AUROC %.3f (%s), macro-F1 %.3f", name, split, aggregates["macro_auroc"] or float("nan"), interval,
+        "%s on %s: macro AUROC %.3f (%s), macro-F1 %.3f",
+        name,
+        split,
+        aggregates["macro_auroc"] or float("nan"),
+        interval,
         aggregates["macro_f1"],
     )
 
 
-def _thresholds_table(thresholds: dict[str, float], notes: dict[str, str]) -> list[dict]:
-    return [{"finding": f, "threshold": round(float(thresholds[f]), 4), "note": notes.get(f, "")} for f in FINDINGS if f in thresholds]
+def _thresholds_table(values: dict[str, float], notes: dict[str, str]) -> list[dict]:
+    return [{"finding": f, "threshold": round(float(values[f]), 4), "note": notes.get(f, "")} for f in FINDINGS if f in values]
 
 
-def evaluation_summary_markdown(record: repo.EvaluationRecord, report_link: str | None = None) -> str:
+def evaluation_summary_markdown(record: EvaluationRecord, report_link: str | None = None) -> str:
     """The headline of an evaluation: the aggregate metrics, with their intervals, as a table."""
     agg = record.aggregates
     headline = [
         {"metric": "macro AUROC", "value": agg.get("macro_auroc"), "95% CI": _interval(agg, "macro_auroc")},
         {"metric": "macro F1", "value": agg.get("macro_f1"), "95% CI": _interval(agg, "macro_f1")},
-        *({"metric": m.replace("_", " "), "value": agg.get(m), "95% CI": None}
-          for m in ("micro_auroc", "micro_f1", "macro_precision", "macro_recall", "exact_match", "hamming_loss", "lrap", "mean_brier", "mean_ece")),
+        *(
+            {"metric": m.replace("_", " "), "value": agg.get(m), "95% CI": None}
+            for m in (
+                "micro_auroc",
+                "micro_f1",
+                "macro_precision",
+                "macro_recall",
+                "exact_match",
+                "hamming_loss",
+                "lrap",
+                "mean_brier",
+                "mean_ece",
+            )
+        ),
     ]
     lines = [
         f"## {md(record.model_name)} ({md(record.model_kind)}, {md(record.model_status)}) on {md(record.split)}",
@@ -207,40 +171,32 @@ def publish_evaluation(database_url: str, evaluation_id: int) -> str | None:
     ``cxr-evaluation-summary``, ``cxr-thresholds``), or those keys suffixed by the model kind for
     a baseline or a challenger that was not promoted. Returns the suffix used (None: champion)."""
     with session_scope(database_url) as session:
-        record = repo.evaluation_record(session, evaluation_id)
-    kind = None if record.model_status == "champion" else record.model_kind
+        record = evaluations.evaluation_record(session, evaluation_id)
+    kind = None if record.model_status == ModelStatus.CHAMPION else record.model_kind
     what = f"{record.model_name} on {record.split} (evaluation {evaluation_id})"
     publish_table(role_key("cxr-per-class-metrics", kind), record.per_class, description=f"Per-class metrics of {what}")
-    publish_table(role_key("cxr-subgroup-metrics", kind), record.subgroups,
-                  description=f"Metrics of {what} by sex, age band and view")
-    publish_markdown(role_key("cxr-evaluation-summary", kind), evaluation_summary_markdown(record), description=f"Summary of {what}")
-    publish_table(role_key("cxr-thresholds", kind), _thresholds_table(record.thresholds, record.threshold_notes),
-                  description=f"Thresholds of {record.model_name} ({record.threshold_method})")
+    publish_table(
+        role_key("cxr-subgroup-metrics", kind), record.subgroups, description=f"Metrics of {what} by sex, age band and view"
+    )
+    publish_markdown(
+        role_key("cxr-evaluation-summary", kind), evaluation_summary_markdown(record), description=f"Summary of {what}"
+    )
+    publish_table(
+        role_key("cxr-thresholds", kind),
+        _thresholds_table(record.thresholds, record.threshold_notes),
+        description=f"Thresholds of {record.model_name} ({record.threshold_method})",
+    )
     return kind
 
 
 @task(name="promote-if-better")
-def promote_if_better(database_url: str, version_id: int, metric: str = "macro_auroc", margin: float = 0.0, split: str = "test") -> bool:
+def promote_if_better(
+    database_url: str, version_id: int, metric: str = "macro_auroc", margin: float = 0.0, split: str = "test"
+) -> bool:
     """Promote ``version_id`` when there is no champion, or when it beats the champion's
-    ``metric`` on the same split by more than ``margin``."""
+    ``metric`` on the same split by more than ``margin`` (:func:`db.registry.promotion_decision`).
+    Returns whether it is the champion now."""
     with session_scope(database_url) as session:
-        ours = session.query(Evaluation).filter_by(model_version_id=version_id, split=split).order_by(Evaluation.id.desc()).first()
-        if ours is None:
-            raise RuntimeError(f"model version {version_id} has no evaluation on {split}")
-        current = repo.champion(session)
-        if current is None:
-            repo.promote(session, version_id, f"first champion ({metric} {getattr(ours, metric):.4f})")
-            return True
-        if current.id == version_id:
-            return True
-        if current.pinned:
-            run_logger().info("kept champion %s: it is pinned (cxr models unpin to allow promotion)", current.name)
-            return False
-        theirs = session.query(Evaluation).filter_by(model_version_id=current.id, split=split).order_by(Evaluation.id.desc()).first()
-        ours_value = getattr(ours, metric) or 0.0
-        theirs_value = (getattr(theirs, metric) or 0.0) if theirs else 0.0
-        if ours_value > theirs_value + margin:
-            repo.promote(session, version_id, f"{metric} {ours_value:.4f} beats champion {current.name} ({theirs_value:.4f}) by more than {margin}")
-            return True
-        run_logger().info("kept champion %s: %s %.4f vs challenger %.4f", current.name, metric, theirs_value, ours_value)
-        return False
+        decision: PromotionDecision = registry.promote_if_better(session, version_id, metric, margin, split)
+    run_logger().info("%s: %s", "promoted" if decision.promote else "not promoted", decision.reason)
+    return decision.champion

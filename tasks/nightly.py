@@ -2,40 +2,70 @@
 
 from __future__ import annotations
 
-
 from prefect import task
 
 from cxrmodel.findings import FINDINGS
-from db import repository as repo
+from db import scoring
 from db.engine import session_scope
+from db.scoring import ScoringSummary
 from flows.params import resolve
+from flows.results import RefreshResult
 from tasks.artifacts import markdown_link, markdown_table, md, publish_markdown, report_url
 
 NIGHT_KEY = "cxr-nightly"
 
 
-def night_markdown(summary: repo.ScoringSummary, refresh: dict | None, refresh_error: str | None, links: dict[str, str]) -> str:
+def night_markdown(
+    summary: ScoringSummary, refresh: RefreshResult | None, refresh_error: str | None, links: dict[str, str]
+) -> str:
     """The Markdown of :data:`NIGHT_KEY`: refresh outcome, scoring counts, flags per finding, report links."""
     lines = [f"## Night of {summary.started_at:%Y-%m-%d} (scoring run {summary.scoring_run_id})", ""]
     if refresh_error:
         lines.append(f"**Refresh FAILED**: {md(refresh_error)}. Scoring used the studies registered before it.")
     elif refresh is not None:
-        lines.append("**Refresh** completed (refresh run {}).".format(refresh.get("refresh_run_id")))
-        lines += ["", markdown_table([{"metadata rows": refresh.get("rows", 0), **{k: refresh.get(k, 0) for k in ("added", "updated", "unchanged", "quarantined")}}])]
+        lines.append(f"**Refresh** completed (refresh run {refresh.refresh_run_id}).")
+        lines += [
+            "",
+            markdown_table(
+                [
+                    {
+                        "metadata rows": refresh.rows,
+                        "added": refresh.added,
+                        "updated": refresh.updated,
+                        "unchanged": refresh.unchanged,
+                        "quarantined": refresh.quarantined,
+                    }
+                ]
+            ),
+        ]
     lines += [
         "",
         f"**Scoring** with champion {md(summary.model_name)} (threshold set {summary.threshold_set_id}): {md(summary.status)}.",
         "",
-        markdown_table([{"candidates": summary.n_candidates, "scored": summary.n_scored, "failed": summary.n_failed,
-                         "skipped": summary.n_skipped}]),
+        markdown_table(
+            [
+                {
+                    "candidates": summary.n_candidates,
+                    "scored": summary.n_scored,
+                    "failed": summary.n_failed,
+                    "skipped": summary.n_skipped,
+                }
+            ]
+        ),
         "",
         "**Positive decisions per finding**",
         "",
-        markdown_table([
-            {"finding": f, "flagged": summary.flagged.get(f, 0),
-             "rate": (summary.flagged.get(f, 0) / summary.n_scored) if summary.n_scored else None}
-            for f in FINDINGS if summary.flagged.get(f, 0)
-        ]),
+        markdown_table(
+            [
+                {
+                    "finding": f,
+                    "flagged": summary.flagged.get(f, 0),
+                    "rate": (summary.flagged.get(f, 0) / summary.n_scored) if summary.n_scored else None,
+                }
+                for f in FINDINGS
+                if summary.flagged.get(f, 0)
+            ]
+        ),
     ]
     if links:
         lines += ["", "Reports: " + " · ".join(markdown_link(text, url) for text, url in links.items())]
@@ -44,19 +74,23 @@ def night_markdown(summary: repo.ScoringSummary, refresh: dict | None, refresh_e
 
 @task(name="publish-night-summary")
 def publish_night_summary(
-    refresh: dict | None, refresh_error: str | None, scoring_run_id: int, scoring_report: str | None = None,
-    home: str | None = None, database_url: str | None = None,
+    refresh: RefreshResult | None,
+    refresh_error: str | None,
+    scoring_run_id: int,
+    scoring_report: str | None = None,
+    home: str | None = None,
+    database_url: str | None = None,
 ) -> str:
     """Publish the night's Markdown artifact (key :data:`NIGHT_KEY`); return its Markdown."""
     home_path, url = resolve(home, database_url)
     with session_scope(url) as session:
-        summary = repo.scoring_summary(session, scoring_run_id)
+        summary = scoring.scoring_summary(session, scoring_run_id)
     reports = home_path / "reports"
     links = {}
     if scoring_report:
         links["scoring report"] = report_url(scoring_report, reports)
-    if refresh and refresh.get("dataset_report"):
-        links["dataset report"] = report_url(refresh["dataset_report"], reports)
+    if refresh and refresh.dataset_report:
+        links["dataset report"] = report_url(refresh.dataset_report, reports)
     markdown = night_markdown(summary, refresh, refresh_error, links)
     publish_markdown(NIGHT_KEY, markdown, description=f"Night of {summary.started_at:%Y-%m-%d}: refresh and scoring")
     return markdown

@@ -25,24 +25,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-import numpy as np
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-
-from cxrmodel.findings import FINDINGS
-from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
-from cxrmodel.data.metadata import patient_features
-from cxrmodel.training.loop import resolve_device
-from cxrmodel.data.transforms import eval_transform
-from db import repository as repo
-from db.engine import session_scope
-from db.models import ModelVersion
 from prefect.cache_policies import NO_CACHE
 
+from cxrmodel.evaluation.metrics import apply_thresholds
+from cxrmodel.inference import score_studies
+from cxrmodel.models.loading import LoadedModel, load_model_version
+from db import registry, scoring
+from db.engine import session_scope
+from db.scoring import ScoringPlan
+from db.statuses import ScoringStatus
 from tasks.artifacts import in_prefect_run
 from tasks.common import DB_RETRIES, flow_run_id, run_logger
-from tasks.models import NETWORK_KINDS, LoadedModel, load_model_version
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_STALE_MINUTES",
+    "ChunkCounts",
+    "ScoringPlan",
+    "finish_scoring",
+    "plan_scoring",
+    "run_scoring",
+    "score_chunk",
+    "score_new_studies",
+]
 
 DEFAULT_CHUNK_SIZE = 512
 #: A running scoring run without a heartbeat (one per committed batch) for this long is dead.
@@ -50,30 +57,15 @@ DEFAULT_STALE_MINUTES = 60.0
 
 
 @dataclass(frozen=True)
-class ScoringPlan:
-    """What :func:`plan_scoring` decided: the run, the model and its thresholds, the chunks."""
+class ChunkCounts:
+    """What one try of :func:`score_chunk` did: studies scored, failed, and skipped (scored by
+    another run), its seconds, and the worker (host and process id) that ran it."""
 
-    scoring_run_id: int
-    model_version_id: int
-    model_name: str
-    threshold_set_id: int
-    thresholds: tuple[float, ...]  # in FINDINGS order
-    chunks: tuple[tuple[int, ...], ...]  # study ids
-
-    @property
-    def n_candidates(self) -> int:
-        return sum(len(c) for c in self.chunks)
-
-
-def _patient_rows(studies, scaler) -> list[tuple[float, float, float] | None]:
-    """Patient features of each study, encoded by :func:`cxrmodel.data.metadata.patient_features`;
-    None where age, sex and view are all unknown (scored as a failure: missing metadata)."""
-    frame = pd.DataFrame({"age": [s.age for s in studies], "sex": [s.sex for s in studies], "view": [s.view for s in studies]})
-    features = patient_features(frame, scaler)
-    return [
-        None if s.age is None and s.sex is None and s.view is None else tuple(float(v) for v in row)
-        for s, row in zip(studies, features)
-    ]
+    scored: int
+    failed: int
+    skipped: int
+    seconds: float
+    worker: str
 
 
 @functools.lru_cache(maxsize=2)
@@ -81,112 +73,110 @@ def _loaded_model(database_url: str, model_version_id: int) -> LoadedModel:
     """The model version, loaded (and sha-checked) once per process: every chunk a Dask
     worker runs after its first reuses it."""
     with session_scope(database_url) as session:
-        version = session.get(ModelVersion, model_version_id)
-        parent = session.get(ModelVersion, version.parent_id) if version.parent_id else None
-        return load_model_version(version, parent)
+        files = registry.model_version_files(session, model_version_id)
+    return load_model_version(files)
 
 
 @task(name="plan-scoring", **DB_RETRIES)
 def plan_scoring(
-    database_url: str, chunk_size: int = DEFAULT_CHUNK_SIZE, limit: int | None = None, stale_after_minutes: float = DEFAULT_STALE_MINUTES
+    database_url: str,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    limit: int | None = None,
+    stale_after_minutes: float = DEFAULT_STALE_MINUTES,
 ) -> ScoringPlan:
     """Start a scoring run for every pending study (at most ``limit``) with the champion and its
     active threshold set; split the study ids into chunks of ``chunk_size``. Runs still marked
     ``running`` without a heartbeat for ``stale_after_minutes`` lost their process: they are
     marked ``abandoned`` first (what they committed stays; their studies are not pending)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     with session_scope(database_url) as session:
-        abandoned = repo.abandon_stale_scoring_runs(session, timedelta(minutes=stale_after_minutes))
-        champion = repo.champion(session)
-        if champion is None:
-            raise RuntimeError("no champion model version: train, evaluate and promote one first")
-        if champion.kind not in NETWORK_KINDS:
-            raise NotImplementedError(f"scoring with an embedding baseline ({champion.kind}) as champion is not supported yet")
-        tset = repo.active_threshold_set(session, champion.id)
-        if tset is None:
-            raise RuntimeError(f"champion {champion.name} has no active threshold set")
-        by_finding = {t.finding: t.threshold for t in tset.thresholds}
-        pending = repo.study_ids_to_score(session, champion.id, limit=limit)
-        run = repo.start_scoring_run(
-            session, model_version_id=champion.id, threshold_set_id=tset.id, flow_run_id=flow_run_id(), n_candidates=len(pending)
-        )
-        plan = ScoringPlan(
-            scoring_run_id=run.id,
-            model_version_id=champion.id,
-            model_name=champion.name,
-            threshold_set_id=tset.id,
-            thresholds=tuple(float(by_finding[f]) for f in FINDINGS),
-            chunks=tuple(tuple(pending[i : i + chunk_size]) for i in range(0, len(pending), chunk_size)),
+        plan, abandoned = scoring.plan_scoring_run(
+            session, chunk_size, limit, timedelta(minutes=stale_after_minutes), flow_run_id()
         )
     logger = run_logger()
     if abandoned:
         logger.warning("scoring runs %s had no heartbeat for %s minutes: marked abandoned", abandoned, stale_after_minutes)
     logger.info(
-        "scoring run %d with %s: %d pending studies in %d chunks", plan.scoring_run_id, plan.model_name, len(pending), len(plan.chunks)
+        "scoring run %d with %s: %d pending studies in %d chunks",
+        plan.scoring_run_id,
+        plan.model_name,
+        plan.n_candidates,
+        len(plan.chunks),
     )
     return plan
 
 
 @task(name="score-chunk", **DB_RETRIES)
 def score_chunk(
-    database_url: str, plan: ScoringPlan, study_ids: Sequence[int], batch_size: int = 64, device: str = "auto", num_workers: int = 0
-) -> dict:
+    database_url: str,
+    plan: ScoringPlan,
+    study_ids: Sequence[int],
+    batch_size: int = 64,
+    device: str = "auto",
+    num_workers: int = 0,
+) -> ChunkCounts:
     """Score ``study_ids`` with the plan's model, committing each batch's predictions, failures
-    and counts together. Studies this run already committed (an earlier try of this chunk) are
-    left out; so are studies that an overlapping run scored first, before this chunk started or
-    while it ran (their predictions are kept, never overwritten: see ``keep_other_runs``).
-    Returns ``{"scored", "failed", "skipped", "seconds", "worker"}`` of this try (``skipped``:
-    scored by another run; ``worker``: host and process id)."""
+    and counts together (:func:`db.scoring.commit_batch`). Studies this run already committed
+    (an earlier try of this chunk) are left out; so are studies that an overlapping run scored
+    first, before this chunk started or while it ran (their predictions are kept, never
+    overwritten)."""
     logger = run_logger()
     started = time.perf_counter()
     loaded = _loaded_model(database_url, plan.model_version_id)
     with session_scope(database_url) as session:
-        done = repo.studies_done_in_run(session, plan.scoring_run_id, study_ids)
-        taken = repo.studies_scored_by_model(session, plan.model_version_id, study_ids) - done
-        studies = repo.studies_by_id(session, [sid for sid in study_ids if sid not in done and sid not in taken])
-    items = [ScoringItem(s.id, s.image_path, p) for s, p in zip(studies, _patient_rows(studies, loaded.age_scaler))]
-    thresholds = np.asarray(plan.thresholds)
-    dataset = ScoringDataset(items, loaded.image_size, eval_transform(loaded.image_size))
+        done = scoring.studies_done_in_run(session, plan.scoring_run_id, study_ids)
+        taken = scoring.studies_scored_by_model(session, plan.model_version_id, study_ids) - done
+        studies = scoring.studies_by_id(session, [sid for sid in study_ids if sid not in done and sid not in taken])
     scored, failed, skipped = 0, 0, len(taken)
-    for batch in score_batches(loaded.network, dataset, batch_size, resolve_device(device), num_workers=num_workers):
-        rows = [
-            {"study_id": sid, "model_version_id": plan.model_version_id, "finding": finding, "probability": float(p),
-             "decision": bool(p >= thresholds[j]), "threshold_set_id": plan.threshold_set_id,
-             "scoring_run_id": plan.scoring_run_id}
-            for sid, probs in zip(batch.study_ids, batch.probabilities)
-            for j, (finding, p) in enumerate(zip(FINDINGS, probs))
-        ]
+    for batch in score_studies(loaded, studies, batch_size, device, num_workers):
         with session_scope(database_url) as session:
-            won = repo.write_predictions(session, rows, keep_other_runs=True) // len(FINDINGS)
-            repo.record_scoring_failures(session, plan.scoring_run_id, batch.failures)
-            repo.add_scoring_counts(session, plan.scoring_run_id, won, len(batch.failures))
+            won = scoring.commit_batch(
+                session,
+                plan,
+                batch.study_ids,
+                batch.probabilities,
+                apply_thresholds(batch.probabilities, plan.thresholds),
+                batch.failures,
+            )
         scored += won
         skipped += len(batch.study_ids) - won
         failed += len(batch.failures)
         for sid, reason in batch.failures.items():
             logger.warning("study %d failed: %s", sid, reason)
-    seconds = time.perf_counter() - started
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    counts = ChunkCounts(scored, failed, skipped, time.perf_counter() - started, f"{socket.gethostname()}:{os.getpid()}")
     logger.info(
         "chunk of %d studies on %s: %d scored, %d failed, %d scored by another run, %d done by an earlier try, %.1fs",
-        len(study_ids), worker, scored, failed, skipped, len(done), seconds,
+        len(study_ids),
+        counts.worker,
+        scored,
+        failed,
+        skipped,
+        len(done),
+        counts.seconds,
     )
-    return {"scored": scored, "failed": failed, "skipped": skipped, "seconds": seconds, "worker": worker}
+    return counts
 
 
 @task(name="finish-scoring", **DB_RETRIES)
-def finish_scoring(database_url: str, plan: ScoringPlan, chunk_counts: Sequence[dict], seconds: float | None = None) -> int:
+def finish_scoring(
+    database_url: str, plan: ScoringPlan, chunk_counts: Sequence[ChunkCounts], seconds: float | None = None
+) -> int:
     """Mark the run completed (its counts are already in the row); log and publish the summary.
     Returns the scoring run id."""
     with session_scope(database_url) as session:
-        run = repo.finish_scoring_run(session, plan.scoring_run_id)
-        n_scored, n_failed, n_skipped = run.n_scored, run.n_failed, run.n_skipped
-    chunk_seconds = sum(c["seconds"] for c in chunk_counts)
+        run = scoring.finish_scoring_run(session, plan.scoring_run_id)
+    n_scored, n_failed, n_skipped = run.n_scored, run.n_failed, run.n_skipped
+    chunk_seconds = sum(c.seconds for c in chunk_counts)
     seconds = chunk_seconds if seconds is None else seconds
     run_logger().info(
         "scoring run %d with %s: %d scored, %d failed, %d skipped in %.1fs (%d chunks, %.1fs of chunk time)",
-        plan.scoring_run_id, plan.model_name, n_scored, n_failed, n_skipped, seconds, len(chunk_counts), chunk_seconds,
+        plan.scoring_run_id,
+        plan.model_name,
+        n_scored,
+        n_failed,
+        n_skipped,
+        seconds,
+        len(chunk_counts),
+        chunk_seconds,
     )
     if in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
         create_markdown_artifact(
@@ -230,7 +220,7 @@ def run_scoring(
     except BaseException:
         try:  # best effort: the database may be what failed
             with session_scope(database_url) as session:
-                repo.finish_scoring_run(session, plan.scoring_run_id, "failed")
+                scoring.finish_scoring_run(session, plan.scoring_run_id, ScoringStatus.FAILED)
         except Exception:
             pass
         raise
@@ -239,8 +229,13 @@ def run_scoring(
 
 @task(name="score-new-studies", cache_policy=NO_CACHE)
 def score_new_studies(
-    database_url: str, batch_size: int = 64, device: str = "auto", limit: int | None = None, num_workers: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE, stale_after_minutes: float = DEFAULT_STALE_MINUTES,
+    database_url: str,
+    batch_size: int = 64,
+    device: str = "auto",
+    limit: int | None = None,
+    num_workers: int = 0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    stale_after_minutes: float = DEFAULT_STALE_MINUTES,
 ) -> int:
     """Score pending studies with the champion and its active thresholds in this process
     (plan, chunks one after another, finish), committing batch by batch; failures are recorded

@@ -54,9 +54,7 @@ def _fresh_postgres_database(base_url: str) -> Iterator[str]:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
-            )
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 
@@ -147,8 +145,9 @@ class BackgroundProcess:
 
     def start(self) -> BackgroundProcess:
         self._fh = open(self.log, "ab")
-        self.process = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=self._fh, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        self.process = subprocess.Popen(
+            self.args, env=self.env, cwd=self.cwd, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def stop(self) -> None:
@@ -172,8 +171,14 @@ class RealPrefectServer:
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 180, cwd: Path = REPO_ROOT):
         """Run Prefect's own CLI (``prefect <args>``) against this server."""
-        return subprocess.run([str(VENV_BIN / "prefect"), *args], env={**self.env, **(env or {})}, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [str(VENV_BIN / "prefect"), *args],
+            env={**self.env, **(env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def background(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> BackgroundProcess:
         return BackgroundProcess(args, {**self.env, **(env or {})}, log).start()
@@ -193,25 +198,29 @@ def real_prefect_server(tmp_path_factory) -> Iterator[RealPrefectServer]:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CXR_"))}
-    env.update({
-        "PREFECT_HOME": str(home / "client"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home / "client"),
+            "PREFECT_API_URL": api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     server_env = {**env, "PREFECT_HOME": str(home / "server")}
     server = BackgroundProcess(
-        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], server_env, home / "server.log"
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        server_env,
+        home / "server.log",
     ).start()
     try:
         wait_for_http(f"{api}/health", 120, server.process)
     except Exception:
         server.stop()
-        raise RuntimeError(f"prefect server did not start:\n{server.output()[-3000:]}")
+        raise RuntimeError(f"prefect server did not start:\n{server.output()[-3000:]}") from None
     try:
         yield RealPrefectServer(api, f"http://127.0.0.1:{port}", env, server.log)
     finally:
@@ -223,7 +232,8 @@ def browser():
     """Headless Chromium through Selenium (skipped, with the reason, when it is missing)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (test extra)")
     chromium = _executable(os.environ.get("CXR_CHROMIUM", "/usr/bin/chromium"), "chromium") or _executable(
-        "/usr/bin/chromium-browser", "chromium-browser")
+        "/usr/bin/chromium-browser", "chromium-browser"
+    )
     driver_path = _executable(os.environ.get("CXR_CHROMEDRIVER", "/usr/bin/chromedriver"), "chromedriver")
     if chromium is None or driver_path is None:
         pytest.skip("headless browser tests need Chromium and chromedriver (apt-get install chromium chromium-driver)")
@@ -231,9 +241,19 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1600",
-                "--hide-scrollbars", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--disable-quic"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1600",
+        "--hide-scrollbars",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)

@@ -156,5 +156,3 @@ def _assert_nih_layout(target: Path) -> None:
 
 def _leftovers(target: Path) -> list[str]:
     return sorted(p.name for p in target.iterdir() if ".partial-" in p.name or ".old-" in p.name)
-
-

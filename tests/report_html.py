@@ -81,6 +81,6 @@ def parse(html: str) -> ReportParser:
 def decode_png(uri: str) -> bytes:
     """The PNG bytes of a ``data:image/png;base64,`` URI (asserting that it is one)."""
     assert uri.startswith(PNG_PREFIX), uri[:40]
-    data = base64.b64decode(uri[len(PNG_PREFIX):], validate=True)
+    data = base64.b64decode(uri[len(PNG_PREFIX) :], validate=True)
     assert data.startswith(PNG_SIGNATURE)
     return data

@@ -35,8 +35,7 @@ def _imported_roots(path: Path) -> set[str]:
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_never_imports_orchestration_or_the_database(package):
     offenders = {
-        str(path.relative_to(ROOT)): sorted(_imported_roots(path) & FORBIDDEN[package])
-        for path in _python_files(package)
+        str(path.relative_to(ROOT)): sorted(_imported_roots(path) & FORBIDDEN[package]) for path in _python_files(package)
     }
     assert {k: v for k, v in offenders.items() if v} == {}
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrmodel.data.balancing import PRESETS, apply_balancing, label_counts, preset_steps
 from cxrmodel.config import BalancingStep
+from cxrmodel.data.balancing import PRESETS, apply_balancing, label_counts, preset_steps
 from cxrmodel.findings import FINDINGS, NO_FINDING
 
 

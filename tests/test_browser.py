@@ -17,9 +17,18 @@ import pytest
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (test extra)")
 
-from reports.render import DISCLAIMER, render_dataset_report, render_evaluation_report, render_scoring_report  # noqa: E402
+from report_contexts import full_context, make_context, scoring_context  # noqa: E402
 from test_dataset_report import make_context as dataset_context  # noqa: E402
-from test_reports import full_context, make_context, scoring_context  # noqa: E402
+
+from reports import (  # noqa: E402
+    DISCLAIMER,
+    DatasetContext,
+    EvaluationContext,
+    ScoringContext,
+    render_dataset_report,
+    render_evaluation_report,
+    render_scoring_report,
+)
 
 MIN_SCREENSHOT_BYTES = 20_000  # a blank or error page is a few kB
 A4_CONTENT_PX = 703  # (210 - 2 x 12) mm at 96 CSS px per inch: the width the print stylesheet must fit
@@ -48,7 +57,8 @@ def _check_page(driver, path: Path, shots: Path, name: str, expected_images: int
     severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert severe == [], f"console errors in {name}: {severe}"
     images = driver.execute_script(
-        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])")
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt])"
+    )
     assert len(images) == expected_images
     broken = [alt for complete, width, height, alt in images if not (complete and width > 0 and height > 0)]
     assert broken == [], f"images that did not decode in {name}: {broken}"
@@ -60,7 +70,8 @@ def _check_page(driver, path: Path, shots: Path, name: str, expected_images: int
         ".filter(t => getComputedStyle(t.parentElement).overflowX === 'visible'"
         " && t.getBoundingClientRect().right > t.parentElement.getBoundingClientRect().right + 1)"
         ".map(t => [t.closest('[id]')?.id, Math.round(t.getBoundingClientRect().width),"
-        " Math.round(t.parentElement.getBoundingClientRect().width)]);")
+        " Math.round(t.parentElement.getBoundingClientRect().width)]);"
+    )
     assert spilled == [], f"tables wider than their box in {name}: {spilled}"
 
     height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -68,9 +79,14 @@ def _check_page(driver, path: Path, shots: Path, name: str, expected_images: int
     shot = shots / f"{name}.png"
     assert driver.save_screenshot(str(shot))
     assert shot.stat().st_size > MIN_SCREENSHOT_BYTES
-    full = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                             "clip": {"x": 0, "y": 0, "width": 1280,
-                                                                      "height": min(height, 16000), "scale": 0.5}})
+    full = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 0.5},
+        },
+    )
     full_path = shots / f"{name}_full.png"
     full_path.write_bytes(base64.b64decode(full["data"]))
     assert full_path.stat().st_size > MIN_SCREENSHOT_BYTES
@@ -83,17 +99,20 @@ def _check_print(driver, shots: Path, name: str) -> None:
     style = driver.execute_script(
         "const th = document.querySelector('thead th'); const nav = document.querySelector('nav.toc');"
         "return [getComputedStyle(th).backgroundColor, getComputedStyle(th).color,"
-        " nav ? getComputedStyle(nav).display : 'none'];")
+        " nav ? getComputedStyle(nav).display : 'none'];"
+    )
     assert style[0] in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)"), f"dark header fill in print: {style[0]}"
     assert style[2] == "none"
     # at the printable width of A4 portrait (210 mm - 2 x 12 mm margins = 703 CSS px) no table is cut off
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": A4_CONTENT_PX, "height": 1000, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": A4_CONTENT_PX, "height": 1000, "deviceScaleFactor": 1, "mobile": False}
+    )
     try:
         too_wide = driver.execute_script(
             "const w = document.documentElement.clientWidth;"
             "return Array.from(document.querySelectorAll('table'))"
-            ".filter(t => t.getBoundingClientRect().right > w + 1).map(t => [t.id, Math.round(t.scrollWidth)]);")
+            ".filter(t => t.getBoundingClientRect().right > w + 1).map(t => [t.id, Math.round(t.scrollWidth)]);"
+        )
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     assert too_wide == [], f"tables wider than an A4 page in {name}: {too_wide}"
@@ -107,7 +126,7 @@ def _check_print(driver, shots: Path, name: str) -> None:
 
 def test_evaluation_report_in_browser(browser, tmp_path, shots):
     ctx = full_context(n_examples=2)
-    path = render_evaluation_report(ctx, tmp_path / "evaluation.html")
+    path = render_evaluation_report(EvaluationContext(**ctx), tmp_path / "evaluation.html")
     # confusion, ROC x2, PR x2, reliability, training, map; 2 examples x (image + Grad-CAM)
     _check_page(browser, path, shots, "evaluation", 8 + 2 * 2)
     # the subgroup warning and the per-class intervals are visible, not just present
@@ -118,7 +137,7 @@ def test_evaluation_report_in_browser(browser, tmp_path, shots):
 
 def test_evaluation_report_of_a_baseline_in_browser(browser, tmp_path, shots):
     ctx = make_context(examples=1)  # no intervals, calibration, subgroups, map or heat maps
-    path = render_evaluation_report(ctx, tmp_path / "baseline.html")
+    path = render_evaluation_report(EvaluationContext(**ctx), tmp_path / "baseline.html")
     _check_page(browser, path, shots, "evaluation_baseline", 7 + 1)
     for missing in ("no-intervals", "no-calibration", "no-subgroups", "no-embedding-map"):
         assert browser.find_element("id", missing).is_displayed()
@@ -127,13 +146,12 @@ def test_evaluation_report_of_a_baseline_in_browser(browser, tmp_path, shots):
 def test_scoring_report_in_browser(browser, tmp_path, shots):
     ctx = scoring_context()
     ctx["run"]["n_scored"] = 1000
-    ctx["top_studies"]["Effusion"] = [("00000001_000", 0.97, [("00000009_000", 0.93, "Effusion|Mass")]),
-                                      ("00000002_000", 0.93)]
+    ctx["top_studies"]["Effusion"] = [("00000001_000", 0.97, [("00000009_000", 0.93, "Effusion|Mass")]), ("00000002_000", 0.93)]
     # real key and finding lengths, in every column of the grid: nothing may spill into the next
     similar = [("00000822_005.png", 0.97, "Atelectasis|Effusion|Infiltration|Pleural_Thickening")] * 3
     for finding in ("Atelectasis", "Cardiomegaly", "Infiltration", "Pleural_Thickening"):
         ctx["top_studies"][finding] = [("90000015_000.dcm", 0.991, similar), ("90000023_001.dcm", 0.912, similar)]
-    path = render_scoring_report(ctx, tmp_path / "scoring.html")
+    path = render_scoring_report(ScoringContext(**ctx), tmp_path / "scoring.html")
     _check_page(browser, path, shots, "scoring", 1)
     assert browser.find_element("id", "drift-warning").is_displayed()
     _check_print(browser, shots, "scoring")
@@ -141,7 +159,7 @@ def test_scoring_report_in_browser(browser, tmp_path, shots):
 
 def test_dataset_report_in_browser(browser, tmp_path, shots):
     ctx = dataset_context(n_quarantined_extra=3)
-    path = render_dataset_report(ctx, tmp_path / "dataset.html")
+    path = render_dataset_report(DatasetContext(**ctx), tmp_path / "dataset.html")
     n_images = path.read_text(encoding="utf-8").count("<img ")
     assert n_images >= 4
     _check_page(browser, path, shots, "dataset", n_images)

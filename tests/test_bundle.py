@@ -10,9 +10,11 @@ import math
 import zipfile
 
 import pytest
+from report_contexts import full_context, make_context
 
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.thresholds import load_thresholds_json
+from cxrmodel.findings import FINDINGS
+from reports import DISCLAIMER, EvaluationContext, render_evaluation_report
 from reports.bundle import (
     BUNDLE_MEMBERS,
     PER_CLASS_CSV_COLUMNS,
@@ -20,17 +22,16 @@ from reports.bundle import (
     build_export_bundle,
     model_card_markdown,
 )
-from reports.render import DISCLAIMER, render_evaluation_report
-from test_reports import full_context, make_context
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     ctx = full_context(n_examples=1)
     ctx["evaluation_id"] = 42
+    context = EvaluationContext(**ctx)
     folder = tmp_path_factory.mktemp("bundle")
-    report = render_evaluation_report(ctx, folder / "evaluation_42.html")
-    out = build_export_bundle(ctx, report, folder / "out" / "evaluation_42_bundle.zip")
+    report = render_evaluation_report(context, folder / "evaluation_42.html")
+    out = build_export_bundle(context, report, folder / "out" / "evaluation_42_bundle.zip")
     return ctx, report, out
 
 
@@ -114,10 +115,15 @@ def test_model_card_has_disclaimer_intervals_gaps_and_failure_modes(bundle):
     assert "## Intended use" in card and "## Out of scope" in card
     assert "## Training data and split" in card and "600 / 200 / 200" in card
     agg = ctx["aggregates"]
-    assert f"| Macro AUROC | {agg['macro_auroc']:.3f} | {agg['macro_auroc_ci_low']:.3f}–{agg['macro_auroc_ci_high']:.3f} |" in card
+    assert (
+        f"| Macro AUROC | {agg['macro_auroc']:.3f} | {agg['macro_auroc_ci_low']:.3f}–{agg['macro_auroc_ci_high']:.3f} |" in card
+    )
     assert "over 1,000 resamples" in card
     hernia = next(r for r in ctx["per_class"] if r["finding"] == "Hernia")
-    assert f"| Hernia | {hernia['n_positive']} | {hernia['auroc']:.3f} | {hernia['auroc_ci_low']:.3f}–{hernia['auroc_ci_high']:.3f} |" in card
+    assert (
+        f"| Hernia | {hernia['n_positive']} | {hernia['auroc']:.3f} | {hernia['auroc_ci_low']:.3f}–{hernia['auroc_ci_high']:.3f} |"
+        in card
+    )
     assert "| View position | 2 / 2 | PA / AP | 0.120 |" in card and "gap above 0.05" in card
     assert "Performance differs by view position: macro-AUROC 0.120 lower for AP than for PA." in card
     assert "temperature scaling" in card and "→" in card
@@ -128,7 +134,7 @@ def test_model_card_has_disclaimer_intervals_gaps_and_failure_modes(bundle):
 
 def test_model_card_without_new_fields_and_escaping():
     ctx = make_context(model_name="<b>x</b> | y", epochs=False, examples=0)
-    card = model_card_markdown(ctx)
+    card = model_card_markdown(EvaluationContext(**ctx))
     assert "Confidence intervals are not available" in card
     assert "Calibration metrics are not available" in card
     assert "Subgroup metrics are not available" in card
@@ -140,7 +146,7 @@ def test_bundle_without_subgroups_has_four_members(tmp_path):
     ctx = make_context(epochs=False, examples=0)
     report = tmp_path / "r.html"
     report.write_text("<!DOCTYPE html><title>r</title>")
-    out = build_export_bundle(ctx, report, tmp_path / "b.zip")
+    out = build_export_bundle(EvaluationContext(**ctx), report, tmp_path / "b.zip")
     with zipfile.ZipFile(out) as zf:
         assert zf.namelist() == list(BUNDLE_MEMBERS)
 
@@ -149,6 +155,6 @@ def test_failed_bundle_keeps_the_previous_one(tmp_path):
     out = tmp_path / "b.zip"
     out.write_bytes(b"previous")
     with pytest.raises(FileNotFoundError):
-        build_export_bundle(make_context(epochs=False, examples=0), tmp_path / "missing.html", out)
+        build_export_bundle(EvaluationContext(**make_context(epochs=False, examples=0)), tmp_path / "missing.html", out)
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["b.zip"]

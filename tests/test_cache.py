@@ -114,3 +114,39 @@ def test_build_reports_failures(tmp_path, source, workers):
     assert cache.is_fresh(source.name, source)
     assert cache.get(source.name, source).shape == (48, 48)
     assert cache.build([(source.name, source)], workers=workers) == {}
+
+
+def test_content_hash_decides_freshness_when_given(tmp_path, source, decode_calls):
+    """With the content hash the refresh stored, touching the file keeps the entry (no file is
+    hashed again); another hash, i.e. other content, replaces it; and a hash-less reader
+    still goes by size and mtime."""
+    from cxrmodel.io import sha256_file
+
+    cache = ImageCache(tmp_path / "cache", 64)
+    digest = sha256_file(source)
+    first = cache.get(source.name, source, digest)
+    st = source.stat()
+    os.utime(source, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    assert cache.is_fresh(source.name, source, digest)
+    assert np.array_equal(cache.get(source.name, source, digest), first)
+    assert len(decode_calls) == 1
+    assert not cache.is_fresh(source.name, source)  # touched: stale for a reader without the hash
+
+    Image.fromarray(np.full((128, 128), 200, dtype=np.uint8)).save(source)
+    new_digest = sha256_file(source)
+    assert not cache.is_fresh(source.name, source, new_digest)
+    assert np.all(cache.get(source.name, source, new_digest) == 200)
+    assert len(decode_calls) == 2
+    assert cache.build([(source.name, source, new_digest)]) == {} and len(decode_calls) == 2
+
+
+def test_cached_entry_needs_no_source_with_its_hash(tmp_path, source):
+    from cxrmodel.io import sha256_file
+
+    cache = ImageCache(tmp_path / "cache", 32)
+    digest = sha256_file(source)
+    image = cache.get(source.name, source, digest)
+    source.unlink()
+    assert np.array_equal(cache.get(source.name, source, digest), image)
+    with pytest.raises(cache_module.ImageDecodeError, match="missing file"):
+        cache.get(source.name, source)

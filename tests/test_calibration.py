@@ -70,9 +70,7 @@ def test_reliability_curve_matches_sklearn(n_bins):
     np.testing.assert_allclose(mean_pred, prob_pred, rtol=0, atol=1e-15)
     np.testing.assert_allclose(observed, prob_true, rtol=0, atol=1e-15)
     assert count.sum() == p.size and (count > 0).all() and count.dtype.kind == "i"
-    assert np.sum(count * np.abs(observed - mean_pred)) / p.size == pytest.approx(
-        expected_calibration_error(y, p, n_bins)
-    )
+    assert np.sum(count * np.abs(observed - mean_pred)) / p.size == pytest.approx(expected_calibration_error(y, p, n_bins))
 
 
 def test_binary_input_validation():

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from test_scoring_faults import K, assert_every_study_scored_once, prepare_scoring_database, study_record, write_png
 
-from db import repository as repo
+from db import scoring
 from db.engine import get_engine, session_scope
 from db.models import Prediction, ScoringFailure, ScoringRun
 from tasks.common import transient_db_error
@@ -51,12 +51,15 @@ def _results(url: str, run_id: int) -> tuple[dict, dict, tuple]:
         predictions = {
             (sid, f): (p, d)
             for sid, f, p, d in session.execute(
-                select(Prediction.study_id, Prediction.finding, Prediction.probability, Prediction.decision)
-                .where(Prediction.scoring_run_id == run_id)
+                select(Prediction.study_id, Prediction.finding, Prediction.probability, Prediction.decision).where(
+                    Prediction.scoring_run_id == run_id
+                )
             )
         }
         failures = dict(
-            session.execute(select(ScoringFailure.study_id, ScoringFailure.reason).where(ScoringFailure.scoring_run_id == run_id)).all()
+            session.execute(
+                select(ScoringFailure.study_id, ScoringFailure.reason).where(ScoringFailure.scoring_run_id == run_id)
+            ).all()
         )
         run = session.get(ScoringRun, run_id)
         counts = (run.status, run.n_candidates, run.n_scored, run.n_failed)
@@ -79,7 +82,7 @@ def test_dask_runner_scores_like_the_default_runner(prefect_server, dask_cluster
     ids = _prepare(url, tmp_path)
     options = dict(batch_size=BATCH, chunk_size=CHUNK, render_report=False, home=str(tmp_path / "home"), database_url=url)
 
-    default = score_flow(**options)["scoring_run_id"]
+    default = score_flow(**options).scoring_run_id
     expected, expected_failures, expected_counts = _results(url, default)
     assert expected_counts == ("completed", N + 2, N, 2)
     assert len(expected) == N * K and len(expected_failures) == 2
@@ -88,7 +91,7 @@ def test_dask_runner_scores_like_the_default_runner(prefect_server, dask_cluster
     for dask in (dict(dask_workers=2), dict(dask_address=dask_cluster)):
         with session_scope(url) as session:
             session.execute(delete(Prediction))
-        on_dask = score_flow(task_runner="dask", **dask, **options)["scoring_run_id"]
+        on_dask = score_flow(task_runner="dask", **dask, **options).scoring_run_id
         got, failures, counts = _results(url, on_dask)
         assert counts == expected_counts, dask
         assert failures == expected_failures, dask
@@ -107,10 +110,10 @@ def test_dask_address_needs_the_dask_runner(prefect_server, url, tmp_path):
 
 
 def _failing_writes(monkeypatch, error: Exception, on_call: int) -> list[int]:
-    """``repo.write_predictions`` raises ``error`` once, on its ``on_call``-th call (inside the
+    """``db.scoring.write_predictions`` raises ``error`` once, on its ``on_call``-th call (inside the
     batch's transaction, so that batch is rolled back)."""
     calls = [0]
-    write = repo.write_predictions
+    write = scoring.write_predictions
 
     def flaky(session, rows, **options):
         calls[0] += 1
@@ -118,7 +121,7 @@ def _failing_writes(monkeypatch, error: Exception, on_call: int) -> list[int]:
             raise error
         return write(session, rows, **options)
 
-    monkeypatch.setattr(repo, "write_predictions", flaky)
+    monkeypatch.setattr(scoring, "write_predictions", flaky)
     return calls
 
 
@@ -128,7 +131,7 @@ def test_transient_database_error_is_retried_without_double_counting(prefect_ser
     ids = prepare_scoring_database(url, tmp_path, 40)
     # the third batch of the only chunk fails after two batches were committed
     calls = _failing_writes(monkeypatch, OperationalError("INSERT ...", {}, Exception("server closed the connection")), 3)
-    run_id = score_flow(batch_size=BATCH, render_report=False, home=str(tmp_path / "home"), database_url=url)["scoring_run_id"]
+    run_id = score_flow(batch_size=BATCH, render_report=False, home=str(tmp_path / "home"), database_url=url).scoring_run_id
     assert calls[0] == 5 + 1  # five batches, one of them twice
     predictions, failures, counts = _results(url, run_id)
     assert counts == ("completed", 40, 40, 0)  # the retry skipped the two committed batches
@@ -166,17 +169,34 @@ def test_transient_db_error_classification():
 
 
 def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
-    import flows.stages
     from typer.testing import CliRunner
 
+    import flows.stages
     from flows.cli import app
+    from flows.results import ScoreResult
 
     seen = {}
-    monkeypatch.setattr(flows.stages, "score_flow", lambda **kw: seen.update(kw) or {"scoring_run_id": 1, "report": None})
-    args = ["score", "--task-runner", "dask", "--dask-address", "tcp://10.0.0.5:8786", "--chunk-size", "100", "--home", str(tmp_path)]
+    monkeypatch.setattr(flows.stages, "score_flow", lambda **kw: seen.update(kw) or ScoreResult(1))
+    args = [
+        "score",
+        "--task-runner",
+        "dask",
+        "--dask-address",
+        "tcp://10.0.0.5:8786",
+        "--chunk-size",
+        "100",
+        "--home",
+        str(tmp_path),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert seen == {"batch_size": 64, "task_runner": "dask", "dask_address": "tcp://10.0.0.5:8786", "dask_workers": 2, "chunk_size": 100}
+    assert seen == {
+        "batch_size": 64,
+        "task_runner": "dask",
+        "dask_address": "tcp://10.0.0.5:8786",
+        "dask_workers": 2,
+        "chunk_size": 100,
+    }
 
 
 def test_nightly_deployment_scores_on_dask_when_an_address_is_set():

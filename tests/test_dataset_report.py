@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_html import decode_png, parse
 
 from cxrmodel.findings import FINDINGS, NO_FINDING
-from reports import figures
-from report_html import decode_png, parse
-from reports.render import DISCLAIMER, QUARANTINE_DETAIL_LIMIT, render_dataset_html, render_dataset_report
+from reports import DISCLAIMER, QUARANTINE_DETAIL_LIMIT, DatasetContext, figures, render_dataset_html, render_dataset_report
 
 SCRIPT_REASON = "bad age <script>alert('x')</script>"
 
@@ -62,9 +61,11 @@ def make_context(n_quarantined_extra: int = 0) -> dict:
         "generated_at": "2025-01-02 03:04:05 UTC",
         "source": "nih-local",
         "refresh": {"id": 3, "n_rows": 305, "n_added": 290, "n_updated": 7, "n_unchanged": 3, "n_quarantined": 5},
-        "split_counts": {"test": {"n_studies": 70, "n_patients": 41},
-                         "train": {"n_studies": 180, "n_patients": 97},
-                         "val": {"n_studies": 50, "n_patients": 23}},
+        "split_counts": {
+            "test": {"n_studies": 70, "n_patients": 41},
+            "train": {"n_studies": 180, "n_patients": 97},
+            "val": {"n_studies": 50, "n_patients": 23},
+        },
         "label_counts_by_split": {s: counts(m) for s, m in masks.items()},
         "balancing": {"preset": "seed004", "counts_before": before, "counts_after": after},
         "labels": labels,
@@ -78,7 +79,7 @@ def make_context(n_quarantined_extra: int = 0) -> dict:
 @pytest.fixture(scope="module")
 def report() -> tuple[dict, str]:
     ctx = make_context()
-    return ctx, render_dataset_html(ctx)
+    return ctx, render_dataset_html(DatasetContext(**ctx))
 
 
 # --------------------------------------------------------------------------- rendering
@@ -143,8 +144,11 @@ def test_quarantine_reason_summary_and_escaping(report):
     _, html = report
     p = parse(html)
     reasons = {r[0]: (r[1], r[2]) for r in p.tables["quarantine-reasons-table"]}
-    assert reasons == {"age 150 outside 0-120": ("3", "60.0%"), "missing image file": ("1", "20.0%"),
-                       SCRIPT_REASON: ("1", "20.0%")}
+    assert reasons == {
+        "age 150 outside 0-120": ("3", "60.0%"),
+        "missing image file": ("1", "20.0%"),
+        SCRIPT_REASON: ("1", "20.0%"),
+    }
     assert [r[0] for r in p.tables["quarantine-reasons-table"]][0] == "age 150 outside 0-120"  # most common first
     assert len(p.tables["quarantine-table"]) == 5
     # data is escaped, never markup
@@ -158,7 +162,7 @@ def test_quarantine_reason_summary_and_escaping(report):
 def test_quarantine_detail_list_is_capped(tmp_path):
     ctx = make_context(n_quarantined_extra=QUARANTINE_DETAIL_LIMIT + 20)
     ctx["labels"] = None  # keep this one quick
-    out = render_dataset_report(ctx, tmp_path / "sub" / "dataset.html")
+    out = render_dataset_report(DatasetContext(**ctx), tmp_path / "sub" / "dataset.html")
     html = out.read_text(encoding="utf-8")
     p = parse(html)
     total = 5 + QUARANTINE_DETAIL_LIMIT + 20
@@ -174,8 +178,8 @@ def test_quarantine_detail_list_is_capped(tmp_path):
 def test_missing_context_key_is_reported():
     ctx = make_context()
     del ctx["quarantined"]
-    with pytest.raises(KeyError, match="quarantined"):
-        render_dataset_html(ctx)
+    with pytest.raises(ValueError, match="quarantined"):  # when the context is built
+        DatasetContext(**ctx)
 
 
 # --------------------------------------------------------------------------- figures
@@ -190,8 +194,9 @@ def test_figure_helpers_return_png_data_uris():
         figures.cooccurrence_figure(np.zeros((0, len(FINDINGS)))),  # no studies at all
         figures.age_histogram_figure({"train": rng.normal(50, 10, 40), "val": [30.0, None, np.nan], "test": []}),
         figures.age_histogram_figure({}),
-        figures.proportions_figure({"train": {"F": 0.43, "M": 0.57}, "val": {"F": 0.5, "M": 0.4, "unknown": 0.1}},
-                                   "Sex by split"),
+        figures.proportions_figure(
+            {"train": {"F": 0.43, "M": 0.57}, "val": {"F": 0.5, "M": 0.4, "unknown": 0.1}}, "Sex by split"
+        ),
         figures.proportions_figure({}, "empty"),
     ):
         decode_png(uri)
@@ -208,17 +213,28 @@ def test_cooccurrence_figure_rejects_wrong_shape():
 
 
 def _study(key: str, patient: str, split: str, **over) -> dict:
-    rec = {"study_key": key, "patient_id": patient, "follow_up": 0, "age": 50.0, "sex": "M", "view": "PA",
-           "source": "synthetic", "split": split, "image_path": f"/data/{key}", "content_hash": "1:1",
-           "labelled": True}
+    rec = {
+        "study_key": key,
+        "patient_id": patient,
+        "follow_up": 0,
+        "age": 50.0,
+        "sex": "M",
+        "view": "PA",
+        "source": "synthetic",
+        "split": split,
+        "image_path": f"/data/{key}",
+        "content_hash": "1:1",
+        "labelled": True,
+    }
     rec.update(over)
     return rec
 
 
 def test_render_dataset_task_against_sqlite(tmp_path):
-    from db import repository as repo
     from db.engine import session_scope, upgrade_database
     from db.models import RefreshRun
+    from db.refresh import record_quarantine, start_refresh
+    from db.studies import sync_studies
     from tasks.dataset_report import dataset_context, render_dataset
 
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
@@ -228,27 +244,35 @@ def test_render_dataset_task_against_sqlite(tmp_path):
     for split, (n, n_patients) in plan.items():
         for i in range(n):
             key = f"{k:08d}_000.png"
-            records.append(_study(key, f"{split}-{i % n_patients}", split, age=20.0 + 5 * k, sex="MF"[k % 2],
-                                  view=("PA", "AP")[k % 3 == 0]))
+            records.append(
+                _study(key, f"{split}-{i % n_patients}", split, age=20.0 + 5 * k, sex="MF"[k % 2], view=("PA", "AP")[k % 3 == 0])
+            )
             labels[key] = {f: int(f == "Effusion" and k % 2 == 0) for f in FINDINGS}
             k += 1
     # an unlabelled incoming study and a quarantined (inactive) one must not be counted
     records.append(_study("incoming.png", None, "incoming", labelled=False))
     with session_scope(url) as s:
-        repo.sync_studies(s, records, labels)
-        run_id = repo.start_refresh(s, "synthetic", str(tmp_path), None).id
-        repo.record_quarantine(s, run_id, "synthetic", [
-            {"row_key": "bad1.png", "row_number": 20, "reason": "age 150 outside 0-120", "raw": "x"},
-            {"row_key": "bad2.png", "row_number": 21, "reason": "age 150 outside 0-120", "raw": "y"},
-            {"row_key": "<script>x</script>.png", "row_number": None, "reason": "missing image file", "raw": None},
-        ])
+        sync_studies(s, records, labels)
+        run_id = start_refresh(s, "synthetic", str(tmp_path), None).id
+        record_quarantine(
+            s,
+            run_id,
+            "synthetic",
+            [
+                {"row_key": "bad1.png", "row_number": 20, "reason": "age 150 outside 0-120", "raw": "x"},
+                {"row_key": "bad2.png", "row_number": 21, "reason": "age 150 outside 0-120", "raw": "y"},
+                {"row_key": "<script>x</script>.png", "row_number": None, "reason": "missing image file", "raw": None},
+            ],
+        )
         run = s.get(RefreshRun, run_id)
         run.n_rows, run.n_added, run.n_quarantined, run.status = 17, 14, 3, "completed"
 
-    ctx = dataset_context(url, "none", run_id)
-    assert ctx["split_counts"] == {"train": {"n_studies": 7, "n_patients": 4},
-                                   "val": {"n_studies": 3, "n_patients": 2},
-                                   "test": {"n_studies": 4, "n_patients": 3}}
+    ctx = dataset_context(url, "none", run_id).model_dump()
+    assert ctx["split_counts"] == {
+        "train": {"n_studies": 7, "n_patients": 4},
+        "val": {"n_studies": 3, "n_patients": 2},
+        "test": {"n_studies": 4, "n_patients": 3},
+    }
     assert ctx["n_patients"] == 9
     assert ctx["labels"].shape == (14, len(FINDINGS))
     train_effusion = sum(1 for j in range(7) if j % 2 == 0)
@@ -260,15 +284,14 @@ def test_render_dataset_task_against_sqlite(tmp_path):
     assert ctx["refresh"]["id"] == run_id and ctx["refresh"]["n_rows"] == 17
     assert set(ctx["sex_by_split"]["train"]) == {"F", "M"}
     assert abs(sum(ctx["view_by_split"]["test"].values()) - 1.0) < 1e-9
+    assert [q["reason"] for q in ctx["quarantined"]][0] == "missing image file"  # newest first
 
     path = Path(render_dataset.fn(url, tmp_path, balancing="none"))
     assert path == tmp_path / "reports" / "dataset_latest.html"
     html = path.read_text(encoding="utf-8")
     p = parse(html)
-    assert [(r[0], r[1], r[3]) for r in p.tables["splits-table"]] == [("train", "7", "4"), ("val", "3", "2"),
-                                                                      ("test", "4", "3")]
-    assert {r[0]: r[1] for r in p.tables["quarantine-reasons-table"]} == {"age 150 outside 0-120": "2",
-                                                                          "missing image file": "1"}
+    assert [(r[0], r[1], r[3]) for r in p.tables["splits-table"]] == [("train", "7", "4"), ("val", "3", "2"), ("test", "4", "3")]
+    assert {r[0]: r[1] for r in p.tables["quarantine-reasons-table"]} == {"age 150 outside 0-120": "2", "missing image file": "1"}
     assert "<script" not in html.lower()
     assert DISCLAIMER in p.text
     for img in p.imgs:

@@ -6,14 +6,25 @@ import pytest
 from sqlalchemy import func, inspect, select
 
 from cxrmodel.findings import FINDINGS
-from db import repository as repo
+from db import refresh, registry, scoring, studies, thresholds
 from db.engine import downgrade_database, get_engine, session_scope, upgrade_database
-from db.models import Base, Prediction, QuarantinedRow, Study, StudyLabel
+from db.models import Base, ModelVersion, Prediction, QuarantinedRow, Study, StudyLabel, utcnow
 
 
 def _study(key: str, **over) -> dict:
-    rec = {"study_key": key, "patient_id": key[:8], "follow_up": 0, "age": 50.0, "sex": "M", "view": "PA",
-           "source": "synthetic", "split": "train", "image_path": f"/data/{key}", "content_hash": "1:1", "labelled": True}
+    rec = {
+        "study_key": key,
+        "patient_id": key[:8],
+        "follow_up": 0,
+        "age": 50.0,
+        "sex": "M",
+        "view": "PA",
+        "source": "synthetic",
+        "split": "train",
+        "image_path": f"/data/{key}",
+        "content_hash": "1:1",
+        "labelled": True,
+    }
     rec.update(over)
     return rec
 
@@ -32,9 +43,9 @@ def test_sync_studies_is_idempotent_and_detects_changes(migrated_url):
     records = [_study(f"0000000{i}_000.png") for i in range(5)]
     labels = {r["study_key"]: {f: int(f == "Effusion") for f in FINDINGS} for r in records}
     with session_scope(migrated_url) as s:
-        first = repo.sync_studies(s, records, labels)
+        first = studies.sync_studies(s, records, labels)
     with session_scope(migrated_url) as s:
-        second = repo.sync_studies(s, records, labels)
+        second = studies.sync_studies(s, records, labels)
     assert (first.added, first.updated, first.unchanged) == (5, 0, 0)
     assert (second.added, second.updated, second.unchanged) == (0, 0, 5)
 
@@ -43,7 +54,7 @@ def test_sync_studies_is_idempotent_and_detects_changes(migrated_url):
     labels2 = {k: dict(v) for k, v in labels.items()}
     labels2[records[1]["study_key"]]["Mass"] = 1
     with session_scope(migrated_url) as s:
-        third = repo.sync_studies(s, changed + [_study("00000009_000.png")], labels2)
+        third = studies.sync_studies(s, changed + [_study("00000009_000.png")], labels2)
     assert (third.added, third.updated, third.unchanged) == (1, 2, 3)
     with session_scope(migrated_url) as s:
         assert s.scalar(select(func.count()).select_from(Study)) == 6
@@ -57,30 +68,41 @@ def test_sync_studies_is_idempotent_and_detects_changes(migrated_url):
 
 def test_predictions_upsert_keeps_one_row_per_study_model_finding(migrated_url):
     with session_scope(migrated_url) as s:
-        repo.sync_studies(s, [_study("00000001_000.png", labelled=False, split="incoming")])
-        version = repo.register_model_version(s, name="m1", kind="densenet121_fpn", config={}, artifact_path="/x", sha256="0" * 64)
-        tset = repo.save_threshold_set(s, version.id, "dynamic_f1", {}, {f: 0.5 for f in FINDINGS}, {})
+        studies.sync_studies(s, [_study("00000001_000.png", labelled=False, split="incoming")])
+        version = registry.register_model_version(
+            s, name="m1", kind="densenet121_fpn", config={}, artifact_path="/x", sha256="0" * 64
+        )
+        tset = thresholds.save_threshold_set(s, version.id, "dynamic_f1", {}, {f: 0.5 for f in FINDINGS}, {})
         study_id = s.scalar(select(Study.id))
         ids = (version.id, tset.id)
     rows = lambda p: [  # noqa: E731
-        {"study_id": study_id, "model_version_id": ids[0], "finding": f, "probability": p, "decision": p >= 0.5,
-         "threshold_set_id": ids[1], "scoring_run_id": None}
+        {
+            "study_id": study_id,
+            "model_version_id": ids[0],
+            "finding": f,
+            "probability": p,
+            "decision": p >= 0.5,
+            "threshold_set_id": ids[1],
+            "scoring_run_id": None,
+        }
         for f in FINDINGS
     ]
     for p in (0.2, 0.7, 0.7):
         with session_scope(migrated_url) as s:
-            repo.write_predictions(s, rows(p))
+            scoring.write_predictions(s, rows(p))
     with session_scope(migrated_url) as s:
         assert s.scalar(select(func.count()).select_from(Prediction)) == 14
         assert set(s.scalars(select(Prediction.probability))) == {0.7}
-        assert repo.studies_to_score(s, ids[0]) == []
+        assert scoring.studies_to_score(s, ids[0]) == []
 
 
 def _prediction_fixture(url: str, n_studies: int = 2) -> tuple[list[int], int, int]:
     with session_scope(url) as s:
-        repo.sync_studies(s, [_study(f"0000000{i}_000.png", labelled=False, split="incoming") for i in range(n_studies)])
-        version = repo.register_model_version(s, name="m1", kind="densenet121_fpn", config={}, artifact_path="/x", sha256="0" * 64)
-        tset = repo.save_threshold_set(s, version.id, "dynamic_f1", {}, {f: 0.5 for f in FINDINGS}, {})
+        studies.sync_studies(s, [_study(f"0000000{i}_000.png", labelled=False, split="incoming") for i in range(n_studies)])
+        version = registry.register_model_version(
+            s, name="m1", kind="densenet121_fpn", config={}, artifact_path="/x", sha256="0" * 64
+        )
+        tset = thresholds.save_threshold_set(s, version.id, "dynamic_f1", {}, {f: 0.5 for f in FINDINGS}, {})
         return list(s.scalars(select(Study.id).order_by(Study.id))), version.id, tset.id
 
 
@@ -99,17 +121,29 @@ def test_driver_upsert_path_matches_sqlalchemy_path(migrated_url):
     from db.upsert import upsert
 
     study_ids, vid, tid = _prediction_fixture(migrated_url)
-    stamp = repo.now()
+    stamp = utcnow()
 
     def rows(study_id, p):
-        return [{"study_id": study_id, "model_version_id": vid, "finding": f, "probability": p, "decision": p >= 0.5,
-                 "threshold_set_id": tid, "scoring_run_id": None} for f in FINDINGS]
+        return [
+            {
+                "study_id": study_id,
+                "model_version_id": vid,
+                "finding": f,
+                "probability": p,
+                "decision": p >= 0.5,
+                "threshold_set_id": tid,
+                "scoring_run_id": None,
+            }
+            for f in FINDINGS
+        ]
 
     update = ["probability", "decision", "threshold_set_id", "scoring_run_id", "created_at"]
     conflict = ["study_id", "model_version_id", "finding"]
     with session_scope(migrated_url) as s:
         # driver path, with a repeated key: the last row wins
-        upsert(s, Prediction, rows(study_ids[0], 0.1) + rows(study_ids[0], 0.8), conflict, update, constants={"created_at": stamp})
+        upsert(
+            s, Prediction, rows(study_ids[0], 0.1) + rows(study_ids[0], 0.8), conflict, update, constants={"created_at": stamp}
+        )
         # SQLAlchemy path: one row lacks scoring_run_id (different key set)
         mixed = [{**r, "created_at": stamp} for r in rows(study_ids[1], 0.8)]
         del mixed[0]["scoring_run_id"]
@@ -122,10 +156,16 @@ def test_driver_upsert_path_matches_sqlalchemy_path(migrated_url):
     assert len({r[5] for r in stored}) == 1
 
     # a rerun updates in place; a row's own created_at wins over the shared one
-    later = repo.now()
+    later = utcnow()
     with session_scope(migrated_url) as s:
-        upsert(s, Prediction, [{**r, "created_at": later} for r in rows(study_ids[0], 0.3)], conflict, update,
-               constants={"created_at": stamp})
+        upsert(
+            s,
+            Prediction,
+            [{**r, "created_at": later} for r in rows(study_ids[0], 0.3)],
+            conflict,
+            update,
+            constants={"created_at": stamp},
+        )
         upsert(s, Prediction, rows(study_ids[1], 0.3), conflict, update, constants={"created_at": later})
     again = _stored_predictions(migrated_url)
     assert len(again) == 28
@@ -137,8 +177,16 @@ def test_driver_upsert_do_nothing_and_strict_booleans(migrated_url):
     from db.upsert import upsert
 
     study_ids, vid, tid = _prediction_fixture(migrated_url, 1)
-    row = {"study_id": study_ids[0], "model_version_id": vid, "finding": FINDINGS[0], "probability": 0.9, "decision": True,
-           "threshold_set_id": tid, "scoring_run_id": None, "created_at": repo.now()}
+    row = {
+        "study_id": study_ids[0],
+        "model_version_id": vid,
+        "finding": FINDINGS[0],
+        "probability": 0.9,
+        "decision": True,
+        "threshold_set_id": tid,
+        "scoring_run_id": None,
+        "created_at": utcnow(),
+    }
     with session_scope(migrated_url) as s:
         assert upsert(s, Prediction, [row], ["study_id", "model_version_id", "finding"]) == 1
         assert upsert(s, Prediction, [{**row, "probability": 0.1}], ["study_id", "model_version_id", "finding"]) == 0  # ignored
@@ -151,7 +199,9 @@ def test_driver_upsert_do_nothing_and_strict_booleans(migrated_url):
 def _scoring_runs(url: str, version_id: int, threshold_set_id: int, n: int, n_candidates: int = 0) -> list[int]:
     with session_scope(url) as s:
         return [
-            repo.start_scoring_run(s, model_version_id=version_id, threshold_set_id=threshold_set_id, n_candidates=n_candidates).id
+            scoring.start_scoring_run(
+                s, model_version_id=version_id, threshold_set_id=threshold_set_id, n_candidates=n_candidates
+            ).id
             for _ in range(n)
         ]
 
@@ -164,26 +214,42 @@ def test_keep_other_runs_leaves_another_runs_predictions_alone(migrated_url, pat
     run_a, run_b = _scoring_runs(migrated_url, vid, tid, 2)
 
     def rows(study_id, p, run):
-        out = [{"study_id": study_id, "model_version_id": vid, "finding": f, "probability": p, "decision": p >= 0.5,
-                "threshold_set_id": tid, "scoring_run_id": run} for f in FINDINGS]
+        out = [
+            {
+                "study_id": study_id,
+                "model_version_id": vid,
+                "finding": f,
+                "probability": p,
+                "decision": p >= 0.5,
+                "threshold_set_id": tid,
+                "scoring_run_id": run,
+            }
+            for f in FINDINGS
+        ]
         if path == "sqlalchemy":  # a row with its own created_at: different key sets take SQLAlchemy's path
-            out[0] = {**out[0], "created_at": repo.now()}
+            out[0] = {**out[0], "created_at": utcnow()}
         return out
 
     with session_scope(migrated_url) as s:
-        assert repo.write_predictions(s, rows(study_ids[0], 0.2, run_a), keep_other_runs=True) == 14
+        assert scoring.write_predictions(s, rows(study_ids[0], 0.2, run_a), keep_other_runs=True) == 14
     with session_scope(migrated_url) as s:  # run B wins only the study run A has not written
-        assert repo.write_predictions(s, rows(study_ids[0], 0.9, run_b) + rows(study_ids[1], 0.9, run_b), keep_other_runs=True) == 14
+        assert (
+            scoring.write_predictions(s, rows(study_ids[0], 0.9, run_b) + rows(study_ids[1], 0.9, run_b), keep_other_runs=True)
+            == 14
+        )
     with session_scope(migrated_url) as s:
-        assert repo.write_predictions(s, rows(study_ids[0], 0.7, run_a), keep_other_runs=True) == 14  # run A's retry: its own
-        assert repo.studies_scored_by_model(s, vid, study_ids) == set(study_ids)
+        assert scoring.write_predictions(s, rows(study_ids[0], 0.7, run_a), keep_other_runs=True) == 14  # run A's retry: its own
+        assert scoring.studies_scored_by_model(s, vid, study_ids) == set(study_ids)
     stored = {(sid, run, p) for sid, run, p in _prediction_owners(migrated_url)}
     assert stored == {(study_ids[0], run_a, 0.7), (study_ids[1], run_b, 0.9)}
     assert len(_prediction_owners(migrated_url)) == 28
 
     with session_scope(migrated_url) as s:  # without keep_other_runs the last writer wins
-        assert repo.write_predictions(s, rows(study_ids[0], 0.4, run_b)) == 14
-    assert {(sid, run, p) for sid, run, p in _prediction_owners(migrated_url)} == {(study_ids[0], run_b, 0.4), (study_ids[1], run_b, 0.9)}
+        assert scoring.write_predictions(s, rows(study_ids[0], 0.4, run_b)) == 14
+    assert {(sid, run, p) for sid, run, p in _prediction_owners(migrated_url)} == {
+        (study_ids[0], run_b, 0.4),
+        (study_ids[1], run_b, 0.9),
+    }
 
 
 def _prediction_owners(url: str) -> list[tuple]:
@@ -199,14 +265,14 @@ def test_stale_running_scoring_runs_are_abandoned(migrated_url):
     _, vid, tid = _prediction_fixture(migrated_url, 1)
     dead, alive, done = _scoring_runs(migrated_url, vid, tid, 3, n_candidates=10)
     with session_scope(migrated_url) as s:
-        s.get(ScoringRun, dead).heartbeat_at = repo.now() - timedelta(minutes=90)
-        repo.add_scoring_counts(s, alive, scored=2)  # a batch beats the heart
-        repo.add_scoring_counts(s, done, scored=6, failed=1)
-        repo.finish_scoring_run(s, done)
+        s.get(ScoringRun, dead).heartbeat_at = utcnow() - timedelta(minutes=90)
+        scoring.add_scoring_counts(s, alive, scored=2)  # a batch beats the heart
+        scoring.add_scoring_counts(s, done, scored=6, failed=1)
+        scoring.finish_scoring_run(s, done)
     with session_scope(migrated_url) as s:
-        assert repo.abandon_stale_scoring_runs(s, timedelta(minutes=60)) == [dead]
+        assert scoring.abandon_stale_scoring_runs(s, timedelta(minutes=60)) == [dead]
     with session_scope(migrated_url) as s:
-        assert repo.abandon_stale_scoring_runs(s, timedelta(minutes=60)) == []
+        assert scoring.abandon_stale_scoring_runs(s, timedelta(minutes=60)) == []
         runs = {r.id: r for r in s.scalars(select(ScoringRun))}
         assert (runs[dead].status, runs[alive].status, runs[done].status) == ("abandoned", "running", "completed")
         assert runs[dead].finished_at is not None and runs[alive].finished_at is None
@@ -217,11 +283,15 @@ def test_stale_running_scoring_runs_are_abandoned(migrated_url):
 
 def test_quarantine_is_recorded_once_per_row_and_reason(migrated_url):
     with session_scope(migrated_url) as s:
-        run1 = repo.start_refresh(s, "nih-local", "/data", None).id
-        repo.record_quarantine(s, run1, "nih-local", [{"row_key": "x.png", "row_number": 3, "reason": "age 150 outside 0-120", "raw": "x"}])
+        run1 = refresh.start_refresh(s, "nih-local", "/data", None).id
+        refresh.record_quarantine(
+            s, run1, "nih-local", [{"row_key": "x.png", "row_number": 3, "reason": "age 150 outside 0-120", "raw": "x"}]
+        )
     with session_scope(migrated_url) as s:
-        run2 = repo.start_refresh(s, "nih-local", "/data", None).id
-        repo.record_quarantine(s, run2, "nih-local", [{"row_key": "x.png", "row_number": 3, "reason": "age 150 outside 0-120", "raw": "x"}])
+        run2 = refresh.start_refresh(s, "nih-local", "/data", None).id
+        refresh.record_quarantine(
+            s, run2, "nih-local", [{"row_key": "x.png", "row_number": 3, "reason": "age 150 outside 0-120", "raw": "x"}]
+        )
     with session_scope(migrated_url) as s:
         rows = s.scalars(select(QuarantinedRow)).all()
         assert len(rows) == 1 and rows[0].refresh_run_id == run2
@@ -229,20 +299,24 @@ def test_quarantine_is_recorded_once_per_row_and_reason(migrated_url):
 
 def test_promotion_retires_previous_champion(migrated_url):
     with session_scope(migrated_url) as s:
-        a = repo.register_model_version(s, name="a", kind="k", config={}, artifact_path="/a", sha256="a" * 64).id
-        b = repo.register_model_version(s, name="b", kind="k", config={}, artifact_path="/b", sha256="b" * 64).id
-        repo.promote(s, a, "first")
-        repo.promote(s, b, "better")
+        a = registry.register_model_version(
+            s, name="a", kind="densenet121_fpn", config={}, artifact_path="/a", sha256="a" * 64
+        ).id
+        b = registry.register_model_version(
+            s, name="b", kind="densenet121_fpn", config={}, artifact_path="/b", sha256="b" * 64
+        ).id
+        registry.promote(s, a, "first")
+        registry.promote(s, b, "better")
     with session_scope(migrated_url) as s:
-        assert repo.champion(s).name == "b"
-        statuses = dict(s.execute(select(repo.ModelVersion.name, repo.ModelVersion.status)).all())
+        assert registry.champion(s).name == "b"
+        statuses = dict(s.execute(select(ModelVersion.name, ModelVersion.status)).all())
         assert statuses == {"a": "retired", "b": "champion"}
 
 
 def test_session_scope_rolls_back_on_error(migrated_url):
     with pytest.raises(RuntimeError):
         with session_scope(migrated_url) as s:
-            repo.sync_studies(s, [_study("00000001_000.png")])
+            studies.sync_studies(s, [_study("00000001_000.png")])
             raise RuntimeError("boom")
     with session_scope(migrated_url) as s:
         assert s.scalar(select(func.count()).select_from(Study)) == 0

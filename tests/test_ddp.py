@@ -44,11 +44,23 @@ def _torchrun(*worker_args: str, timeout: float = 240) -> str:
         "MASTER_PORT": str(port),
     }
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "0",
-        "--master-addr", "127.0.0.1", "--master-port", str(port), str(Path(__file__).resolve()), *worker_args,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "0",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        str(Path(__file__).resolve()),
+        *worker_args,
     ]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -101,8 +113,8 @@ def _toy_worker(out_dir: str) -> None:
 
     from cxrmodel.config import TrainConfig
     from cxrmodel.data.datasets import StudyDataset, array_loader
-    from cxrmodel.training.distributed import all_gather_predictions, cleanup, distributed_loader, init_from_env, wrap_ddp
     from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.training.distributed import all_gather_predictions, cleanup, distributed_loader, init_from_env, wrap_ddp
     from cxrmodel.training.loop import fit, positive_weights, predict_loader, seed_everything
 
     torch.set_num_threads(1)
@@ -140,9 +152,13 @@ def _toy_worker(out_dir: str) -> None:
     full_probs, full_labels, _ = predict_loader(model, val_loader, ctx.device)
     torch.save(
         {
-            "initial": initial, "final": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "best_state": result.best_state, "seen": seen_per_epoch, "history": [h.as_dict() for h in result.history],
-            "gathered": gathered, "full": (full_probs, full_labels),
+            "initial": initial,
+            "final": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "best_state": result.best_state,
+            "seen": seen_per_epoch,
+            "history": [h.as_dict() for h in result.history],
+            "gathered": gathered,
+            "full": (full_probs, full_labels),
         },
         Path(out_dir) / f"rank{ctx.rank}.pt",
     )
@@ -255,9 +271,9 @@ def test_train_ddp_entry_point_only_rank0_writes(tmp_path):
     import yaml
     from sqlalchemy import func, select
 
-    from cxrmodel.io import sha256_file
     from cxrmodel.config import DataConfig, SynthConfig
     from cxrmodel.data.synth import generate_dataset
+    from cxrmodel.io import sha256_file
     from db.engine import session_scope, upgrade_database
     from db.models import EpochMetric, ModelVersion, TrainingRun
     from tasks import data as data_tasks
@@ -273,10 +289,14 @@ def test_train_ddp_entry_point_only_rank0_writes(tmp_path):
     data_tasks.finish_refresh.fn(url, refresh, counts)
 
     config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": data.model_dump(mode="json"),
-        "train": {"epochs": 1, "batch_size": 16, "pos_weight_max": 10.0, "device": "cpu"},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": data.model_dump(mode="json"),
+                "train": {"epochs": 1, "batch_size": 16, "pos_weight_max": 10.0, "device": "cpu"},
+            }
+        )
+    )
     output = _torchrun("flow", str(home), "--database-url", url, "--config", str(config))
 
     with session_scope(url) as s:

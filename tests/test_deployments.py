@@ -35,8 +35,10 @@ def clean_env(monkeypatch):
 def _production_parameters() -> dict:
     cfg = load_pipeline_config(DEFAULT_CONFIG)
     return {
-        "data": cfg.data.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json"),
-        "thresholds": cfg.thresholds.model_dump(mode="json"), "evaluation": cfg.evaluation.model_dump(mode="json"),
+        "data": cfg.data.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "thresholds": cfg.thresholds.model_dump(mode="json"),
+        "evaluation": cfg.evaluation.model_dump(mode="json"),
         "chexnet_baseline": None,
     }
 

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 
 from cxrmodel.config import DataConfig, SynthConfig, ThresholdConfig, TrainConfig
-from cxrmodel.findings import FINDINGS
 from cxrmodel.data.synth import generate_dataset
+from cxrmodel.findings import FINDINGS
 from db.engine import session_scope
 from db.models import (
     ClassMetric,
@@ -64,8 +64,12 @@ def _latest_artifacts() -> dict:
     async def read() -> dict:
         async with get_client() as client:
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
-                sort=ArtifactSort.CREATED_DESC, limit=200, offset=0,
+                artifact_filter=ArtifactFilter(),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=200,
+                offset=0,
             )
         latest = {}
         for a in artifacts:
@@ -86,20 +90,32 @@ def _artifact_keys() -> set[str]:
         async with get_client() as client:
             # Every filter spelled out: this server rejects the nulls the client sends by default.
             artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
-                sort=ArtifactSort.KEY_ASC, limit=200, offset=0,
+                artifact_filter=ArtifactFilter(),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                sort=ArtifactSort.KEY_ASC,
+                limit=200,
+                offset=0,
             )
             return {a.key for a in artifacts if a.key}
 
     return asyncio.run(read())
 
 
-def _run_pipeline(root: Path, home: Path, url: str) -> dict:
+def _run_pipeline(root: Path, home: Path, url: str):
     from flows.pipeline import pipeline_flow
 
     return pipeline_flow(
-        str(root), "synthetic", str(root / "incoming"), TINY_DATA, TINY_TRAIN, ThresholdConfig(),
-        with_knn_baseline=True, chexnet_baseline=TINY_TRAIN, home=str(home), database_url=url,
+        str(root),
+        "synthetic",
+        str(root / "incoming"),
+        TINY_DATA,
+        TINY_TRAIN,
+        ThresholdConfig(),
+        with_knn_baseline=True,
+        chexnet_baseline=TINY_TRAIN,
+        home=str(home),
+        database_url=url,
     )
 
 
@@ -121,7 +137,7 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert reasons[truncated].startswith("unreadable image")
         assert s.scalar(select(Study.status).where(Study.study_key == truncated)) == "quarantined"
         assert len(reasons) == 4
-        assert result["refresh"]["quarantined"] == 4
+        assert result.refresh.quarantined == 4
 
         versions = {m.kind: m for m in s.scalars(select(ModelVersion))}
         assert set(versions) == {"densenet121_fpn", "knn_embedding", "mlp_embedding", "densenet121"}
@@ -131,7 +147,14 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert versions["densenet121_fpn"].status == "champion"
         assert Path(versions["densenet121_fpn"].artifact_path).is_file()
         model_dir = Path(versions["densenet121_fpn"].artifact_path).parent
-        for name in ("model.safetensors", "optimizer.pt", "thresholds.json", "config.json", "validation_metrics.csv", "train.log"):
+        for name in (
+            "model.safetensors",
+            "optimizer.pt",
+            "thresholds.json",
+            "config.json",
+            "validation_metrics.csv",
+            "train.log",
+        ):
             assert (model_dir / name).is_file(), name
         assert s.scalar(select(func.count()).select_from(EpochMetric)) == 2  # one epoch of each network
 
@@ -146,19 +169,20 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         run = s.scalars(select(ScoringRun)).one()
         assert (run.n_candidates, run.n_scored, run.n_failed) == (15, 12, 3)
         failures = {
-            k: r for k, r in s.execute(select(Study.study_key, ScoringFailure.reason).join(Study, Study.id == ScoringFailure.study_id))
+            k: r
+            for k, r in s.execute(select(Study.study_key, ScoringFailure.reason).join(Study, Study.id == ScoringFailure.study_id))
         }
         assert set(failures) == {"corrupt_000.png", "empty_000.png", "nometa_000.png"}
         assert "empty" in failures["empty_000.png"]
         assert "metadata" in failures["nometa_000.png"]
         assert s.scalar(select(func.count()).select_from(Prediction)) == 12 * len(FINDINGS)
 
-    report = Path(result["report"])
+    report = Path(result.report)
     assert report.is_file()
     html = report.read_text()
     assert versions["densenet121_fpn"].name in html and "knn_embedding" in html and "mlp_embedding" in html
-    assert 'class="similar' in Path(result["scoring"]["report"]).read_text()
-    dataset_html = Path(result["refresh"]["dataset_report"]).read_text()
+    assert 'class="similar' in Path(result.scoring.report).read_text()
+    dataset_html = Path(result.refresh.dataset_report).read_text()
     assert "missing image file" in dataset_html and "Co-occurrence" in dataset_html
 
     # Every example query of the README runs on this database and returns what it should.
@@ -169,7 +193,11 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
 
     with get_engine(database_url).connect() as conn:
         rows = {title: conn.execute(text(sql), params).all() for title, (sql, params) in EXAMPLE_QUERIES.items()}
-    assert {r[0] for r in rows["Failures of the latest night and their reasons"]} == {"corrupt_000.png", "empty_000.png", "nometa_000.png"}
+    assert {r[0] for r in rows["Failures of the latest night and their reasons"]} == {
+        "corrupt_000.png",
+        "empty_000.png",
+        "nometa_000.png",
+    }
     assert len(rows["Per-class metrics of the champion on the test split"]) == 14
     assert len(rows["One study's history across model versions"]) == 14  # 90000000_000.dcm, one model
     assert len(rows["Flag rate per finding per night"]) == 14
@@ -182,8 +210,15 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
 
     # The Prefect UI shows the key results as artifacts with stable keys.
     keys = _artifact_keys()
-    assert {"cxr-training-epochs", "cxr-thresholds", "cxr-per-class-metrics", "cxr-evaluation-summary",
-            "cxr-evaluation-report", "cxr-nightly-scoring", "cxr-dataset-report"} <= keys
+    assert {
+        "cxr-training-epochs",
+        "cxr-thresholds",
+        "cxr-per-class-metrics",
+        "cxr-evaluation-summary",
+        "cxr-evaluation-report",
+        "cxr-nightly-scoring",
+        "cxr-dataset-report",
+    } <= keys
     # ... the champion's under the stable keys, each baseline's under its own.
     latest = _latest_artifacts()
     champion = versions["densenet121_fpn"].name
@@ -191,14 +226,23 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert champion in latest[base].description, (base, latest[base].description)
         for kind in ("knn-embedding", "mlp-embedding", "densenet121"):
             assert versions[kind.replace("-", "_")].name in latest[f"{base}-{kind}"].description
-    assert "macro AUROC" in latest["cxr-evaluation-summary"].data and "| metric | value | 95% CI |" in latest["cxr-evaluation-summary"].data
+    assert (
+        "macro AUROC" in latest["cxr-evaluation-summary"].data
+        and "| metric | value | 95% CI |" in latest["cxr-evaluation-summary"].data
+    )
     for key in ("cxr-evaluation-report", "cxr-dataset-report", "cxr-scoring-report"):
         assert "](http://127.0.0.1:8000/reports/" in latest[key].data and "file://" not in latest[key].data
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
-    again = refresh_flow(str(synthetic_root), "synthetic", str(synthetic_root / "incoming"), TINY_DATA,
-                         home=str(tmp_path / "home"), database_url=database_url)
-    assert (again["added"], again["updated"]) == (0, 0)
+    again = refresh_flow(
+        str(synthetic_root),
+        "synthetic",
+        str(synthetic_root / "incoming"),
+        TINY_DATA,
+        home=str(tmp_path / "home"),
+        database_url=database_url,
+    )
+    assert (again.added, again.updated) == (0, 0)
 
     # Repairing the truncated image: the next refresh sees the change and reactivates the study.
     bad = sorted((synthetic_root / "images").glob("*.png"))[0]
@@ -206,11 +250,18 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     truncated_bytes = bad.read_bytes()
     bad.write_bytes(original)
     try:
-        repaired = refresh_flow(str(synthetic_root), "synthetic", None, TINY_DATA, dataset_report=False,
-                                home=str(tmp_path / "home"), database_url=database_url)
+        repaired = refresh_flow(
+            str(synthetic_root),
+            "synthetic",
+            None,
+            TINY_DATA,
+            dataset_report=False,
+            home=str(tmp_path / "home"),
+            database_url=database_url,
+        )
     finally:
         bad.write_bytes(truncated_bytes)  # the module-scoped dataset is shared with the next case
-    assert repaired["updated"] == 1
+    assert repaired.updated == 1
     with session_scope(database_url) as s:
         assert s.scalar(select(Study.status).where(Study.study_key == bad.name)) == "active"
     score_flow(home=str(tmp_path / "home"), database_url=database_url)
@@ -233,9 +284,16 @@ def test_refresh_from_hugging_face_cache_offline(prefect_server, tmp_path, monke
     cache = FakeHubCache(tmp_path / "hf-cache")
     commit = cache.commit(_repo_files())
     hub = HubConfig(repo_id=cache.repo_id, revision=commit, archives=[1, 2], cache_dir=str(cache.root))
-    result = refresh_flow(str(tmp_path / "nih"), "huggingface", None, DataConfig(image_size=32), hub,
-                          home=str(tmp_path / "home"), database_url=database_url)
-    assert (result["added"], result["quarantined"]) == (3, 0)
+    result = refresh_flow(
+        str(tmp_path / "nih"),
+        "huggingface",
+        None,
+        DataConfig(image_size=32),
+        hub,
+        home=str(tmp_path / "home"),
+        database_url=database_url,
+    )
+    assert (result.added, result.quarantined) == (3, 0)
     with session_scope(database_url) as s:
         studies = {st.study_key: st for st in s.scalars(select(Study))}
         assert set(studies) == {"00000001_000.png", "00000002_000.png", "00000013_003.png"}

@@ -11,6 +11,22 @@ from pathlib import Path
 
 import huggingface_hub.constants as hf_constants
 import pytest
+from hub_fixtures import (  # noqa: F401 - fixtures (no_network is autouse)  # noqa: F401
+    KEYS_001,
+    KEYS_002,
+    REPO_ID,
+    FakeHubCache,
+    _archive,
+    _assert_nih_layout,
+    _data_entry_csv,
+    _leftovers,
+    _png,
+    _repo_files,
+    _source,
+    _tar_gz,
+    cache,
+    no_network,
+)
 
 from cxrmodel.data import hub
 from cxrmodel.data.hub import (
@@ -20,8 +36,6 @@ from cxrmodel.data.hub import (
     fetch_metadata,
 )
 from cxrmodel.data.metadata import read_nih_metadata
-from hub_fixtures import FakeHubCache, KEYS_001, KEYS_002, REPO_ID, cache, no_network  # noqa: F401 - fixtures (no_network is autouse)
-from hub_fixtures import _archive, _assert_nih_layout, _data_entry_csv, _leftovers, _png, _repo_files, _source, _tar_gz  # noqa: F401
 
 # --------------------------------------------------------------------------------------
 # Happy path
@@ -217,4 +231,3 @@ def test_library_has_no_orchestration_imports():
     modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     modules |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not {m for m in modules if m.split(".")[0] in {"prefect", "sqlalchemy", "requests", "httpx", "urllib"}}
-

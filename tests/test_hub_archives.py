@@ -9,6 +9,20 @@ import huggingface_hub
 import huggingface_hub.constants as hf_constants
 import huggingface_hub.file_download as hf_file_download
 import pytest
+from hub_fixtures import (  # noqa: F401 - fixtures (no_network is autouse)  # noqa: F401
+    REPO_ID,
+    FakeHubCache,
+    _archive,
+    _assert_nih_layout,
+    _data_entry_csv,
+    _leftovers,
+    _png,
+    _repo_files,
+    _source,
+    _tar_gz,
+    cache,
+    no_network,
+)
 
 from cxrmodel.data import hub
 from cxrmodel.data.hub import (
@@ -18,8 +32,6 @@ from cxrmodel.data.hub import (
     fetch_archives,
     fetch_dataset,
 )
-from hub_fixtures import FakeHubCache, REPO_ID, cache, no_network  # noqa: F401 - fixtures (no_network is autouse)
-from hub_fixtures import _archive, _assert_nih_layout, _data_entry_csv, _leftovers, _png, _repo_files, _source, _tar_gz  # noqa: F401
 
 # --------------------------------------------------------------------------------------
 # Unsafe archives
@@ -172,5 +184,3 @@ def test_online_errors_are_classified(cache, tmp_path, monkeypatch):
     assert calls[0] == ("Data_Entry_2017_v2020.csv", "dataset", "main", False)
     assert calls[-1] == ("images_002.tar.gz", "dataset", commit, False)  # archives pinned to the commit
     assert [c[0] for c in calls[:5]] == list(hub.DEFAULT_METADATA_FILES)  # metadata before archives
-
-

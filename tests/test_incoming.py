@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy import func, select, text
 from test_scoring_faults import K, prepare_scoring_database, write_png
 
-from db import repository as repo
+from db import refresh
 from db.engine import get_engine, session_scope
 from db.models import Prediction, QuarantinedRow, ScoringRun, Study
+from db.refresh import RefreshTotals
 from tasks.data import register_incoming
 from tasks.scoring import score_new_studies
 
@@ -28,11 +29,11 @@ def url(migrated_url) -> Iterator[str]:
     get_engine(migrated_url).dispose()  # let the PostgreSQL fixture drop its database
 
 
-def _register(url: str, folder: Path) -> tuple[dict, dict[str, Study], dict[str, list[str]]]:
+def _register(url: str, folder: Path) -> tuple[RefreshTotals, dict[str, Study], dict[str, list[str]]]:
     """Register ``folder``; returns the task's counts, the studies by key and the quarantine
     reasons by row key."""
     with session_scope(url) as session:
-        run_id = repo.start_refresh(session, "incoming", str(folder), None).id
+        run_id = refresh.start_refresh(session, "incoming", str(folder), None).id
     counts = register_incoming.fn(url, folder, run_id)
     with session_scope(url) as session:
         studies = {s.study_key: s for s in session.scalars(select(Study))}
@@ -64,7 +65,7 @@ def test_csv_sidecar_and_dicom_tags(url, tmp_path):
         "scan.dcm,P3,30,F,AP\n"  # the DICOM file's own tags come first
     )
     counts, studies, reasons = _register(url, folder)
-    assert (counts["added"], counts["quarantined"]) == (4, 0) and reasons == {}
+    assert (counts.added, counts.quarantined) == (4, 0) and reasons == {}
     assert _meta(studies["a.png"]) == (45.0, "F", "AP") and studies["a.png"].patient_id == "P1"
     assert _meta(studies["b.png"]) == (62.0, "M", "PA")
     assert _meta(studies["c.png"]) == (None, None, None)  # no row: scoring will record "missing metadata"
@@ -82,7 +83,7 @@ def test_json_sidecar(url, tmp_path, keyed):
     payload = rows if keyed else [{"file": name, **fields} for name, fields in rows.items()]
     (folder / "metadata.json").write_text(json.dumps(payload))
     counts, studies, reasons = _register(url, folder)
-    assert (counts["added"], counts["quarantined"]) == (4, 0) and reasons == {}
+    assert (counts.added, counts.quarantined) == (4, 0) and reasons == {}
     assert _meta(studies["a.png"]) == (45.0, "F", "AP") and studies["a.png"].patient_id == "P1"
     assert _meta(studies["b.png"]) == (62.0, "M", "PA")
     assert _meta(studies["c.png"]) == (None, None, None)
@@ -91,39 +92,45 @@ def test_json_sidecar(url, tmp_path, keyed):
 
 def test_bad_sidecar_rows_are_quarantined_and_the_rest_is_used(url, tmp_path):
     folder = _folder(tmp_path, "a.png", "b.png", "c.png", "d.png")
-    (folder / "metadata.json").write_text(json.dumps([
-        {"file": "a.png", "age": "sixty", "sex": "F", "view": "AP"},  # bad age: sex and view still used
-        {"file": "b.png", "age": 230, "sex": "X", "view": "LL"},
-        {"file": "c.png", "age": 50, "sex": "M", "view": "PA"},
-        {"file": "c.png", "age": 51, "sex": "F", "view": "AP"},  # duplicate: the first row is kept
-        {"file": "c.png", "age": 52, "sex": "F", "view": "AP"},  # (one quarantine row per reason)
-        {"age": 40, "sex": "M"},  # no file name
-        {"file": "gone.png", "age": 40},  # no such file
-        "d.png",  # not an object
-    ]))
+    (folder / "metadata.json").write_text(
+        json.dumps(
+            [
+                {"file": "a.png", "age": "sixty", "sex": "F", "view": "AP"},  # bad age: sex and view still used
+                {"file": "b.png", "age": 230, "sex": "X", "view": "LL"},
+                {"file": "c.png", "age": 50, "sex": "M", "view": "PA"},
+                {"file": "c.png", "age": 51, "sex": "F", "view": "AP"},  # duplicate: the first row is kept
+                {"file": "c.png", "age": 52, "sex": "F", "view": "AP"},  # (one quarantine row per reason)
+                {"age": 40, "sex": "M"},  # no file name
+                {"file": "gone.png", "age": 40},  # no such file
+                "d.png",  # not an object
+            ]
+        )
+    )
     (folder / "metadata.csv").write_text("Picture,Age\nd.png,40\n")  # no file-name column: the whole file
     counts, studies, reasons = _register(url, folder)
-    assert counts["added"] == 5
+    assert counts.added == 5
     assert _meta(studies["a.png"]) == (None, "F", "AP")
     assert _meta(studies["b.png"]) == (None, None, None)
     assert _meta(studies["c.png"]) == (50.0, "M", "PA")
     assert _meta(studies["d.png"]) == (None, None, None)
     assert reasons == {
         "a.png": ["sidecar metadata.json: unparseable age 'sixty'"],
-        "b.png": ["sidecar metadata.json: age 230 outside 0-120 years; unknown sex 'X' (expected M or F); "
-                  "unknown view 'LL' (expected PA or AP)"],
+        "b.png": [
+            "sidecar metadata.json: age 230 outside 0-120 years; unknown sex 'X' (expected M or F); "
+            "unknown view 'LL' (expected PA or AP)"
+        ],
         "c.png": ["sidecar metadata.json: duplicate row for this file (the first is kept)"],
         "metadata.json row 6": ["sidecar metadata.json: no file name"],
         "gone.png": ["sidecar metadata.json: no such PNG/DICOM file in the incoming folder"],
         "metadata.json row 8": ["sidecar metadata.json: not an object"],
         "metadata.csv": ["sidecar metadata.csv: no file name column (one of Image Index, file, file_name, filename, image)"],
     }
-    assert counts["quarantined"] == 7
+    assert counts.quarantined == 7
 
     (folder / "metadata.json").write_text("[{")  # a broken file is one quarantine row, not a crash
     counts, studies, reasons = _register(url, folder)
     assert reasons["metadata.json"][0].startswith("sidecar metadata.json: invalid JSON")
-    assert counts["added"] == 0 and len(studies) == 5
+    assert counts.added == 0 and len(studies) == 5
 
 
 def test_study_inserted_by_another_system_is_scored(url, tmp_path):

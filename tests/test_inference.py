@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from cxrmodel.data.imaging import read_grayscale, resize_square
+from cxrmodel.data.transforms import eval_transform
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
 from cxrmodel.models.networks import densenet121_fpn
-from cxrmodel.data.transforms import eval_transform
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -133,7 +133,7 @@ def test_decode_threads_and_spawned_workers_give_the_same_batches(model, studies
         batches = list(score_batches(model, dataset, batch_size=4, device=CPU, **kwargs))
         assert [b.study_ids for b in batches] == [b.study_ids for b in reference], kwargs
         assert [b.failures for b in batches] == [b.failures for b in reference], kwargs
-        for got, want in zip(batches, reference):
+        for got, want in zip(batches, reference, strict=True):
             np.testing.assert_allclose(got.probabilities, want.probabilities, rtol=1e-5, atol=1e-6)
 
 

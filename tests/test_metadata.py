@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrmodel.findings import FINDINGS
 from cxrmodel.data.metadata import (
     OUTPUT_COLUMNS,
     AgeScaler,
@@ -15,6 +14,7 @@ from cxrmodel.data.metadata import (
     patient_features,
     read_nih_metadata,
 )
+from cxrmodel.findings import FINDINGS
 
 HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"

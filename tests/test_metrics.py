@@ -18,7 +18,6 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.metrics import (
     AGGREGATE_KEYS,
     PER_CLASS_KEYS,
@@ -28,6 +27,7 @@ from cxrmodel.evaluation.metrics import (
     roc_curves,
     validate_multilabel,
 )
+from cxrmodel.findings import FINDINGS
 
 C = len(FINDINGS)
 

@@ -18,7 +18,6 @@ from cxrmodel.models.networks import (
     densenet121_fpn,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -117,14 +116,20 @@ def test_dropout_is_configurable():
 def test_backbone_loads_local_state_dict(tmp_path):
     saved = densenet121(weights=None).state_dict()
     # distinctive values that no random initialisation produces
-    saved["features.conv0.weight"] = torch.arange(saved["features.conv0.weight"].numel(), dtype=torch.float32).reshape(
-        saved["features.conv0.weight"].shape
-    ) / 1000.0
+    saved["features.conv0.weight"] = (
+        torch.arange(saved["features.conv0.weight"].numel(), dtype=torch.float32).reshape(saved["features.conv0.weight"].shape)
+        / 1000.0
+    )
     saved["features.norm5.running_var"] = torch.full_like(saved["features.norm5.running_var"], 3.25)
     path = tmp_path / "densenet121.pth"
     torch.save(saved, path)
     loaded = densenet121_backbone(path).state_dict()
-    for key in ("features.conv0.weight", "features.denseblock3.denselayer7.conv2.weight", "features.norm5.running_var", "classifier.weight"):
+    for key in (
+        "features.conv0.weight",
+        "features.denseblock3.denselayer7.conv2.weight",
+        "features.norm5.running_var",
+        "classifier.weight",
+    ):
         assert torch.equal(loaded[key], saved[key]), key
 
     # a features-only file is accepted as well

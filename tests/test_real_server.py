@@ -16,21 +16,25 @@ from uuid import UUID
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, VENV_BIN, free_port, wait_for_http
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy import select
 
-from conftest import REPO_ROOT, VENV_BIN, free_port, wait_for_http
 from cxrmodel.config import DataConfig, EvaluationConfig, SynthConfig, ThresholdConfig, TrainConfig
 from cxrmodel.data.synth import generate_dataset
-from db import repository as repo
+from db import scoring as scoring_store
 from db.engine import session_scope
 from db.models import RefreshRun, ScoringRun
 from deployments.definitions import NIGHTLY, REPORT, RETRAIN, SCORE, SERVED_SUFFIX
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
-TINY = {"data": DataConfig(image_size=32, balancing="none"), "train": TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0),
-        "thresholds": ThresholdConfig(), "evaluation": EvaluationConfig(n_bootstrap=50, embedding_map=False)}
+TINY = {
+    "data": DataConfig(image_size=32, balancing="none"),
+    "train": TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0),
+    "thresholds": ThresholdConfig(),
+    "evaluation": EvaluationConfig(n_bootstrap=50, embedding_map=False),
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +49,20 @@ def night(prefect_server, tmp_path_factory) -> dict:
     generate_dataset(data_dir, SynthConfig(n_studies=120, n_incoming=12, image_size=64, seed=5), workers=1)
     where = {"home": str(home), "database_url": f"sqlite:///{home / 'cxr.db'}"}
     refresh_flow(str(data_dir), "synthetic", None, TINY["data"], **where)
-    version_id = train_flow(TINY["data"], TINY["train"], False, False, with_embedding_index=False, **where)["model_version_id"]
+    version_id = train_flow(TINY["data"], TINY["train"], False, False, with_embedding_index=False, **where).model_version_id
     calibrate_flow(version_id, TINY["thresholds"], **where)
     evaluate_flow(version_id, True, TINY["evaluation"], **where)
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump({k: v.model_dump(mode="json") for k, v in TINY.items()}))
     env = {
-        "CXR_HOME": str(home), "CXR_DATABASE_URL": where["database_url"], "CXR_CONFIG": str(config),
-        "CXR_SOURCE_DIR": str(data_dir), "CXR_SOURCE": "synthetic", "CXR_INCOMING_DIR": str(data_dir / "incoming"),
-        "CXR_REPO_DIR": str(REPO_ROOT), "CXR_REPORTS_PORT": str(free_port()),
+        "CXR_HOME": str(home),
+        "CXR_DATABASE_URL": where["database_url"],
+        "CXR_CONFIG": str(config),
+        "CXR_SOURCE_DIR": str(data_dir),
+        "CXR_SOURCE": "synthetic",
+        "CXR_INCOMING_DIR": str(data_dir / "incoming"),
+        "CXR_REPO_DIR": str(REPO_ROOT),
+        "CXR_REPORTS_PORT": str(free_port()),
     }
     return {"root": root, "home": home, "url": where["database_url"], "env": env}
 
@@ -63,7 +72,9 @@ def _flow_runs(server, deployment_id: UUID | None = None) -> list:
 
     async def read():
         async with server.client() as client:
-            filters = {"deployment_filter": DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))} if deployment_id else {}
+            filters = (
+                {"deployment_filter": DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))} if deployment_id else {}
+            )
             return await client.read_flow_runs(flow_run_filter=FlowRunFilter(), **filters)
 
     return asyncio.run(read())
@@ -74,7 +85,9 @@ def _child_runs(server, parent_id: UUID) -> list:
 
     async def read():
         async with server.client() as client:
-            return await client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])))
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id]))
+            )
 
     return asyncio.run(read())
 
@@ -121,10 +134,21 @@ def _run_deployment(server, name: str, *params: str) -> UUID:
     return runs[-1].id
 
 
-@pytest.mark.parametrize("command", [
-    ["deployment", "ls"], ["flow", "ls"], ["flow-run", "ls"], ["work-pool", "ls"], ["artifact", "ls"], ["automation", "ls"],
-    ["work-queue", "ls"], ["block", "ls"], ["variable", "ls"], ["concurrency-limit", "ls"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["deployment", "ls"],
+        ["flow", "ls"],
+        ["flow-run", "ls"],
+        ["work-pool", "ls"],
+        ["artifact", "ls"],
+        ["automation", "ls"],
+        ["work-queue", "ls"],
+        ["block", "ls"],
+        ["variable", "ls"],
+        ["concurrency-limit", "ls"],
+    ],
+)
 def test_prefect_cli_lists_against_the_real_server(real_prefect_server, command):
     done = real_prefect_server.cli(*command)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -149,8 +173,9 @@ def test_prefect_deploy_registers_the_shipped_yaml_and_a_worker_runs_the_night(r
     retrain = next(d for d in shipped["deployments"] if d["name"] == RETRAIN)
     assert _deployment(server, "cxr-retrain/" + RETRAIN).parameters == retrain["parameters"]
 
-    worker = server.background([str(VENV_BIN / "prefect"), "worker", "start", "--pool", "cxr-cpu", "--type", "process"],
-                               tmp_path / "worker.log", env=env)
+    worker = server.background(
+        [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "cxr-cpu", "--type", "process"], tmp_path / "worker.log", env=env
+    )
     try:
         run = _wait_for_final_state(server, _run_deployment(server, "cxr-nightly/" + NIGHTLY), 600, worker)
         assert run.state.is_completed(), (run.state, worker.output()[-4000:])
@@ -214,7 +239,7 @@ def test_served_schedule_fires_and_the_report_opens_from_the_ui(real_prefect_ser
         with session_scope(night["url"]) as session:
             scoring = session.scalars(select(ScoringRun).order_by(ScoringRun.id.desc())).first()
             assert scoring.status == "completed" and scoring.n_scored >= 3 and scoring.n_failed == 0
-            assert repo.study_ids_to_score(session, scoring.model_version_id) == []
+            assert scoring_store.study_ids_to_score(session, scoring.model_version_id) == []
 
         _open_report_from_ui(server, browser, scoring.id, int(env["CXR_REPORTS_PORT"]))
     finally:
@@ -237,7 +262,8 @@ def _open_report_from_ui(server, browser, scoring_run_id: int, reports_port: int
         async with server.client() as client:
             return await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["cxr-scoring-report"])),
-                flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
             )
 
     artifact = max(asyncio.run(read()), key=lambda a: a.created)

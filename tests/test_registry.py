@@ -8,28 +8,40 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cxrmodel.findings import FINDINGS
-from db import registry
-from db import repository as repo
+from db import evaluations, registry, thresholds
 from db.engine import session_scope
 from db.models import ModelVersion, Promotion
 from tasks.evaluation import promote_if_better
 
 
 def _version(session, name: str, kind: str = "densenet121_fpn", calibrated: bool = True) -> int:
-    version = repo.register_model_version(session, name=name, kind=kind, config={}, artifact_path=f"/models/{name}", sha256="0" * 64)
+    version = registry.register_model_version(
+        session, name=name, kind=kind, config={}, artifact_path=f"/models/{name}", sha256="0" * 64
+    )
     if calibrated:
-        repo.save_threshold_set(session, version.id, "youden", {}, {f: 0.5 for f in FINDINGS}, {})
+        thresholds.save_threshold_set(session, version.id, "youden", {}, {f: 0.5 for f in FINDINGS}, {})
     return version.id
 
 
 def _evaluate(session, version_id: int, macro_auroc: float, split: str = "test") -> None:
     aggregates = {
-        "n_studies": 10, "macro_auroc": macro_auroc, "micro_auroc": macro_auroc, "macro_f1": 0.5, "micro_f1": 0.5,
-        "macro_precision": 0.5, "micro_precision": 0.5, "macro_recall": 0.5, "micro_recall": 0.5, "exact_match": 0.1,
-        "hamming_loss": 0.2, "accuracy": 0.8, "lrap": 0.6, "mean_brier": 0.1,
+        "n_studies": 10,
+        "macro_auroc": macro_auroc,
+        "micro_auroc": macro_auroc,
+        "macro_f1": 0.5,
+        "micro_f1": 0.5,
+        "macro_precision": 0.5,
+        "micro_precision": 0.5,
+        "macro_recall": 0.5,
+        "micro_recall": 0.5,
+        "exact_match": 0.1,
+        "hamming_loss": 0.2,
+        "accuracy": 0.8,
+        "lrap": 0.6,
+        "mean_brier": 0.1,
     }
-    tset = repo.active_threshold_set(session, version_id)
-    repo.save_evaluation(session, version_id, tset.id if tset else None, split, aggregates, [])
+    tset = thresholds.active_threshold_set(session, version_id)
+    evaluations.save_evaluation(session, version_id, tset.id if tset else None, split, aggregates, [])
 
 
 def _statuses(url: str) -> dict[str, tuple[str, bool]]:
@@ -52,14 +64,20 @@ def test_first_evaluated_version_becomes_champion(two_versions):
     assert _statuses(url)["old"] == ("champion", False)
 
 
-@pytest.mark.parametrize(("challenger_auroc", "margin", "promoted"), [(0.85, 0.0, True), (0.85, 0.05, False), (0.79, 0.0, False), (0.80, 0.0, False)])
+@pytest.mark.parametrize(
+    ("challenger_auroc", "margin", "promoted"), [(0.85, 0.0, True), (0.85, 0.05, False), (0.79, 0.0, False), (0.80, 0.0, False)]
+)
 def test_challenger_is_promoted_only_when_it_beats_the_champion_by_the_margin(two_versions, challenger_auroc, margin, promoted):
     url, old, new = two_versions
     promote_if_better.fn(url, old)
     with session_scope(url) as s:
         _evaluate(s, new, challenger_auroc)
     assert promote_if_better.fn(url, new, "macro_auroc", margin) is promoted
-    expected = {"old": ("retired", False), "new": ("champion", False)} if promoted else {"old": ("champion", False), "new": ("candidate", False)}
+    expected = (
+        {"old": ("retired", False), "new": ("champion", False)}
+        if promoted
+        else {"old": ("champion", False), "new": ("candidate", False)}
+    )
     assert _statuses(url) == expected
     with session_scope(url) as s:
         reasons = [p.reason for p in s.scalars(select(Promotion).order_by(Promotion.id))]
@@ -84,15 +102,18 @@ def test_pinned_champion_is_not_replaced_automatically_until_unpinned(two_versio
 def test_rollback_restores_the_replaced_champion_pinned_and_toggles(two_versions):
     url, old, new = two_versions
     with session_scope(url) as s:
-        repo.promote(s, old, "first")
-        repo.promote(s, new, "better")
+        registry.promote(s, old, "first")
+        registry.promote(s, new, "better")
         assert registry.rollback(s, "new model misbehaves").name == "old"
     assert _statuses(url) == {"old": ("champion", True), "new": ("retired", False)}
     with session_scope(url) as s:
         assert registry.rollback(s, "false alarm").name == "new"
         log = registry.history(s)
     assert [(h["action"], h["champion"], h["previous"]) for h in log] == [
-        ("rollback", "new", "old"), ("rollback", "old", "new"), ("promote", "new", "old"), ("promote", "old", None),
+        ("rollback", "new", "old"),
+        ("rollback", "old", "new"),
+        ("promote", "new", "old"),
+        ("promote", "old", None),
     ]
     assert log[0]["reason"] == "false alarm"
 
@@ -102,8 +123,12 @@ def test_registry_refuses_what_scoring_could_not_use(migrated_url):
         _version(s, "uncalibrated", calibrated=False)
         _version(s, "knn", kind="knn_embedding")
         only = _version(s, "only")
-        repo.promote(s, only, "first")
-    for name, message in [("uncalibrated", "no active threshold set"), ("knn", "embedding baseline"), ("missing", "no model version named")]:
+        registry.promote(s, only, "first")
+    for name, message in [
+        ("uncalibrated", "no active threshold set"),
+        ("knn", "embedding baseline"),
+        ("missing", "no model version named"),
+    ]:
         with pytest.raises(registry.RegistryError, match=message), session_scope(migrated_url) as s:
             registry.pin(s, name, "try")
     with pytest.raises(registry.RegistryError, match="nothing to roll back"), session_scope(migrated_url) as s:
@@ -117,7 +142,7 @@ def test_models_cli_pins_lists_and_rolls_back(two_versions, monkeypatch):
     url, old, new = two_versions
     monkeypatch.setenv("CXR_DATABASE_URL", url)
     with session_scope(url) as s:
-        repo.promote(s, old, "first")
+        registry.promote(s, old, "first")
     runner = CliRunner()
     result = runner.invoke(app, ["models", "pin", "new", "--reason", "reader study"])
     assert result.exit_code == 0, result.output

@@ -23,11 +23,11 @@ import torch
 from PIL import Image
 from sqlalchemy import func, select
 
-from cxrmodel.models.artifacts import save_state_dict
-from cxrmodel.findings import FINDINGS
 from cxrmodel.data.imaging import MIN_SIDE
+from cxrmodel.findings import FINDINGS
+from cxrmodel.models.artifacts import save_state_dict
 from cxrmodel.models.networks import densenet121_fpn
-from db import repository as repo
+from db import registry, studies, thresholds
 from db.engine import get_engine, session_scope, upgrade_database
 from db.models import Prediction, ScoringFailure, ScoringRun
 from tasks.scoring import score_new_studies
@@ -80,7 +80,7 @@ def prepare_scoring_database(url: str, root: Path, n_studies: int = N, extra: Se
     artifact = root / "models" / "random-fpn.safetensors"
     sha256 = save_state_dict(densenet121_fpn().state_dict(), artifact)
     with session_scope(url) as session:
-        version = repo.register_model_version(
+        version = registry.register_model_version(
             session,
             name="random-fpn",
             kind="densenet121_fpn",
@@ -88,15 +88,15 @@ def prepare_scoring_database(url: str, root: Path, n_studies: int = N, extra: Se
             artifact_path=str(artifact),
             sha256=sha256,
         )
-        repo.save_threshold_set(session, version.id, "fixed", {"value": 0.5}, {f: 0.5 for f in FINDINGS}, {})
-        repo.promote(session, version.id, "fault-injection test champion (random weights)")
+        thresholds.save_threshold_set(session, version.id, "fixed", {"value": 0.5}, {f: 0.5 for f in FINDINGS}, {})
+        registry.promote(session, version.id, "fault-injection test champion (random weights)")
     incoming = root / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     records = [study_record(f"in{i:05d}.png", write_png(incoming / f"in{i:05d}.png", seed=i), i) for i in range(n_studies)]
     with session_scope(url) as session:
-        counts = repo.sync_studies(session, [*records, *extra])
+        counts = studies.sync_studies(session, [*records, *extra])
         assert counts.added == n_studies + len(extra)
-        return repo.study_ids(session)
+        return studies.study_ids(session)
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def url(database_url) -> Iterator[str]:
 
 def champion_id(url: str) -> int:
     with session_scope(url) as session:
-        return repo.champion(session).id
+        return registry.champion(session).id
 
 
 def predictions_per_study(url: str) -> dict[int, int]:
@@ -162,17 +162,17 @@ import os, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from db import repository
+from db import scoring
 from tasks.scoring import score_new_studies
 
 url, batch_size, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 if delay:
-    write = repository.write_predictions
+    write = scoring.write_predictions
     def slow_write(session, rows, **options):
         n = write(session, rows, **options)
         time.sleep(delay)
         return n
-    repository.write_predictions = slow_write
+    scoring.write_predictions = slow_write
 if len(sys.argv) > 4:
     go = Path(sys.argv[4])
     Path(f"{go}.{os.getpid()}").touch()  # ready
@@ -249,9 +249,7 @@ def test_killed_run_loses_nothing_and_next_run_scores_only_the_rest(url, tmp_pat
     assert (run.n_scored, run.n_failed) == (N - len(before), 0)
     assert_every_study_scored_once(url, study_ids)
     with session_scope(url) as session:
-        by_run = dict(
-            session.execute(select(Prediction.scoring_run_id, func.count()).group_by(Prediction.scoring_run_id)).all()
-        )
+        by_run = dict(session.execute(select(Prediction.scoring_run_id, func.count()).group_by(Prediction.scoring_run_id)).all())
     # the second run wrote only the studies the killed one had not committed
     assert by_run == {killed.id: len(before) * K, run_id: (N - len(before)) * K}
 
@@ -272,7 +270,7 @@ def test_two_overlapping_runs_score_every_study_exactly_once(url, tmp_path):
             assert all(p.poll() is None for p in procs), [log.read_text()[-3000:] for log in logs]
             time.sleep(0.05)
         go.touch()  # both are imported and loaded: start scoring together
-        codes = [wait(p, log) for p, log in zip(procs, logs)]
+        codes = [wait(p, log) for p, log in zip(procs, logs, strict=True)]
     finally:
         for p in procs:
             if p.poll() is None:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrmodel.findings import FINDINGS
 from cxrmodel.data.splits import assert_no_patient_leak, assign_splits, read_official_lists
+from cxrmodel.findings import FINDINGS
 
 
 def synthetic_frame(n_patients: int = 800, seed: int = 1) -> pd.DataFrame:

@@ -27,8 +27,7 @@ def problem():
 
 def test_age_band_edges_and_unknown():
     ages = [0, 19, 19.5, 20, 39, 40, 59.9, 60, 79, 80, 101, None, float("nan")]
-    expected = ["0-19", "0-19", "0-19", "20-39", "20-39", "40-59", "40-59", "60-79", "60-79", "80+", "80+",
-                "unknown", "unknown"]
+    expected = ["0-19", "0-19", "0-19", "20-39", "20-39", "40-59", "40-59", "60-79", "60-79", "80+", "80+", "unknown", "unknown"]
     bands = age_band(ages)
     assert bands.dtype == object and bands.tolist() == expected
     assert age_band(np.array([45.0, np.nan])).tolist() == ["40-59", "unknown"]
@@ -45,7 +44,11 @@ def test_rows_match_evaluate_multilabel_on_each_subset(problem):
     y_true, y_prob, thr, sex, view = problem
     rows = subgroup_metrics(y_true, y_prob, thr, {"sex": sex, "view": view}, findings=NAMES, n_bins=10)
     assert [(r["attribute"], r["group"]) for r in rows] == [
-        ("sex", "F"), ("sex", "M"), ("view", "AP"), ("view", "PA"), ("view", "unknown")
+        ("sex", "F"),
+        ("sex", "M"),
+        ("view", "AP"),
+        ("view", "PA"),
+        ("view", "unknown"),
     ]
     masks = [sex == "F", sex == "M", view == "AP", view == "PA", np.arange(len(view)) < 5]
     for row, mask in zip(rows, masks, strict=True):
@@ -86,7 +89,11 @@ def test_numpy_and_missing_group_values_are_normalised():
     sex = np.array([0, 1, 1, 0, 1, 0])  # numpy ints -> Python ints
     rows = subgroup_metrics(y_true, y_prob, 0.5, {"age_band": age_band(ages), "sex": sex}, findings=("x",))
     assert [(r["attribute"], r["group"], r["n_studies"]) for r in rows] == [
-        ("age_band", "20-39", 2), ("age_band", "60-79", 3), ("age_band", "unknown", 1), ("sex", 0, 3), ("sex", 1, 3)
+        ("age_band", "20-39", 2),
+        ("age_band", "60-79", 3),
+        ("age_band", "unknown", 1),
+        ("sex", 0, 3),
+        ("sex", 1, 3),
     ]
     assert type(rows[3]["group"]) is int
 

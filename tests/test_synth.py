@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from cxrmodel.config import SynthConfig
-from cxrmodel.findings import FINDINGS
 from cxrmodel.data.imaging import read_dicom_metadata, read_grayscale
 from cxrmodel.data.metadata import read_nih_metadata
 from cxrmodel.data.synth.dataset import FIRST_INCOMING_PATIENT, _render, generate_dataset, plan_studies
 from cxrmodel.data.synth.labels import NIH_PREVALENCE
 from cxrmodel.data.synth.phantom import _grid, render_phantom, sample_anatomy
+from cxrmodel.findings import FINDINGS
 
 KEY_RE = re.compile(r"^\d{8}_\d{3}\.png$")
 

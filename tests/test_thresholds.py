@@ -9,7 +9,6 @@ import pytest
 from sklearn.metrics import f1_score, precision_score
 
 from cxrmodel.config import ThresholdConfig
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.thresholds import (
     ThresholdResult,
     calibrate_thresholds,
@@ -21,6 +20,7 @@ from cxrmodel.evaluation.thresholds import (
     threshold_grid,
     youden_thresholds,
 )
+from cxrmodel.findings import FINDINGS
 
 C = len(FINDINGS)
 GRID = np.round(np.arange(0.10, 0.85 + 1e-9, 0.05), 2)
@@ -221,17 +221,13 @@ def test_calibrate_dispatches_with_config_values():
     y_true, y_prob = _random_problem(8)
     res = calibrate_thresholds(y_true, y_prob, ThresholdConfig(method="youden"))
     np.testing.assert_array_equal(res.thresholds, youden_thresholds(y_true, y_prob).thresholds)
-    cfg = ThresholdConfig(
-        method="precision_constrained_f1", min_precision=0.3, grid_start=0.2, grid_stop=0.5, grid_step=0.1
-    )
+    cfg = ThresholdConfig(method="precision_constrained_f1", min_precision=0.3, grid_start=0.2, grid_stop=0.5, grid_step=0.1)
     res = calibrate_thresholds(y_true, y_prob, cfg)
     ref, _ = _reference_grid(y_true, y_prob, 0.3, grid=np.array([0.2, 0.3, 0.4, 0.5]))
     np.testing.assert_array_equal(res.thresholds, ref)
     cfg = ThresholdConfig(method="dynamic_f1", low_f1=0.5, adjustment=0.02)
     res = calibrate_thresholds(y_true, y_prob, cfg)
-    np.testing.assert_array_equal(
-        res.thresholds, dynamic_f1_thresholds(y_true, y_prob, low_f1=0.5, adjustment=0.02).thresholds
-    )
+    np.testing.assert_array_equal(res.thresholds, dynamic_f1_thresholds(y_true, y_prob, low_f1=0.5, adjustment=0.02).thresholds)
     assert res.method == "dynamic_f1"
     res = calibrate_thresholds(y_true, y_prob, ThresholdConfig(method="fixed_sensitivity", min_sensitivity=0.8))
     np.testing.assert_array_equal(res.thresholds, fixed_sensitivity_thresholds(y_true, y_prob, 0.8).thresholds)

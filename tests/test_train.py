@@ -1,9 +1,7 @@
-"""Training loop (weighted BCE, selection, early stopping, LR schedule, resume), model
-artefacts (safetensors + sha256) and the study dataset."""
+"""Training loop (weighted BCE, selection, early stopping, LR schedule, resume). Model artefacts
+are tested in ``test_artifacts.py`` and the study dataset in ``test_datasets.py``."""
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import pytest
@@ -12,8 +10,6 @@ from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_sco
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrmodel.io import sha256_file
-from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict
 from cxrmodel.config import TrainConfig
 from cxrmodel.data.datasets import StudyDataset, array_loader
 from cxrmodel.findings import FINDINGS
@@ -187,8 +183,8 @@ def test_fit_reports_every_epoch_with_correct_values(data):
 
 
 def test_fit_real_densenet_fpn_at_32px():
-    from cxrmodel.models.networks import densenet121_fpn
     from cxrmodel.data.transforms import eval_transform
+    from cxrmodel.models.networks import densenet121_fpn
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 32, 32), dtype=np.uint8)
@@ -221,8 +217,7 @@ def test_train_loss_is_the_per_sample_mean(data):
     with torch.no_grad():
         expected = nn.BCEWithLogitsLoss(pos_weight=pw)(model(tx, tp), ty).item()
         batch_means = [
-            nn.BCEWithLogitsLoss(pos_weight=pw)(model(tx[i : i + 4], tp[i : i + 4]), ty[i : i + 4]).item()
-            for i in (0, 4, 8)
+            nn.BCEWithLogitsLoss(pos_weight=pw)(model(tx[i : i + 4], tp[i : i + 4]), ty[i : i + 4]).item() for i in (0, 4, 8)
         ]
     assert abs(np.mean(batch_means) - expected) > 1e-4  # the unweighted mean would be wrong
     result = fit(model, *_loaders(data), _config(epochs=1, learning_rate=1e-12), pw, CPU)
@@ -321,92 +316,3 @@ def test_reduce_lr_on_plateau_halves_lr(data):
                  scheduler_factor=0.1), _pos_weight(data), CPU)  # fmt: skip
     lrs = [r.learning_rate for r in result.history]
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
-
-
-# --------------------------------------------------------------------------------------
-# artifacts
-
-
-def _state():
-    torch.manual_seed(0)
-    state = TinyNet().state_dict()
-    state["extra.transposed"] = torch.arange(6.0).reshape(2, 3).t()  # non-contiguous
-    state["extra.int"] = torch.tensor([1, 2, 3], dtype=torch.int64)
-    return state
-
-
-def test_save_state_dict_returns_file_sha256(tmp_path):
-    path = tmp_path / "models" / "m.safetensors"
-    digest = save_state_dict(_state(), path, metadata={"run": 7, "arch": "tiny"})
-    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert digest == sha256_file(path)
-    assert len(digest) == 64
-    assert sorted(p.name for p in path.parent.iterdir()) == ["m.safetensors"]  # no temp file left
-    assert read_metadata(path) == {"arch": "tiny", "run": 7}
-    # deterministic bytes for the same tensors and metadata
-    assert save_state_dict(_state(), tmp_path / "again.safetensors", metadata={"arch": "tiny", "run": 7}) == digest
-
-
-def test_state_dict_round_trip(tmp_path):
-    state = _state()
-    path = tmp_path / "m.safetensors"
-    digest = save_state_dict(state, path)
-    for expected_sha in (digest, None):
-        loaded = load_state_dict(path, expected_sha)
-        assert set(loaded) == set(state)
-        for k, v in state.items():
-            assert loaded[k].dtype == v.dtype
-            assert torch.equal(loaded[k], v), k
-    model = TinyNet()
-    model.load_state_dict({k: v for k, v in load_state_dict(path, digest).items() if not k.startswith("extra.")})
-    assert torch.equal(model.head.weight, state["head.weight"])
-
-
-def test_load_refuses_wrong_or_tampered_sha(tmp_path):
-    path = tmp_path / "m.safetensors"
-    digest = save_state_dict(_state(), path)
-    with pytest.raises(ArtifactIntegrityError):
-        load_state_dict(path, "0" * 64)
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF  # flip bits in the last tensor byte
-    path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactIntegrityError, match="refusing to load"):
-        load_state_dict(path, digest)
-    with pytest.raises(FileNotFoundError):
-        load_state_dict(tmp_path / "missing.safetensors", digest)
-
-
-# --------------------------------------------------------------------------------------
-# StudyDataset
-
-
-def test_study_dataset_flips_and_labels():
-    images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
-    patient = np.array([[0.1, 0, 1], [0.2, 1, 0], [0.3, 0, 0]], dtype=np.float64)
-    labels = np.eye(3, 14, dtype=np.uint8)
-    ds = StudyDataset(array_loader(images), patient, labels, flips=[False, True, False])
-    assert len(ds) == 3
-
-    image, pat, lab, idx = ds[0]
-    assert idx == 0
-    assert image.shape == (1, 4, 5) and image.dtype == torch.uint8
-    assert torch.equal(image[0], torch.from_numpy(images[0]))
-
-    image, pat, lab, idx = ds[1]
-    assert idx == 1
-    assert torch.equal(image, torch.flip(torch.from_numpy(images[1])[None], dims=[-1]))
-    assert image[0, 0, 0].item() == images[1, 0, -1]  # mirrored left-right
-    assert pat.dtype == torch.float32
-    torch.testing.assert_close(pat, torch.tensor([0.2, 1.0, 0.0]))
-    assert lab.dtype == torch.float32 and lab.shape == (14,)
-    assert lab.tolist() == [0.0, 1.0] + [0.0] * 12
-
-
-def test_study_dataset_without_labels_and_with_transform():
-    images = np.full((2, 4, 4), 255, dtype=np.uint8)
-    ds = StudyDataset(array_loader(images), np.zeros((2, 3)), labels=None, transform=_to_float)
-    image, _, lab, _ = ds[1]
-    assert torch.equal(lab, torch.zeros(14))
-    assert image.dtype == torch.float32 and torch.all(image == 1.0)
-    with pytest.raises(ValueError, match="labels has 1 rows"):
-        StudyDataset(array_loader(images), np.zeros((2, 3)), labels=np.zeros((1, 14)))

@@ -78,8 +78,12 @@ def test_hub_weights_from_prepopulated_cache_offline(tmp_path, monkeypatch, refe
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
 
-    config = TrainConfig(weights="hub", weights_hub_repo="acme/densenet121-imagenet", weights_hub_revision="main",
-                         weights_hub_cache_dir=str(tmp_path / "hf"))
+    config = TrainConfig(
+        weights="hub",
+        weights_hub_repo="acme/densenet121-imagenet",
+        weights_hub_revision="main",
+        weights_hub_cache_dir=str(tmp_path / "hf"),
+    )
     model = build_model("densenet121", **config.backbone_kwargs())
     key = "features.conv0.weight"
     assert torch.equal(model.features.state_dict()[key.removeprefix("features.")], reference_state[key])

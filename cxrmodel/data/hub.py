@@ -258,9 +258,7 @@ def _fetch_metadata(source: HubSource, target_dir: Path) -> tuple[dict[str, Path
             f"tried {', '.join(data_entry)} (all metadata: {'; '.join(tried)})"
         )
         if offline:
-            message += (
-                f". They are not in the local Hugging Face cache ({_cache_location(source)}) and HF_HUB_OFFLINE is set"
-            )
+            message += f". They are not in the local Hugging Face cache ({_cache_location(source)}) and HF_HUB_OFFLINE is set"
         raise FileNotFoundError(message)
     return fetched, commit
 
@@ -345,9 +343,7 @@ def _extract_one(source: HubSource, index: int, target_dir: Path) -> Path:
     return final
 
 
-def fetch_archives(
-    source: HubSource, target_dir: str | os.PathLike[str], indices: Iterable[int] | None = None
-) -> list[Path]:
+def fetch_archives(source: HubSource, target_dir: str | os.PathLike[str], indices: Iterable[int] | None = None) -> list[Path]:
     """Download each archive (``source.archives`` unless ``indices`` is given) with
     ``hf_hub_download`` and extract it safely to ``target_dir/images_NNN/images/``.
 
@@ -366,9 +362,7 @@ def fetch_archives(
     return [_extract_one(source, index, target) for index in wanted]
 
 
-def fetch_dataset(
-    source: HubSource, target_dir: str | os.PathLike[str], indices: Iterable[int] | None = None
-) -> Path:
+def fetch_dataset(source: HubSource, target_dir: str | os.PathLike[str], indices: Iterable[int] | None = None) -> Path:
     """Metadata first (:func:`fetch_metadata`), then the image archives
     (:func:`fetch_archives`); returns ``target_dir``.
 

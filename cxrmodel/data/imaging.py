@@ -58,11 +58,7 @@ class ImageDecodeError(ValueError):
 
 def is_plain_file_name(name: object) -> bool:
     """True when ``name`` is a bare file name: non-empty, no path separator, not ``.``/``..``."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and not any(ch in name for ch in ("/", "\\", "\x00"))
-    )
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(ch in name for ch in ("/", "\\", "\x00"))
 
 
 def safe_join(root: str | os.PathLike[str], relative: str | os.PathLike[str]) -> Path:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrmodel.findings import FINDINGS, NUM_FINDINGS, UnknownFindingError, encode_findings, parse_finding_labels
 from cxrmodel.data.imaging import is_plain_file_name, parse_patient_age
+from cxrmodel.findings import FINDINGS, NUM_FINDINGS, UnknownFindingError, encode_findings, parse_finding_labels
 
 COL_KEY = "Image Index"
 COL_LABELS = "Finding Labels"
@@ -170,11 +170,7 @@ def _parse_row(row: Mapping[str, str]) -> dict[str, object]:
 
 def _to_frame(records: list[dict[str, object]]) -> pd.DataFrame:
     """Records -> the output DataFrame with stable dtypes (also for zero rows)."""
-    labels = (
-        np.stack([r["labels"] for r in records]).astype(np.uint8)
-        if records
-        else np.zeros((0, NUM_FINDINGS), dtype=np.uint8)
-    )
+    labels = np.stack([r["labels"] for r in records]).astype(np.uint8) if records else np.zeros((0, NUM_FINDINGS), dtype=np.uint8)
     frame = pd.DataFrame(
         {
             "study_key": pd.Series([r["study_key"] for r in records], dtype=object),

@@ -155,7 +155,9 @@ def read_sidecar(folder: str | os.PathLike[str], files: set[str]) -> tuple[dict[
                     reasons.append("no such PNG/DICOM file in the incoming folder")
             if not reasons:
                 continue
-            record = QuarantineRecord((key or f"{name} row {number}")[:256], number, f"sidecar {name}: {'; '.join(reasons)}"[:512], text)
+            record = QuarantineRecord(
+                (key or f"{name} row {number}")[:256], number, f"sidecar {name}: {'; '.join(reasons)}"[:512], text
+            )
             if (record.row_key, record.reason) not in seen:
                 seen.add((record.row_key, record.reason))
                 problems.append(record)

@@ -23,8 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss
 from threadpoolctl import threadpool_limits
 
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.metrics import _check_findings, validate_multilabel
+from cxrmodel.findings import FINDINGS
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -68,9 +68,7 @@ def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int
     return float(np.abs(sum_t - sum_p).sum() / t.size)
 
 
-def reliability_curve(
-    y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability_curve(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(mean predicted probability, observed fraction of positives, study count)`` per non-empty
     equal-width bin, in bin order; the first two are ``calibration_curve``'s ``prob_pred`` and
     ``prob_true`` with ``strategy="uniform"``."""

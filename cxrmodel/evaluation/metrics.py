@@ -20,6 +20,7 @@ from sklearn.metrics import (
     hamming_loss,
     label_ranking_average_precision_score,
     multilabel_confusion_matrix,
+    precision_recall_curve,
     precision_score,
     recall_score,
     roc_auc_score,
@@ -33,6 +34,7 @@ __all__ = [
     "apply_thresholds",
     "epoch_summary",
     "evaluate_multilabel",
+    "pr_curves",
     "roc_curves",
     "validate_multilabel",
 ]
@@ -53,6 +55,9 @@ AGGREGATE_KEYS: tuple[str, ...] = (
     "lrap",
     "mean_brier",
 )
+#: One class's curve: ``(x, y, score)``.
+Curve = tuple[np.ndarray, np.ndarray, float]
+
 PER_CLASS_KEYS: tuple[str, ...] = (
     "finding",
     "n_positive",
@@ -215,9 +220,7 @@ def evaluate_multilabel(
     return EvaluationResult(aggregates=aggregates, per_class=per_class)
 
 
-def epoch_summary(
-    y_true: ArrayLike, y_prob: ArrayLike, thresholds: float | ArrayLike = 0.5
-) -> dict[str, float | None]:
+def epoch_summary(y_true: ArrayLike, y_prob: ArrayLike, thresholds: float | ArrayLike = 0.5) -> dict[str, float | None]:
     """Per-epoch validation summary: macro precision, recall and F1 at ``thresholds``, and macro AUROC.
 
     Returns ``{"mean_precision", "mean_recall", "macro_f1", "mean_auroc"}``; ``mean_auroc``
@@ -234,16 +237,34 @@ def epoch_summary(
     }
 
 
-def roc_curves(
-    y_true: ArrayLike, y_prob: ArrayLike, findings: Sequence[str] = FINDINGS
-) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
-    """``finding -> (fpr, tpr, auroc)`` from :func:`sklearn.metrics.roc_curve`, skipping single-label-value classes."""
+def _curves_per_class(y_true: ArrayLike, y_prob: ArrayLike, findings: Sequence[str], curve) -> dict[str, Curve]:
+    """``finding -> curve(labels, probabilities)`` of the classes that hold both label values."""
     t, p = validate_multilabel(y_true, y_prob)
     names = _check_findings(findings, t.shape[1])
-    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-    for j, name in enumerate(names):
-        if not _has_both_labels(t[:, j]):
-            continue
-        fpr, tpr, _ = roc_curve(t[:, j], p[:, j])
-        curves[name] = (fpr, tpr, float(roc_auc_score(t[:, j], p[:, j])))
-    return curves
+    return {name: curve(t[:, j], p[:, j]) for j, name in enumerate(names) if _has_both_labels(t[:, j])}
+
+
+def _roc(t: np.ndarray, p: np.ndarray) -> Curve:
+    fpr, tpr, _ = roc_curve(t, p)
+    return fpr, tpr, float(roc_auc_score(t, p))
+
+
+def _pr(t: np.ndarray, p: np.ndarray) -> Curve:
+    precision, recall, _ = precision_recall_curve(t, p)
+    return recall, precision, float(average_precision_score(t, p))
+
+
+def roc_curves(y_true: ArrayLike, y_prob: ArrayLike, findings: Sequence[str] = FINDINGS) -> dict[str, Curve]:
+    """``finding -> (fpr, tpr, auroc)`` from :func:`sklearn.metrics.roc_curve`, skipping single-label-value classes."""
+    return _curves_per_class(y_true, y_prob, findings, _roc)
+
+
+def pr_curves(y_true: ArrayLike, y_prob: ArrayLike, findings: Sequence[str] = FINDINGS) -> dict[str, Curve]:
+    """``finding -> (recall, precision, average precision)``, skipping single-label-value classes.
+
+    The curve is :func:`sklearn.metrics.precision_recall_curve`'s (recall decreasing, ending at
+    recall 0 and precision 1) and the score :func:`sklearn.metrics.average_precision_score`, the
+    step-wise area that the per-class ``pr_auc`` of :func:`evaluate_multilabel` reports.
+    Recall comes first so that, like :func:`roc_curves`, each entry reads ``(x, y, score)``.
+    """
+    return _curves_per_class(y_true, y_prob, findings, _pr)

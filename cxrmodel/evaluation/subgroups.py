@@ -11,8 +11,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from cxrmodel.evaluation.calibration import expected_calibration_error
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.metrics import _check_findings, evaluate_multilabel, validate_multilabel
+from cxrmodel.findings import FINDINGS
 
 __all__ = ["AGE_BANDS", "SUBGROUP_KEYS", "UNKNOWN", "age_band", "subgroup_gaps", "subgroup_metrics"]
 
@@ -103,8 +103,7 @@ def subgroup_metrics(
         for group in order:
             mask = labels == group
             sub_t, sub_p = t[mask], p[mask]
-            row = {"attribute": attribute, "group": group, "n_studies": int(mask.sum()),
-                   "n_positive_labels": int(sub_t.sum())}
+            row = {"attribute": attribute, "group": group, "n_studies": int(mask.sum()), "n_positive_labels": int(sub_t.sum())}
             if row["n_studies"] < min_studies:
                 row.update(dict.fromkeys(_METRIC_KEYS))
             else:

@@ -20,8 +20,8 @@ from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
 from cxrmodel.config import ThresholdConfig
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.metrics import validate_multilabel
+from cxrmodel.findings import FINDINGS
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -164,8 +164,13 @@ def youden_thresholds(y_true: ArrayLike, y_prob: ArrayLike, findings: Sequence[s
 
 
 def _constrained_f1(
-    t: np.ndarray, p: np.ndarray, names: tuple[str, ...], notes: dict[str, str], calibrated: np.ndarray,
-    min_precision: float, grid: ArrayLike | None,
+    t: np.ndarray,
+    p: np.ndarray,
+    names: tuple[str, ...],
+    notes: dict[str, str],
+    calibrated: np.ndarray,
+    min_precision: float,
+    grid: ArrayLike | None,
 ) -> np.ndarray:
     """Grid threshold with the highest F1 among those with precision >= ``min_precision``."""
     min_precision = _check_unit("min_precision", min_precision)

@@ -7,10 +7,14 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules={'embedding_map', 'gradcam', 'similarity',},
+    submodules={
+        "embedding_map",
+        "gradcam",
+        "similarity",
+    },
     submod_attrs={
-        'embedding_map': ['embedding_map'],
-        'gradcam': ['default_gradcam_layers', 'grad_cam'],
-        'similarity': ['l2_normalise', 'EmbeddingIndex'],
+        "embedding_map": ["embedding_map"],
+        "gradcam": ["default_gradcam_layers", "grad_cam"],
+        "similarity": ["l2_normalise", "EmbeddingIndex"],
     },
 )

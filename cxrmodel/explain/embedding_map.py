@@ -9,9 +9,7 @@ from sklearn.manifold import TSNE
 __all__ = ["embedding_map"]
 
 
-def embedding_map(
-    embeddings: ArrayLike, max_points: int = 2000, random_state: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def embedding_map(embeddings: ArrayLike, max_points: int = 2000, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Project ``[N, d]`` embeddings to 2-D with :class:`sklearn.manifold.TSNE`.
 
     At most ``max_points`` rows are mapped (a seeded uniform sample, kept in input order).

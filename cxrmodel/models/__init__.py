@@ -8,11 +8,31 @@ import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
-    submodules={'artifacts', 'embedding', 'networks', 'weights',},
+    submodules={
+        "artifacts",
+        "embedding",
+        "kinds",
+        "loading",
+        "networks",
+        "version_files",
+        "weights",
+    },
     submod_attrs={
-        'artifacts': ['ArtifactIntegrityError', 'sha256_file', 'save_state_dict', 'load_state_dict', 'read_metadata'],
-        'embedding': ['KnnEmbeddingModel', 'MlpEmbeddingModel'],
-        'networks': ['densenet121_backbone', 'PyramidBackbone', 'DenseNetFPNClassifier', 'DenseNetClassifier', 'densenet121_fpn', 'densenet121_chexnet', 'build_model', 'count_parameters'],
-        'weights': ['normalise_densenet_keys', 'load_state_dict_file', 'imagenet_densenet121', 'fetch_hub_weights'],
+        "artifacts": ["ArtifactIntegrityError", "sha256_file", "save_state_dict", "load_state_dict", "read_metadata"],
+        "embedding": ["KnnEmbeddingModel", "MlpEmbeddingModel"],
+        "kinds": ["ModelKind", "NETWORK_KINDS", "EMBEDDING_KINDS", "is_network", "is_embedding_head"],
+        "loading": ["EMBEDDING_HEADS", "EmbeddingHead", "LoadedModel", "embed_image_files", "embed_loader", "load_model_version"],
+        "version_files": ["ModelVersionFiles"],
+        "networks": [
+            "densenet121_backbone",
+            "PyramidBackbone",
+            "DenseNetFPNClassifier",
+            "DenseNetClassifier",
+            "densenet121_fpn",
+            "densenet121_chexnet",
+            "build_model",
+            "count_parameters",
+        ],
+        "weights": ["normalise_densenet_keys", "load_state_dict_file", "imagenet_densenet121", "fetch_hub_weights"],
     },
 )

@@ -61,7 +61,13 @@ class PixelLogisticModel:
 
     @classmethod
     def fit(
-        cls, images: np.ndarray, patient: np.ndarray, labels: np.ndarray, *, side: int = DEFAULT_SIDE, c: float = DEFAULT_C,
+        cls,
+        images: np.ndarray,
+        patient: np.ndarray,
+        labels: np.ndarray,
+        *,
+        side: int = DEFAULT_SIDE,
+        c: float = DEFAULT_C,
         max_iter: int = 2000,
     ) -> PixelLogisticModel:
         """Fit one L2-penalised logistic regression (inverse strength ``c``, balanced class
@@ -103,8 +109,15 @@ class PixelLogisticModel:
 
     def save(self, path: str | Path) -> str:
         """Write the model as an ``.npz`` atomically; return the file's sha256."""
-        arrays = {"side": np.array(self.side), "c": np.array(self.c), "mean": self.mean, "std": self.std, "coef": self.coef,
-                  "intercept": self.intercept, "constant": self.constant}
+        arrays = {
+            "side": np.array(self.side),
+            "c": np.array(self.c),
+            "mean": self.mean,
+            "std": self.std,
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "constant": self.constant,
+        }
         return sha256_file(atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays)))
 
     @classmethod

@@ -17,15 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from torch import nn
 
+from cxrmodel.evaluation.metrics import epoch_summary
 from cxrmodel.io import atomic_write, sha256_file
 from cxrmodel.models.artifacts import ArtifactIntegrityError, load_state_dict, read_metadata, save_state_dict
-from cxrmodel.evaluation.metrics import epoch_summary
+from cxrmodel.models.kinds import ModelKind
 
 NEIGHBOUR_GRID = (3, 5, 7, 9, 11)
 
@@ -35,7 +36,7 @@ def _positive_proba(pipeline: Pipeline, embeddings: np.ndarray) -> np.ndarray:
     knn: KNeighborsClassifier = pipeline[-1]
     outputs = pipeline.predict_proba(embeddings)
     columns = []
-    for classes, proba in zip(knn.classes_, outputs):
+    for classes, proba in zip(knn.classes_, outputs, strict=True):
         classes = list(classes)
         columns.append(proba[:, classes.index(1)] if 1 in classes else np.zeros(len(embeddings)))
     return np.stack(columns, axis=1)
@@ -55,7 +56,9 @@ class KnnEmbeddingModel:
     cv_score: float | None = None
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, labels: np.ndarray, grid=NEIGHBOUR_GRID, folds: int = 5, seed: int = 0) -> KnnEmbeddingModel:
+    def fit(
+        cls, embeddings: np.ndarray, labels: np.ndarray, grid=NEIGHBOUR_GRID, folds: int = 5, seed: int = 0
+    ) -> KnnEmbeddingModel:
         """Standardise, then choose ``n_neighbors`` from ``grid`` by 5-fold mean AUROC."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.uint8)
@@ -188,8 +191,10 @@ class MlpEmbeddingModel:
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(f"expected embeddings [N, {self.input_dim}], got {x.shape}")
         self.network.eval()
-        out = [torch.sigmoid(self.network(torch.from_numpy((x[i : i + chunk] - self.mean) / self.std))).numpy()
-               for i in range(0, len(x), chunk)]
+        out = [
+            torch.sigmoid(self.network(torch.from_numpy((x[i : i + chunk] - self.mean) / self.std))).numpy()
+            for i in range(0, len(x), chunk)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.num_classes), dtype=np.float32)
 
     def save(self, path: str | Path) -> str:
@@ -198,9 +203,15 @@ class MlpEmbeddingModel:
         tensors["input_mean"] = torch.from_numpy(np.asarray(self.mean, dtype=np.float32))
         tensors["input_std"] = torch.from_numpy(np.asarray(self.std, dtype=np.float32))
         metadata = {
-            "kind": "mlp_embedding", "input_dim": self.input_dim, "hidden_dim": int(self.network[0].out_features),
-            "num_classes": self.num_classes, "dropout": float(self.network[2].p), "best_epoch": self.best_epoch,
-            "epochs_run": self.epochs_run, "max_epochs": self.max_epochs, "val_loss": self.val_loss,
+            "kind": ModelKind.MLP_EMBEDDING.value,
+            "input_dim": self.input_dim,
+            "hidden_dim": int(self.network[0].out_features),
+            "num_classes": self.num_classes,
+            "dropout": float(self.network[2].p),
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "max_epochs": self.max_epochs,
+            "val_loss": self.val_loss,
         }
         return save_state_dict(tensors, path, metadata=metadata)
 
@@ -210,8 +221,13 @@ class MlpEmbeddingModel:
         tensors = load_state_dict(path, expected_sha256)
         meta = read_metadata(path)
         network = _mlp(int(meta["input_dim"]), int(meta["num_classes"]), int(meta["hidden_dim"]), float(meta["dropout"]))
-        network.load_state_dict({k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")})
+        network.load_state_dict({k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")})
         return cls(
-            network.eval(), tensors["input_mean"].numpy(), tensors["input_std"].numpy(),
-            int(meta.get("best_epoch", 0)), int(meta.get("epochs_run", 0)), int(meta.get("max_epochs", 0)), meta.get("val_loss"),
+            network.eval(),
+            tensors["input_mean"].numpy(),
+            tensors["input_std"].numpy(),
+            int(meta.get("best_epoch", 0)),
+            int(meta.get("epochs_run", 0)),
+            int(meta.get("max_epochs", 0)),
+            meta.get("val_loss"),
         )

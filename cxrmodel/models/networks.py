@@ -18,6 +18,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
 from cxrmodel.findings import NUM_FINDINGS
+from cxrmodel.models.kinds import ModelKind
 from cxrmodel.models.weights import imagenet_densenet121, load_state_dict_file
 
 #: DenseNet121 blocks tapped for the pyramid, with their channel counts in torchvision.
@@ -83,9 +84,7 @@ class DenseNetFPNClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fpn = FeaturePyramidNetwork(
-            in_channels_list=[ch for _, ch in PYRAMID_LEVELS.values()], out_channels=fpn_channels
-        )
+        self.fpn = FeaturePyramidNetwork(in_channels_list=[ch for _, ch in PYRAMID_LEVELS.values()], out_channels=fpn_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.image_proj = nn.Sequential(nn.Linear(fpn_channels * len(PYRAMID_LEVELS), embed_dim), nn.ReLU(inplace=True))
         self.patient_proj = nn.Sequential(nn.Linear(NUM_PATIENT_FEATURES, patient_dim), nn.ReLU(inplace=True))
@@ -146,11 +145,11 @@ def densenet121_chexnet(
     return DenseNetClassifier(densenet121_backbone(weights_path, imagenet), num_classes=num_classes)
 
 
-ARCHITECTURES = {"densenet121_fpn": densenet121_fpn, "densenet121": densenet121_chexnet}
+ARCHITECTURES = {ModelKind.DENSENET121_FPN: densenet121_fpn, ModelKind.DENSENET121: densenet121_chexnet}
 
 
 def build_model(architecture: str, **kwargs) -> nn.Module:
-    """Builder lookup by name (``'densenet121_fpn'`` or ``'densenet121'``)."""
+    """Builder lookup by network kind (``'densenet121_fpn'`` or ``'densenet121'``)."""
     try:
         builder = ARCHITECTURES[architecture]
     except KeyError:

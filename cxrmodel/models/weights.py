@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 #: Old torchvision DenseNet checkpoints name layers ``norm.1`` instead of ``norm1``.
-_LEGACY_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
 
 
 def normalise_densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -44,8 +46,7 @@ def load_state_dict_file(net: nn.Module, path: str | Path) -> nn.Module:
     missing_features = [k for k in missing if k.startswith("features.")]
     if missing_features or unexpected:
         raise ValueError(
-            f"{path} is not a DenseNet121 state dict "
-            f"(missing {missing_features[:3]}..., unexpected {list(unexpected)[:3]}...)"
+            f"{path} is not a DenseNet121 state dict (missing {missing_features[:3]}..., unexpected {list(unexpected)[:3]}...)"
         )
     return net
 

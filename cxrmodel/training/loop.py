@@ -25,10 +25,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cxrmodel.config import TrainConfig
-from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
-from cxrmodel.findings import FINDINGS
 from cxrmodel.evaluation.metrics import epoch_summary
+from cxrmodel.findings import FINDINGS
 from cxrmodel.io import atomic_write
+from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
 
 
 @dataclass(frozen=True)

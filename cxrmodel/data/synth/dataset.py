@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image
 
 from cxrmodel.config import SynthConfig
-from cxrmodel.io import atomic_save_to, atomic_write
-from cxrmodel.findings import FINDINGS, format_finding_labels
 from cxrmodel.data.synth.labels import P_AP, sample_findings, sample_patient
 from cxrmodel.data.synth.phantom import render_phantom, sample_anatomy
+from cxrmodel.findings import FINDINGS, format_finding_labels
+from cxrmodel.io import atomic_save_to, atomic_write
 
 NIH_HEADER = (
     "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"

@@ -119,4 +119,4 @@ def sample_findings(rng: np.random.Generator, age: float, view: str) -> frozense
                 extra = min(q[idx[then]] * (mult - 1.0), 0.9)
                 present[idx[then]] = rng.random() < extra / (1 - q[idx[then]])
         if present.any():
-            return frozenset(f for f, p in zip(FINDINGS, present) if p)
+            return frozenset(f for f, p in zip(FINDINGS, present, strict=True) if p)

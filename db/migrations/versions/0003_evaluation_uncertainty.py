@@ -44,9 +44,13 @@ def upgrade() -> None:
         sa.Column("group_name", sa.String(length=32), nullable=False),
         sa.Column("n_studies", sa.Integer(), nullable=False),
         sa.Column("n_positive_labels", sa.Integer(), nullable=True),
-        *(sa.Column(name, sa.Float(), nullable=True)
-          for name in ("macro_auroc", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "mean_brier", "mean_ece")),
-        sa.ForeignKeyConstraint(["evaluation_id"], ["evaluations.id"], name=op.f("fk_subgroup_metrics_evaluation_id_evaluations"), ondelete="CASCADE"),
+        *(
+            sa.Column(name, sa.Float(), nullable=True)
+            for name in ("macro_auroc", "macro_f1", "micro_f1", "exact_match", "hamming_loss", "mean_brier", "mean_ece")
+        ),
+        sa.ForeignKeyConstraint(
+            ["evaluation_id"], ["evaluations.id"], name=op.f("fk_subgroup_metrics_evaluation_id_evaluations"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("evaluation_id", "attribute", "group_name", name=op.f("pk_subgroup_metrics")),
     )
 

@@ -1,0 +1,133 @@
+"""Loading a registered model version from its files, whatever its kind, ready to predict.
+
+The caller describes the version with :class:`ModelVersionFiles` (the database layer builds
+one from its registry row); every artefact's sha256 is checked before its weights are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from cxrmodel.data.cache import ImageCache, cached_loader
+from cxrmodel.data.datasets import StudyDataset
+from cxrmodel.data.imaging import read_grayscale, resize_square
+from cxrmodel.data.metadata import AgeScaler, patient_features
+from cxrmodel.data.transforms import eval_transform
+from cxrmodel.models.artifacts import load_state_dict
+from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
+from cxrmodel.models.kinds import NETWORK_KINDS, ModelKind
+from cxrmodel.models.networks import build_model
+from cxrmodel.models.version_files import ModelVersionFiles
+from cxrmodel.training.loop import predict_loader, resolve_device
+
+__all__ = [
+    "EMBEDDING_HEADS",
+    "EmbeddingHead",
+    "LoadedModel",
+    "ModelVersionFiles",
+    "embed_image_files",
+    "embed_loader",
+    "load_model_version",
+]
+
+
+class EmbeddingHead(Protocol):
+    """A classifier fitted on a parent network's image embeddings."""
+
+    def predict_proba(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+#: How each embedding-baseline kind loads its artefact ``(path, expected_sha256)``.
+EMBEDDING_HEADS = {
+    ModelKind.KNN_EMBEDDING: KnnEmbeddingModel.load,
+    ModelKind.MLP_EMBEDDING: MlpEmbeddingModel.load,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model version ready to predict: the network, and for embedding baselines the fitted
+    head (k-NN, MLP) that turns the network's embeddings into probabilities."""
+
+    version_id: int
+    kind: str
+    network: torch.nn.Module
+    image_size: int
+    age_scaler: AgeScaler
+    embedding_head: EmbeddingHead | None = None
+
+    @property
+    def knn(self) -> EmbeddingHead | None:
+        """Old name of :attr:`embedding_head` (any embedding head, not only k-NN)."""
+        return self.embedding_head
+
+    def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int) -> DataLoader:
+        dataset = StudyDataset(
+            cached_loader(ImageCache(cache_root, self.image_size), frame),
+            patient_features(frame, self.age_scaler),
+            transform=eval_transform(self.image_size),
+        )
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+    def embed_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
+        """The network's image embeddings ``[N, d]`` for labelled studies read through the image cache."""
+        return embed_loader(self.network, self._frame_loader(frame, cache_root, batch_size), resolve_device(device))
+
+    def predict_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
+        """Probabilities ``[N, 14]`` for labelled studies read through the image cache."""
+        if self.embedding_head is not None:
+            return self.embedding_head.predict_proba(self.embed_frame(frame, cache_root, batch_size, device))
+        dev = resolve_device(device)
+        probs, _, _ = predict_loader(self.network.to(dev), self._frame_loader(frame, cache_root, batch_size), dev)
+        return probs
+
+
+@torch.no_grad()
+def embed_loader(network: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    network.eval().to(device)
+    chunks = [network.embed(batch[0].to(device)).float().cpu() for batch in loader]
+    return torch.cat(chunks).numpy()
+
+
+@torch.no_grad()
+def embed_image_files(loaded: LoadedModel, paths: Sequence[str], batch_size: int = 32, device: str = "auto") -> np.ndarray:
+    """Embeddings ``[N, d]`` of image files decoded from source (read_grayscale, resize_square,
+    eval_transform): the same pixels the image cache would hold. Raises ImageDecodeError."""
+    dev = resolve_device(device)
+    network = loaded.network.eval().to(dev)
+    transform = eval_transform(loaded.image_size)
+    chunks = []
+    for start in range(0, len(paths), batch_size):
+        images = [
+            transform(torch.from_numpy(resize_square(read_grayscale(p), loaded.image_size))[None])
+            for p in paths[start : start + batch_size]
+        ]
+        chunks.append(network.embed(torch.stack(images).to(dev)).float().cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def load_model_version(files: ModelVersionFiles) -> LoadedModel:
+    """Build the network of ``files`` (or of its parent for embedding baselines) and load the
+    weights after checking their sha256 against the registry's."""
+    if files.kind in NETWORK_KINDS:
+        network = build_model(files.kind)
+        network.load_state_dict(load_state_dict(files.artifact_path, files.sha256))
+        config = files.config
+        return LoadedModel(
+            files.version_id, files.kind, network.eval(), config["image_size"], AgeScaler.from_dict(config["age_scaler"])
+        )
+    if files.kind not in EMBEDDING_HEADS:
+        raise ValueError(f"model version {files.name} has unknown kind {files.kind!r}")
+    if files.parent is None:
+        raise ValueError(f"model version {files.name} ({files.kind}) needs its parent network")
+    base = load_model_version(files.parent)
+    head = EMBEDDING_HEADS[files.kind](files.artifact_path, files.sha256)
+    return LoadedModel(files.version_id, files.kind, base.network, base.image_size, base.age_scaler, embedding_head=head)

@@ -1,0 +1,64 @@
+"""The closed vocabularies of the database: every status, action, split and method a row may
+hold. Each is a ``StrEnum`` (its members compare equal to their strings) and each column that
+holds one has a CHECK constraint built from it (:mod:`db.models`, migration 0006), so a
+misspelled status is refused by the database itself, whoever writes the row. Model kinds and
+threshold methods belong to the library (:mod:`cxrmodel.models.kinds`, :mod:`cxrmodel.config`)
+and are re-exported here."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from cxrmodel.config import ThresholdMethod
+from cxrmodel.models.kinds import ModelKind
+
+__all__ = [
+    "ModelKind",
+    "ModelStatus",
+    "PromotionAction",
+    "RunStatus",
+    "ScoringStatus",
+    "StudySplit",
+    "StudyStatus",
+    "ThresholdMethod",
+]
+
+
+class StudyStatus(StrEnum):
+    ACTIVE = "active"
+    QUARANTINED = "quarantined"  # its image does not decode: left out of training and reports
+
+
+class StudySplit(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+    INCOMING = "incoming"  # unlabelled, waiting to be scored (NULL is allowed too)
+
+
+class RunStatus(StrEnum):
+    """A refresh or training run."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ScoringStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ABANDONED = "abandoned"  # its process died without saying so (no heartbeat)
+
+
+class ModelStatus(StrEnum):
+    CANDIDATE = "candidate"
+    CHAMPION = "champion"
+    RETIRED = "retired"
+
+
+class PromotionAction(StrEnum):
+    PROMOTE = "promote"  # automatic, after an evaluation
+    PIN = "pin"
+    UNPIN = "unpin"
+    ROLLBACK = "rollback"
