@@ -151,3 +151,26 @@ def assert_no_patient_leak(df: pd.DataFrame, split_col: str = "split") -> None:
         shown = ", ".join(f"{pid} {splits}" for pid, splits in leaking.head(10).items())
         more = f" (and {len(leaking) - 10} more)" if len(leaking) > 10 else ""
         raise AssertionError(f"{len(leaking)} patient(s) in more than one split: {shown}{more}")
+
+
+def patient_folds(df: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold index (``0 .. n_folds-1``) of each row: patient-grouped, stratified by rarest finding.
+
+    Every study of a patient lands in the same fold, so a fold's held-out part never shares a
+    patient with the rest. Raises ``ValueError`` with fewer patients than folds.
+    """
+    _check_frame(df)
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    groups = df["patient_id"].astype(str).to_numpy()
+    n_groups = len(np.unique(groups))
+    if n_groups < n_folds:
+        raise ValueError(f"{n_groups} patient(s) cannot fill {n_folds} folds")
+    y = stratification_labels(df, min_count=n_folds)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    folds = np.full(len(df), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for index, (_, held) in enumerate(splitter.split(np.zeros(len(df)), y, groups)):
+            folds[held] = index
+    return folds

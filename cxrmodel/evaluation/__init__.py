@@ -11,6 +11,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submodules={
         "bootstrap",
         "calibration",
+        "crossval",
         "drift",
         "evaluate",
         "metrics",
@@ -26,6 +27,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "expected_calibration_error",
             "reliability_curve",
         ],
+        "crossval": ["CrossValidationResult", "cross_validate", "paired_difference", "supported_macro_auroc"],
         "drift": ["DRIFT_MIN_COUNT", "DRIFT_RATIO", "DriftStatus", "drift_status"],
         # 'evaluate' the function is imported from its module (the name is the submodule's here)
         "evaluate": ["ARRAYS_FILE", "ModelEvaluation", "SplitPredictions", "arrays_path", "predict_split", "save_arrays"],
