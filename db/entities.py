@@ -54,6 +54,8 @@ class StudyInfo(Entity):
     content_hash: str | None
     labelled: bool
     status: StudyStatus
+    scoring_attempts: int
+    last_error: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -75,6 +77,7 @@ class RefreshRunInfo(Entity):
     n_quarantined: int
     status: RunStatus
     error: str | None
+    heartbeat_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class TrainingRunInfo(Entity):
     status: RunStatus
     started_at: datetime
     finished_at: datetime | None
+    heartbeat_at: datetime | None
+    error: str | None
+    output_dir: str | None
+    resumed_from: str | None
 
 
 @dataclass(frozen=True)
@@ -188,3 +195,4 @@ class ScoringRunInfo(Entity):
     started_at: datetime
     heartbeat_at: datetime | None
     finished_at: datetime | None
+    error: str | None

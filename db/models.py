@@ -67,6 +67,10 @@ class Study(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.ACTIVE)
+    #: Scoring tries that failed since the file last changed, and the last one's reason: after
+    #: ``max_attempts`` the study is ``failed`` and skipped until its content hash changes.
+    scoring_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -104,6 +108,8 @@ class RefreshRun(Base):
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)
     #: Why a ``failed`` run failed (one line), shown by the night's scoring report.
     error: Mapped[str | None] = mapped_column(Text)
+    #: Beaten by every step; a ``running`` run whose beat is old lost its process (:mod:`db.runs`).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class QuarantinedRow(Base):
@@ -157,6 +163,13 @@ class TrainingRun(Base):
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Beaten by every epoch; a ``running`` run whose beat is old lost its process (:mod:`db.runs`).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    #: The run's folder (checkpoint, log): a stale run's is named in its error, for resume or removal.
+    output_dir: Mapped[str | None] = mapped_column(Text)
+    #: The checkpoint a resumed run started from and its epoch; its epochs before that come from it.
+    resumed_from: Mapped[str | None] = mapped_column(Text)
 
     epochs: Mapped[list[EpochMetric]] = relationship(cascade="all, delete-orphan", order_by="EpochMetric.epoch")
 
@@ -316,6 +329,18 @@ class ScoringRun(Base):
     #: old lost its process and is marked ``abandoned`` by the next run's plan.
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScoringClaim(Base):
+    """A study a scoring run is working on, until ``expires_at`` (renewed with the run's
+    heartbeat): an overlapping run leaves it alone instead of doing the same inference."""
+
+    __tablename__ = "scoring_claims"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), primary_key=True)
+    scoring_run_id: Mapped[int] = mapped_column(ForeignKey("scoring_runs.id", ondelete="CASCADE"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Prediction(Base):
@@ -336,6 +361,26 @@ class Prediction(Base):
     threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SupersededPrediction(Base):
+    """A prediction of an image that has since changed (its study's content hash is new): moved
+    here when the refresh saw the new file, so the study is scored again and both are kept."""
+
+    __tablename__ = "superseded_predictions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    finding: Mapped[str] = mapped_column(String(32))
+    probability: Mapped[float] = mapped_column(Float)
+    decision: Mapped[bool] = mapped_column(Boolean)
+    threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
+    scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id"))
+    #: The hash of the image these probabilities were computed from.
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    superseded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ScoringFailure(Base):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, is_dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxrmodel.data.metadata import QuarantineRecord
+from db import runs, validation
 from db.entities import RefreshRunInfo
 from db.models import QuarantinedRow, RefreshRun, utcnow
 from db.statuses import RunStatus
@@ -43,10 +44,20 @@ class RefreshTotals:
 
 
 def start_refresh(session: Session, source: str, location: str, flow_run_id: str | None) -> RefreshRunInfo:
-    run = RefreshRun(source=source, location=location, flow_run_id=flow_run_id, status=RunStatus.RUNNING)
+    run = RefreshRun(source=source, location=location, flow_run_id=flow_run_id, status=RunStatus.RUNNING, heartbeat_at=utcnow())
     session.add(run)
     session.flush()
     return RefreshRunInfo.from_row(run)
+
+
+def beat(session: Session, refresh_run_id: int) -> None:
+    """The refresh is alive (called by each step): see :mod:`db.runs`."""
+    runs.beat(session, RefreshRun, refresh_run_id)
+
+
+def fail_stale_refresh_runs(session: Session, stale_after: timedelta) -> list[int]:
+    """Mark ``failed``, with the reason, every running refresh without a beat for ``stale_after``."""
+    return [run_id for (run_id,) in runs.expire_stale_runs(session, RefreshRun, stale_after)]
 
 
 def finish_refresh(
@@ -60,7 +71,7 @@ def finish_refresh(
         run.n_rows, run.n_added, run.n_updated = totals.rows, totals.added, totals.updated
         run.n_unchanged, run.n_quarantined = totals.unchanged, totals.quarantined
     run.status = RunStatus.FAILED if error is not None else RunStatus.COMPLETED
-    run.error = error
+    run.error = validation.fit_column(RefreshRun, "error", error)
     run.finished_at = utcnow()
     session.flush()
     return RefreshRunInfo.from_row(run)
@@ -85,12 +96,14 @@ def latest_refresh_before(session: Session, moment: datetime) -> RefreshRunInfo 
 def record_quarantine(session: Session, refresh_run_id: int, source: str, rows: Sequence[QuarantineRecord | Mapping]) -> int:
     """Store quarantined rows (:class:`QuarantineRecord`, or mappings with ``row_key``,
     ``row_number``, ``reason``, ``raw``); a row already quarantined for the same reason is kept
-    once, pointing at the latest run."""
+    once, pointing at the latest run. Texts are cut to fit their columns
+    (:func:`db.validation.fit_to_columns`), so a quarantine record never fails the refresh."""
     stamp = utcnow()
-    payload = [
-        {"refresh_run_id": refresh_run_id, "source": source, "created_at": stamp, **(asdict(r) if is_dataclass(r) else dict(r))}
-        for r in rows
-    ]
+    fitted = {}
+    for r in rows:  # cut to fit the columns (a reason quoting a 600-character cell, a NUL byte)
+        row = validation.fit_to_columns(QuarantinedRow, asdict(r) if is_dataclass(r) else dict(r), ("row_key", "reason", "raw"))
+        fitted[(row["row_key"], row["reason"])] = row  # one row per key of the table, the last one kept
+    payload = [{"refresh_run_id": refresh_run_id, "source": source, "created_at": stamp, **row} for row in fitted.values()]
     upsert(
         session, QuarantinedRow, payload, ["source", "row_key", "reason"], ["refresh_run_id", "row_number", "raw", "created_at"]
     )

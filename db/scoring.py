@@ -14,24 +14,31 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, bindparam, case, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.kinds import NETWORK_KINDS
+from db import claims, runs, validation
 from db.entities import ScoringRunInfo, StudyInfo
-from db.models import ModelVersion, Prediction, ScoringFailure, ScoringRun, Study, utcnow
+from db.models import ModelVersion, Prediction, ScoringClaim, ScoringFailure, ScoringRun, Study, utcnow
 from db.registry import champion
 from db.statuses import ScoringStatus, StudyStatus
 from db.studies import SLICE
 from db.thresholds import active_threshold_set
 from db.upsert import upsert
 
+#: Failed scoring tries after which a study is ``failed`` and skipped until its file changes.
+DEFAULT_MAX_ATTEMPTS = 3
+
 
 def _pending(stmt, model_version_id: int, limit: int | None):
-    """``stmt`` restricted to the pending studies of ``model_version_id``, by id."""
+    """``stmt`` restricted to the pending studies of ``model_version_id``, by id: active (a
+    ``failed`` study is not), unlabelled, no prediction from it, not claimed by a live run."""
     scored = exists().where(and_(Prediction.study_id == Study.id, Prediction.model_version_id == model_version_id))
-    stmt = stmt.where(Study.labelled.is_(False), Study.status == StudyStatus.ACTIVE, ~scored).order_by(Study.id)
+    stmt = stmt.where(
+        Study.labelled.is_(False), Study.status == StudyStatus.ACTIVE, ~scored, ~claims.claimed_by_a_live_run()
+    ).order_by(Study.id)
     return stmt if limit is None else stmt.limit(limit)
 
 
@@ -73,15 +80,11 @@ def scoring_run(session: Session, scoring_run_id: int) -> ScoringRunInfo | None:
 
 def abandon_stale_scoring_runs(session: Session, stale_after: timedelta) -> list[int]:
     """Mark ``abandoned`` every ``running`` run whose heartbeat (or start) is older than
-    ``stale_after``: its process died (killed, machine lost) without saying so. Returns their ids."""
-    last_beat = func.coalesce(ScoringRun.heartbeat_at, ScoringRun.started_at)
-    stale = (
-        update(ScoringRun)
-        .where(ScoringRun.status == ScoringStatus.RUNNING, last_beat < utcnow() - stale_after)
-        .values(status=ScoringStatus.ABANDONED, finished_at=utcnow())
-        .returning(ScoringRun.id)
-    )
-    return sorted(session.scalars(stale))
+    ``stale_after`` (:func:`db.runs.expire_stale_runs`) and release its claims. Returns their ids."""
+    ids = [run_id for (run_id,) in runs.expire_stale_runs(session, ScoringRun, stale_after)]
+    for start in range(0, len(ids), SLICE):
+        session.execute(delete(ScoringClaim).where(ScoringClaim.scoring_run_id.in_(ids[start : start + SLICE])))
+    return ids
 
 
 def add_scoring_counts(session: Session, scoring_run_id: int, scored: int = 0, failed: int = 0) -> None:
@@ -101,6 +104,7 @@ def finish_scoring_run(session: Session, scoring_run_id: int, status: ScoringSta
     run.status, run.finished_at = status, utcnow()
     if status == ScoringStatus.COMPLETED:
         run.n_skipped = run.n_candidates - run.n_scored - run.n_failed
+    claims.release(session, scoring_run_id)
     session.flush()
     return ScoringRunInfo.from_row(run)
 
@@ -118,6 +122,10 @@ class ScoringPlan:
     threshold_set_id: int
     thresholds: tuple[float, ...]  # in FINDINGS order
     chunks: tuple[tuple[int, ...], ...]  # study ids
+    #: A study failing this many tries (since its file last changed) becomes ``failed``.
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: How long a claim on a study lasts without a committed batch to renew it.
+    lease: timedelta = timedelta(hours=1)
 
     @property
     def n_candidates(self) -> int:
@@ -130,12 +138,16 @@ def plan_scoring_run(
     limit: int | None = None,
     stale_after: timedelta = timedelta(hours=1),
     flow_run_id: str | None = None,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> tuple[ScoringPlan, list[int]]:
     """Abandon the stale runs, then start a run of the champion with its active threshold set
     over every pending study (at most ``limit``) in chunks of ``chunk_size``. Returns the plan
-    and the ids of the runs marked abandoned."""
+    and the ids of the runs marked abandoned. Claims last ``stale_after`` (a run's heartbeat
+    and its leases end together)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be positive, got {max_attempts}")
     abandoned = abandon_stale_scoring_runs(session, stale_after)
     current = champion(session)
     if current is None:
@@ -156,6 +168,8 @@ def plan_scoring_run(
         threshold_set_id=tset.id,
         thresholds=tuple(float(tset.values[f]) for f in FINDINGS),
         chunks=tuple(tuple(pending[i : i + chunk_size]) for i in range(0, len(pending), chunk_size)),
+        max_attempts=max_attempts,
+        lease=stale_after,
     )
     return plan, abandoned
 
@@ -207,13 +221,31 @@ def write_predictions(session: Session, rows: Sequence[dict], *, keep_other_runs
     )
 
 
-def record_scoring_failures(session: Session, scoring_run_id: int, failures: dict[int, str]) -> None:
+def record_scoring_failures(
+    session: Session, scoring_run_id: int, failures: dict[int, str], max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> None:
+    """The run's failures, and one more failed try for each study (its ``last_error`` the
+    reason): a study at ``max_attempts`` becomes ``failed``, skipped until its file changes."""
+    if not failures:
+        return
     stamp = utcnow()
+    reasons = {sid: validation.fit_column(ScoringFailure, "reason", reason) for sid, reason in failures.items()}
     rows = [
         {"scoring_run_id": scoring_run_id, "study_id": sid, "reason": reason, "created_at": stamp}
-        for sid, reason in failures.items()
+        for sid, reason in reasons.items()
     ]
     upsert(session, ScoringFailure, rows, ["scoring_run_id", "study_id"], ["reason"])
+    table = Study.__table__
+    tried = (
+        update(table)
+        .where(table.c.id == bindparam("failed_id"))
+        .values(
+            scoring_attempts=table.c.scoring_attempts + 1,
+            last_error=bindparam("failed_reason"),
+            status=case((table.c.scoring_attempts + 1 >= max_attempts, StudyStatus.FAILED.value), else_=table.c.status),
+        )
+    )
+    session.connection().execute(tried, [{"failed_id": sid, "failed_reason": r} for sid, r in reasons.items()])
 
 
 def commit_batch(
@@ -241,8 +273,9 @@ def commit_batch(
         for finding, p, d in zip(FINDINGS, probs, calls, strict=True)
     ]
     won = write_predictions(session, rows, keep_other_runs=True) // len(FINDINGS)
-    record_scoring_failures(session, plan.scoring_run_id, failures)
+    record_scoring_failures(session, plan.scoring_run_id, failures, plan.max_attempts)
     add_scoring_counts(session, plan.scoring_run_id, won, len(failures))
+    claims.renew(session, plan.scoring_run_id, plan.lease)
     return won
 
 

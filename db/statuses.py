@@ -27,6 +27,7 @@ __all__ = [
 class StudyStatus(StrEnum):
     ACTIVE = "active"
     QUARANTINED = "quarantined"  # its image does not decode: left out of training and reports
+    FAILED = "failed"  # scoring failed max_attempts times: skipped until its file (content hash) changes
 
 
 class StudySplit(StrEnum):

@@ -8,16 +8,18 @@ Every function takes an open session and leaves the transaction to the caller's
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import DateTime, delete, insert, literal, select, update
 from sqlalchemy.orm import Session
 
+from cxrmodel.data.metadata import QuarantineRecord
 from cxrmodel.data.records import STUDY_FIELDS
 from cxrmodel.findings import FINDINGS
+from db import validation
 from db.entities import StudyInfo
-from db.models import Study, StudyLabel, utcnow
+from db.models import Prediction, ScoringClaim, Study, StudyLabel, SupersededPrediction, utcnow
 from db.statuses import StudyStatus
 
 SLICE = 5000  # ids per IN (...): under the drivers' bound-parameter limits
@@ -25,9 +27,29 @@ SLICE = 5000  # ids per IN (...): under the drivers' bound-parameter limits
 
 @dataclass(frozen=True)
 class StudyCounts:
+    """What a sync did; ``rejected``: the records that do not fit the table (:mod:`db.validation`),
+    as quarantine records with their reason, written by no one. ``rescored``: studies whose
+    image changed (new content hash) and whose scoring starts again."""
+
     added: int
     updated: int
     unchanged: int
+    rejected: tuple[QuarantineRecord, ...] = field(default=())
+    rescored: int = 0
+
+
+def reject_unfit(records: Sequence[dict]) -> tuple[list[dict], list[QuarantineRecord]]:
+    """The records that fit the ``studies`` columns, and a quarantine record for each other one
+    (reason: every column that does not fit)."""
+    fit, rejected = [], []
+    for rec in records:
+        found = validation.problems(Study, {k: v for k, v in rec.items() if k == "study_key" or k in STUDY_FIELDS})
+        if found:
+            key = str(rec.get("study_key"))
+            rejected.append(QuarantineRecord(key, None, f"value does not fit the database: {'; '.join(found)}", None))
+        else:
+            fit.append(rec)
+    return fit, rejected
 
 
 def _slices(values: Sequence) -> Iterable[Sequence]:
@@ -39,7 +61,10 @@ def sync_studies(session: Session, records: Sequence[dict], labels: dict[str, di
     """Insert new studies and update changed ones (by ``study_key``). ``labels`` maps a study key
     to its 0/1 value per finding; only positive findings are stored (a labelled study without
     a ``study_labels`` row for a finding is negative for it). Running it twice with the same
-    input changes nothing."""
+    input changes nothing. A record that does not fit the table's columns is left out and
+    returned in ``rejected``; a study whose content hash changed is scored again
+    (:func:`_restart_scoring`)."""
+    records, rejected = reject_unfit(records)
     labels = labels or {}
     positives = {k: frozenset(f for f, v in vals.items() if v) for k, vals in labels.items()}
     keys = [r["study_key"] for r in records]
@@ -75,13 +100,51 @@ def sync_studies(session: Session, records: Sequence[dict], labels: dict[str, di
             changed.append((row.id, rec))
     if new_rows:
         session.execute(insert(Study), new_rows)
+    new_content = [
+        sid for sid, rec in changed if "content_hash" in rec and rec["content_hash"] != existing[rec["study_key"]].content_hash
+    ]
+    _restart_scoring(session, new_content, stamp)
     if changed:
         session.execute(
             update(Study),
             [{"id": sid, "updated_at": stamp, **{f: rec[f] for f in STUDY_FIELDS if f in rec}} for sid, rec in changed],
         )
     _replace_labels(session, [r["study_key"] for r in new_rows], changed, positives)
-    return StudyCounts(added=len(new_rows), updated=len(changed), unchanged=len(records) - len(new_rows) - len(changed))
+    return StudyCounts(
+        added=len(new_rows),
+        updated=len(changed),
+        unchanged=len(records) - len(new_rows) - len(changed),
+        rejected=tuple(rejected),
+        rescored=len(new_content),
+    )
+
+
+def _restart_scoring(session: Session, ids: Sequence[int], stamp) -> None:
+    """Studies whose file changed (called before their new content hash is written): their
+    predictions were of other pixels, so they move to ``superseded_predictions`` with the old
+    hash (the study is pending again and both are kept), and their failed tries no longer count
+    (a ``failed`` study is active again)."""
+    columns = ("study_id", "model_version_id", "finding", "probability", "decision", "threshold_set_id", "scoring_run_id")
+    for chunk in _slices(list(ids)):
+        moved = (
+            select(
+                *(getattr(Prediction, c) for c in columns),
+                Prediction.created_at,
+                Study.content_hash,
+                literal(stamp, DateTime(timezone=True)),
+            )
+            .join(Study, Study.id == Prediction.study_id)
+            .where(Prediction.study_id.in_(chunk))
+        )
+        session.execute(
+            insert(SupersededPrediction).from_select([*columns, "created_at", "content_hash", "superseded_at"], moved)
+        )
+        session.execute(delete(Prediction).where(Prediction.study_id.in_(chunk)))
+        session.execute(delete(ScoringClaim).where(ScoringClaim.study_id.in_(chunk)))
+        session.execute(update(Study).where(Study.id.in_(chunk)).values(scoring_attempts=0, last_error=None))
+        session.execute(
+            update(Study).where(Study.id.in_(chunk), Study.status == StudyStatus.FAILED).values(status=StudyStatus.ACTIVE)
+        )
 
 
 def _replace_labels(

@@ -19,7 +19,7 @@ from tasks.common import flow_run_id
 from tasks.dataset_report import render_dataset
 from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better, publish_evaluation
 from tasks.reporting import render_evaluation, render_scoring
-from tasks.scoring import DEFAULT_CHUNK_SIZE, DEFAULT_STALE_MINUTES, run_scoring
+from tasks.scoring import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_MINUTES, run_scoring
 from tasks.similarity import index_embeddings, similar_cases
 from tasks.training import train_knn_baseline, train_mlp_baseline, train_network
 
@@ -159,6 +159,7 @@ def score_chunks_flow(
     num_workers: int,
     chunk_size: int,
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> int:
     """One scoring run whose chunks go to this flow's task runner all at once (``score_flow``
     runs it with a ``DaskTaskRunner``); planning and finishing run here. Returns the run id."""
@@ -170,6 +171,7 @@ def score_chunks_flow(
         chunk_size=chunk_size,
         submit=True,
         stale_after_minutes=stale_after_minutes,
+        max_attempts=max_attempts,
     )
 
 
@@ -184,6 +186,7 @@ def score_flow(
     dask_workers: int = 2,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     home: str | None = None,
     database_url: str | None = None,
 ) -> ScoreResult:
@@ -196,16 +199,23 @@ def score_flow(
     ``num_workers`` spawned DataLoader processes decode images while the network runs (worth it
     for large nights; for a few hundred studies their start-up costs more than it saves).
     An earlier run still marked running without a heartbeat for ``stale_after_minutes`` (its
-    process was killed) is marked abandoned."""
+    process was killed) is marked abandoned. A study whose scoring failed ``max_attempts``
+    times is marked failed and skipped until its file changes."""
     home_path, url = resolve(home, database_url)
     if dask_address and task_runner != "dask":
         raise ValueError("dask_address is only used with task_runner='dask'")
     if task_runner == "dask":
         scoring = score_chunks_flow.with_options(task_runner=dask_task_runner(dask_address, dask_workers))
-        run_id = scoring(url, batch_size, device, num_workers, chunk_size, stale_after_minutes)
+        run_id = scoring(url, batch_size, device, num_workers, chunk_size, stale_after_minutes, max_attempts)
     else:
         run_id = run_scoring(
-            url, batch_size, device, num_workers=num_workers, chunk_size=chunk_size, stale_after_minutes=stale_after_minutes
+            url,
+            batch_size,
+            device,
+            num_workers=num_workers,
+            chunk_size=chunk_size,
+            stale_after_minutes=stale_after_minutes,
+            max_attempts=max_attempts,
         )
     report = render_scoring(url, home_path, run_id) if render_report else None
     return ScoreResult(run_id, report)

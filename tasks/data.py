@@ -48,8 +48,10 @@ def store_batch(database_url: str, batch: StudyBatch, refresh_run_id: int, sourc
         counts = studies.sync_studies(session, batch.records, batch.labels)
         if batch.splits:
             studies.set_splits(session, batch.splits)
-        refresh.record_quarantine(session, refresh_run_id, source, batch.quarantined)
-    return RefreshTotals(batch.n_rows, counts.added, counts.updated, counts.unchanged, len(batch.quarantined))
+        quarantined = [*batch.quarantined, *counts.rejected]
+        refresh.record_quarantine(session, refresh_run_id, source, quarantined)
+        refresh.beat(session, refresh_run_id)
+    return RefreshTotals(batch.n_rows, counts.added, counts.updated, counts.unchanged, len(quarantined))
 
 
 @task(name="ingest-labelled-studies", **DB_RETRIES)

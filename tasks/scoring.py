@@ -32,15 +32,16 @@ from prefect.cache_policies import NO_CACHE
 from cxrmodel.evaluation.metrics import apply_thresholds
 from cxrmodel.inference import score_studies
 from cxrmodel.models.loading import LoadedModel, load_model_version
-from db import registry, scoring
+from db import claims, registry, scoring
 from db.engine import session_scope
-from db.scoring import ScoringPlan
+from db.scoring import DEFAULT_MAX_ATTEMPTS, ScoringPlan
 from db.statuses import ScoringStatus
-from tasks.artifacts import in_prefect_run
+from tasks.artifacts import in_prefect_run, md
 from tasks.common import DB_RETRIES, flow_run_id, run_logger
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_STALE_MINUTES",
     "ChunkCounts",
     "ScoringPlan",
@@ -83,14 +84,17 @@ def plan_scoring(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     limit: int | None = None,
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> ScoringPlan:
     """Start a scoring run for every pending study (at most ``limit``) with the champion and its
     active threshold set; split the study ids into chunks of ``chunk_size``. Runs still marked
     ``running`` without a heartbeat for ``stale_after_minutes`` lost their process: they are
-    marked ``abandoned`` first (what they committed stays; their studies are not pending)."""
+    marked ``abandoned`` first (what they committed stays; their studies are not pending).
+    A study that failed ``max_attempts`` tries is ``failed`` and no longer pending; studies
+    claimed by a live overlapping run are left to it."""
     with session_scope(database_url) as session:
         plan, abandoned = scoring.plan_scoring_run(
-            session, chunk_size, limit, timedelta(minutes=stale_after_minutes), flow_run_id()
+            session, chunk_size, limit, timedelta(minutes=stale_after_minutes), flow_run_id(), max_attempts
         )
     logger = run_logger()
     if abandoned:
@@ -125,7 +129,12 @@ def score_chunk(
     with session_scope(database_url) as session:
         done = scoring.studies_done_in_run(session, plan.scoring_run_id, study_ids)
         taken = scoring.studies_scored_by_model(session, plan.model_version_id, study_ids) - done
-        studies = scoring.studies_by_id(session, [sid for sid in study_ids if sid not in done and sid not in taken])
+        todo = [sid for sid in study_ids if sid not in done and sid not in taken]
+    with session_scope(database_url) as session:  # committed before the work: others now leave them alone
+        held = claims.claim(session, plan.scoring_run_id, todo, plan.lease)
+    with session_scope(database_url) as session:
+        studies = scoring.studies_by_id(session, [sid for sid in todo if sid in held])
+    taken |= set(todo) - held  # claimed by an overlapping run: its work, not repeated here
     scored, failed, skipped = 0, 0, len(taken)
     for batch in score_studies(loaded, studies, batch_size, device, num_workers):
         with session_scope(database_url) as session:
@@ -181,7 +190,8 @@ def finish_scoring(
     if in_prefect_run():  # outside a run Prefect would start a throw-away server (deprecated)
         create_markdown_artifact(
             key="cxr-nightly-scoring",
-            markdown=f"## Scoring run {plan.scoring_run_id}\n\nModel **{plan.model_name}**, threshold set {plan.threshold_set_id}.\n\n"
+            markdown=f"## Scoring run {plan.scoring_run_id}\n\nModel **{md(plan.model_name)}**, "
+            f"threshold set {plan.threshold_set_id}.\n\n"
             "| candidates | scored | failed | skipped | chunks | seconds |\n|---|---|---|---|---|---|\n"
             f"| {plan.n_candidates} | {n_scored} | {n_failed} | {n_skipped} | {len(chunk_counts)} | {seconds:.1f} |",
             description=f"Nightly scoring run {plan.scoring_run_id}",
@@ -204,12 +214,20 @@ def run_scoring(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     submit: bool = False,
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> int:
     """Plan, score every chunk, finish; returns the scoring run id. With ``submit`` the chunks
     go to the current flow's task runner all at once (a Dask cluster spreads them); otherwise
     they run one after another in this process."""
     started = time.perf_counter()
-    plan = _call(plan_scoring, database_url, chunk_size=chunk_size, limit=limit, stale_after_minutes=stale_after_minutes)
+    plan = _call(
+        plan_scoring,
+        database_url,
+        chunk_size=chunk_size,
+        limit=limit,
+        stale_after_minutes=stale_after_minutes,
+        max_attempts=max_attempts,
+    )
     options = dict(batch_size=batch_size, device=device, num_workers=num_workers)
     try:
         if submit:
@@ -236,9 +254,19 @@ def score_new_studies(
     num_workers: int = 0,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> int:
     """Score pending studies with the champion and its active thresholds in this process
     (plan, chunks one after another, finish), committing batch by batch; failures are recorded
     with their reason. Returns the scoring run id. ``score_flow`` runs the same steps as
     separate tasks so that a Dask task runner can spread the chunks."""
-    return run_scoring(database_url, batch_size, device, limit, num_workers, chunk_size, stale_after_minutes=stale_after_minutes)
+    return run_scoring(
+        database_url,
+        batch_size,
+        device,
+        limit,
+        num_workers,
+        chunk_size,
+        stale_after_minutes=stale_after_minutes,
+        max_attempts=max_attempts,
+    )
