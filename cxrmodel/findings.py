@@ -42,6 +42,8 @@ def parse_finding_labels(text: str) -> list[str]:
     names = [part.strip() for part in text.split("|")]
     if names == [NO_FINDING]:
         return []
+    if NO_FINDING in names:
+        raise UnknownFindingError("contradiction: No Finding with findings")
     unknown = [n for n in names if n not in FINDING_INDEX]
     if unknown:
         raise UnknownFindingError(f"unknown finding name(s): {', '.join(sorted(set(unknown)))}")

@@ -172,14 +172,19 @@ class ScoringReportData:
 
 
 def scoring_failures(session: Session, scoring_run_id: int) -> list[tuple[str, str]]:
-    """``(study_key, reason)`` of every study the run failed to score, by study key."""
+    """``(study_key, reason)`` of every study the run failed to score, by study key; the reason
+    of a study that has now failed its last allowed try says so (it is skipped until its file
+    changes)."""
     query = (
-        select(Study.study_key, ScoringFailure.reason)
+        select(Study.study_key, ScoringFailure.reason, Study.status, Study.scoring_attempts)
         .join(Study, Study.id == ScoringFailure.study_id)
         .where(ScoringFailure.scoring_run_id == scoring_run_id)
         .order_by(Study.study_key)
     )
-    return [(key, reason) for key, reason in session.execute(query)]
+    return [
+        (key, f"{reason} (failed {tries} tries: skipped until its file changes)" if status == StudyStatus.FAILED else reason)
+        for key, reason, status, tries in session.execute(query)
+    ]
 
 
 def top_studies(

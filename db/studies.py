@@ -119,6 +119,34 @@ def sync_studies(session: Session, records: Sequence[dict], labels: dict[str, di
     )
 
 
+def content_key(name: str, content_hash: str) -> str:
+    """The key of a file whose name an earlier, different file already holds:
+    ``<stem>~<first 12 hex digits of its sha256><suffix>`` (still a plain file name)."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        return f"{name}~{content_hash[:12]}"
+    return f"{stem}~{content_hash[:12]}.{suffix}"
+
+
+def keys_by_content(session: Session, records: Sequence[dict]) -> list[dict]:
+    """Incoming studies are a file's name *and* content: a record whose name an existing study
+    holds with another content hash is a new study under :func:`content_key`, so a new night's
+    file never overwrites an earlier study (its image, its predictions). A study with no content
+    hash yet (inserted by another system) is the same study."""
+    held: dict[str, str | None] = {}
+    keys = [r["study_key"] for r in records]
+    for chunk in _slices(keys):
+        held.update(session.execute(select(Study.study_key, Study.content_hash).where(Study.study_key.in_(chunk))).all())
+    out = []
+    for rec in records:
+        old = held.get(rec["study_key"])
+        if old is None or rec.get("content_hash") in (None, old):
+            out.append(rec)
+        else:
+            out.append({**rec, "study_key": content_key(rec["study_key"], rec["content_hash"])})
+    return out
+
+
 def _restart_scoring(session: Session, ids: Sequence[int], stamp) -> None:
     """Studies whose file changed (called before their new content hash is written): their
     predictions were of other pixels, so they move to ``superseded_predictions`` with the old

@@ -8,11 +8,13 @@ leaves the transaction to the caller; runs leave as :class:`db.entities.Training
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import runs, validation
 from db.checks import require_columns
 from db.entities import TrainingRunInfo
 from db.models import EpochMetric, TrainingRun, utcnow
@@ -25,17 +27,33 @@ EPOCH_COLUMNS = tuple(c.name for c in EpochMetric.__table__.columns if c.name no
 
 def start_training_run(session: Session, **fields: Any) -> TrainingRunInfo:
     """A ``running`` training run (``architecture``, ``config``, ``device``, ``n_train``, ``n_val``, ``flow_run_id``)."""
-    run = TrainingRun(status=RunStatus.RUNNING, **fields)
+    run = TrainingRun(status=RunStatus.RUNNING, heartbeat_at=utcnow(), **fields)
     session.add(run)
     session.flush()
     return TrainingRunInfo.from_row(run)
 
 
 def record_epoch(session: Session, training_run_id: int, metrics: Mapping[str, object]) -> None:
-    """Store (or replace) one epoch's metrics; every key must be a column of ``epoch_metrics``."""
+    """Store (or replace) one epoch's metrics (every key must be a column of ``epoch_metrics``)
+    and beat the run's heart."""
     require_columns("epoch metric", metrics, set(EPOCH_COLUMNS))
     row = {"training_run_id": training_run_id, **metrics}
     upsert(session, EpochMetric, [row], ["training_run_id", "epoch"], [c for c in row if c not in ("training_run_id", "epoch")])
+    runs.beat(session, TrainingRun, training_run_id)
+
+
+def fail_stale_training_runs(session: Session, stale_after: timedelta) -> list[tuple[int, str | None]]:
+    """Mark ``failed`` every running training run without an epoch for ``stale_after``
+    (:mod:`db.runs`); the error of one that left a folder names it (its checkpoint can be
+    resumed with ``train.resume_checkpoint``, or the folder removed). Returns ``(id, folder)``."""
+    stale = runs.expire_stale_runs(session, TrainingRun, stale_after, TrainingRun.output_dir)
+    for run_id, folder in stale:
+        if folder:
+            run = _run(session, run_id)
+            note = f"; its unregistered folder {folder} is kept (resume from {folder}/checkpoint.pt or delete it)"
+            run.error = validation.fit_column(TrainingRun, "error", (run.error or "") + note)
+    session.flush()
+    return stale
 
 
 def _run(session: Session, training_run_id: int) -> TrainingRun:
@@ -45,9 +63,10 @@ def _run(session: Session, training_run_id: int) -> TrainingRun:
     return run
 
 
-def fail_training_run(session: Session, training_run_id: int) -> TrainingRunInfo:
+def fail_training_run(session: Session, training_run_id: int, error: str | None = None) -> TrainingRunInfo:
     run = _run(session, training_run_id)
     run.status, run.finished_at = RunStatus.FAILED, utcnow()
+    run.error = validation.fit_column(TrainingRun, "error", error)
     session.flush()
     return TrainingRunInfo.from_row(run)
 

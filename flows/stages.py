@@ -64,7 +64,8 @@ def refresh_flow(
             counts.append(data_tasks.ingest_labelled(url, root, source, data, run_id))
             counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
         if incoming_dir is not None:
-            counts.append(data_tasks.register_incoming(url, require_folder(incoming_dir, "incoming folder"), run_id))
+            incoming = require_folder(incoming_dir, "incoming folder")
+            counts.append(data_tasks.register_incoming(url, incoming, run_id, home_path / "incoming-store"))
         totals = data_tasks.finish_refresh(url, run_id, counts)
     except BaseException as exc:
         data_tasks.fail_refresh(url, run_id, exc)

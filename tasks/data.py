@@ -8,6 +8,7 @@ the log line.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from prefect import task
@@ -85,6 +86,7 @@ def build_cache(
             [QuarantineRecord(k, None, f"unreadable image: {r}", None) for k, r in failures.items()],
         )
         studies.set_status(session, recovered, StudyStatus.ACTIVE)
+        refresh.beat(session, refresh_run_id)
     run_logger().info(
         "image cache %dpx: %d studies, %d unreadable, %d recovered", image_size, len(files), len(failures), len(recovered)
     )
@@ -92,11 +94,16 @@ def build_cache(
 
 
 @task(name="register-incoming-studies", **DB_RETRIES)
-def register_incoming(database_url: str, folder: Path, refresh_run_id: int) -> RefreshTotals:
+def register_incoming(database_url: str, folder: Path, refresh_run_id: int, store: Path | None = None) -> RefreshTotals:
     """Register every PNG/DICOM file in ``folder`` as an unlabelled study awaiting scoring, with
     age, sex and view from its DICOM tags and/or the folder's sidecar (``metadata.csv`` or
-    ``metadata.json``); sidecar problems are quarantined with their reason, never fatal."""
-    totals = store_batch(database_url, read_incoming_folder(folder), refresh_run_id, INCOMING)
+    ``metadata.json``); sidecar problems are quarantined with their reason, never fatal. With
+    ``store`` each file is kept there by its content (the study's image path); a file whose name
+    an earlier, different file used becomes a new study (:func:`db.studies.keys_by_content`)."""
+    batch = read_incoming_folder(folder, store)
+    with session_scope(database_url) as session:
+        batch.records = studies.keys_by_content(session, batch.records)
+    totals = store_batch(database_url, batch, refresh_run_id, INCOMING)
     run_logger().info("incoming %s: %s", folder, totals)
     return totals
 
@@ -117,10 +124,26 @@ def fetch_from_hub(hub: HubConfig, target: Path) -> str:
     return str(target)
 
 
-@task(name="start-refresh-run")
-def start_refresh(database_url: str, source: str, location: str, flow_run_id: str | None) -> int:
+#: A running refresh without a heartbeat (one per step) for this long lost its process.
+REFRESH_STALE_MINUTES = 360.0
+
+
+@task(name="start-refresh-run", **DB_RETRIES)
+def start_refresh(
+    database_url: str,
+    source: str,
+    location: str,
+    flow_run_id: str | None,
+    stale_after_minutes: float = REFRESH_STALE_MINUTES,
+) -> int:
+    """Mark failed the refresh runs left ``running`` by a lost process (:mod:`db.runs`), then
+    open this one."""
     with session_scope(database_url) as session:
-        return refresh.start_refresh(session, source, location, flow_run_id).id
+        stale = refresh.fail_stale_refresh_runs(session, timedelta(minutes=stale_after_minutes))
+        run_id = refresh.start_refresh(session, source, location, flow_run_id).id
+    if stale:
+        run_logger().warning("refresh runs %s had no heartbeat for %g minutes: marked failed", stale, stale_after_minutes)
+    return run_id
 
 
 @task(name="finish-refresh-run", **DB_RETRIES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from cxrmodel.models.loading import load_model_version
 from cxrmodel.training.baselines import FittedBaseline, embed_training_split, fit_knn_baseline, fit_mlp_baseline
 from cxrmodel.training.data import TrainingData, prepare_training_data, version_name
 from cxrmodel.training.loop import EpochResult, FitResult, resolve_device, seed_everything
+from cxrmodel.training.network import resumed_history
 from cxrmodel.training.network import train_network as fit_network
 from cxrmodel.training.saving import save_trained_model
 from db import registry, training
@@ -27,11 +29,31 @@ from db.engine import session_scope
 from db.statuses import ModelStatus
 from tasks.common import flow_run_id, labelled_frame, model_dir, run_logger
 
+#: A running training run without an epoch for this long lost its process.
+TRAINING_STALE_MINUTES = 12 * 60.0
 
-def open_training_run(database_url: str, train: TrainConfig, device: str, prepared: TrainingData, flow_run: str | None) -> int:
-    """Insert the ``training_runs`` row (status 'running'); return its id."""
+
+def open_training_run(
+    database_url: str,
+    train: TrainConfig,
+    device: str,
+    prepared: TrainingData,
+    flow_run: str | None,
+    output_dir: Path | None = None,
+    history_rows: list[dict] | None = None,
+) -> int:
+    """Mark failed the training runs left ``running`` by a lost process (:mod:`db.runs`; their
+    orphan folders are named in their error), then insert this run's row (status 'running',
+    its folder). A run resumed from ``train.resume_checkpoint`` says so (``resumed_from``) and
+    records the checkpoint's epochs first, appending them to ``history_rows``, so its epoch
+    table is whole. Returns the run id."""
+    resumed_from, earlier = None, []
+    if train.resume_checkpoint is not None and Path(train.resume_checkpoint).is_file():
+        last_epoch, earlier = resumed_history(train.resume_checkpoint)
+        resumed_from = f"{train.resume_checkpoint} (epoch {last_epoch})"
     with session_scope(database_url) as session:
-        return training.start_training_run(
+        stale = training.fail_stale_training_runs(session, timedelta(minutes=TRAINING_STALE_MINUTES))
+        run_id = training.start_training_run(
             session,
             flow_run_id=flow_run,
             architecture=train.architecture,
@@ -39,7 +61,18 @@ def open_training_run(database_url: str, train: TrainConfig, device: str, prepar
             device=device,
             n_train=len(prepared.train_rows),
             n_val=len(prepared.val_rows),
+            output_dir=None if output_dir is None else str(output_dir),
+            resumed_from=resumed_from,
         ).id
+        for row in earlier:
+            training.record_epoch(session, run_id, row)
+    if history_rows is not None:
+        history_rows.extend(earlier)
+    for stale_id, folder in stale:
+        run_logger().warning(
+            "training run %d had no epoch for %g minutes: marked failed (folder %s)", stale_id, TRAINING_STALE_MINUTES, folder
+        )
+    return run_id
 
 
 def epoch_recorder(
@@ -78,9 +111,10 @@ def epoch_recorder(
     return on_epoch
 
 
-def fail_training_run(database_url: str, run_id: int) -> None:
+def fail_training_run(database_url: str, run_id: int, error: BaseException | None = None) -> None:
+    reason = None if error is None else f"{type(error).__name__}: {error}".splitlines()[0]
     with session_scope(database_url) as session:
-        training.fail_training_run(session, run_id)
+        training.fail_training_run(session, run_id, reason)
 
 
 def register_trained_model(
@@ -130,14 +164,14 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     if train.resume_checkpoint is not None:
         logger.info("resuming from %s", train.resume_checkpoint)
     log_handler = logging.FileHandler(out / "train.log")
-    run_id = open_training_run(database_url, train, str(device), prepared, flow_run_id())
     history_rows: list[dict] = []
+    run_id = open_training_run(database_url, train, str(device), prepared, flow_run_id(), out, history_rows)
     try:
         model, result = fit_network(
             prepared, out, train, epoch_recorder(database_url, run_id, name, train, logger, log_handler, history_rows), device
         )
-    except BaseException:
-        fail_training_run(database_url, run_id)
+    except BaseException as exc:
+        fail_training_run(database_url, run_id, exc)
         raise
     finally:
         log_handler.close()

@@ -32,6 +32,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MIN_SIDE = 32
 """Smallest accepted image side in pixels."""
 
+MAX_PIXELS = 40_000_000
+"""Largest accepted image (width x height x frames), read from the file's header before any
+decoding: the biggest chest radiographs are about 4300 x 3500 (15 M pixels). A file above it
+is refused at once (a decompression bomb of a few hundred kilobytes can claim gigabytes)."""
+
+MAX_AGE_YEARS = 120.0
+"""Oldest accepted patient age, for every source (NIH CSV, sidecar, DICOM tags)."""
+
 _DICOM_MAGIC_OFFSET = 128
 _DICOM_MAGIC = b"DICM"
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -130,10 +138,21 @@ def _check_file(path: Path) -> None:
 # Readers
 
 
+def _refuse_too_large(width: int, height: int, frames: int, path: Path) -> None:
+    if width * height * max(frames, 1) > MAX_PIXELS:
+        size = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+        raise ImageDecodeError(f"image too large: {size} is over {MAX_PIXELS} pixels (refused before decoding)", path)
+
+
 def _read_pil(path: Path) -> np.ndarray:
-    """Decode a PIL-readable file fully (``load()``) into uint8 grey."""
+    """Decode a PIL-readable file fully (``load()``) into uint8 grey, once its header says it
+    is not above :data:`MAX_PIXELS`."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's own, looser bomb warning: MAX_PIXELS decides here
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)  # reads the header only
+        with im:
+            _refuse_too_large(im.width, im.height, getattr(im, "n_frames", 1), path)
             im.load()  # decode every byte now, so a truncated file fails here
             im = ImageOps.exif_transpose(im)
             mode = im.mode
@@ -201,6 +220,13 @@ def _read_dicom(path: Path) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     ds = _read_dicom_dataset(path)
+    try:
+        rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: bad DICOM dimensions ({exc})", path) from exc
+    _refuse_too_large(columns, rows, frames * samples, path)
     if "PixelData" not in ds:
         raise ImageDecodeError("corrupt or truncated image: DICOM has no pixel data", path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -265,11 +291,34 @@ def parse_patient_age(text: object) -> float | None:
     return float(match.group(1)) * _AGE_UNIT_YEARS[match.group(2).upper()]
 
 
+def check_patient_age(value: object) -> tuple[float | None, str | None]:
+    """The one age rule of every source: ``(age in years, None)`` for a value that parses
+    (:func:`parse_patient_age`) within 0-:data:`MAX_AGE_YEARS`, else ``(None, reason)``; a blank
+    value is ``(None, None)``. The reason quotes at most 40 characters of the value."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    shown = repr(value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "...")
+    age = parse_patient_age(value)
+    if age is None:
+        return None, f"unparseable age {shown}"
+    if age > MAX_AGE_YEARS:
+        return None, f"age {shown} outside 0-{MAX_AGE_YEARS:g} years"
+    return age, None
+
+
 def read_dicom_metadata(path: str | os.PathLike[str]) -> dict[str, object]:
-    """Patient fields of a DICOM file (pixels are not read).
+    """Patient fields of a DICOM file (pixels are not read): :func:`read_dicom_patient` without
+    the problems."""
+    return read_dicom_patient(path)[0]
+
+
+def read_dicom_patient(path: str | os.PathLike[str]) -> tuple[dict[str, object], list[str]]:
+    """Patient fields of a DICOM file (pixels are not read), and the reasons of the values left out.
 
     Returns ``{"age": float|None (years), "sex": "M"|"F"|None, "view": "PA"|"AP"|None,
-    "patient_id": str|None}``. Other sexes (``O``) and views (``LL``, ...) map to ``None``.
+    "patient_id": str|None}``. Other sexes (``O``) and views (``LL``, ...) map to ``None``; an
+    age that does not parse or lies outside 0-120 years (:func:`check_patient_age`) is ``None``
+    with its reason.
     """
     p = Path(path)
     _check_file(p)
@@ -277,12 +326,14 @@ def read_dicom_metadata(path: str | os.PathLike[str]) -> dict[str, object]:
     sex = str(ds.get("PatientSex", "") or "").strip().upper()
     view = str(ds.get("ViewPosition", "") or "").strip().upper()
     patient_id = str(ds.get("PatientID", "") or "").strip()
-    return {
-        "age": parse_patient_age(ds.get("PatientAge", None) or None),
+    age, problem = check_patient_age(str(ds.get("PatientAge", "") or "") or None)
+    fields = {
+        "age": age,
         "sex": sex if sex in ("M", "F") else None,
         "view": view if view in ("PA", "AP") else None,
         "patient_id": patient_id or None,
     }
+    return fields, [f"DICOM PatientAge: {problem}"] if problem else []
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrmodel.data.imaging import is_plain_file_name, parse_patient_age
+from cxrmodel.data.imaging import MAX_AGE_YEARS, is_plain_file_name, parse_patient_age
+from cxrmodel.errors import UserInputError
 from cxrmodel.findings import FINDINGS, NUM_FINDINGS, UnknownFindingError, encode_findings, parse_finding_labels
 
 COL_KEY = "Image Index"
@@ -36,7 +37,7 @@ COL_WIDTH = "OriginalImage.Width"
 COL_HEIGHT = "OriginalImage.Height"
 REQUIRED_COLUMNS: tuple[str, ...] = (COL_KEY, COL_LABELS, COL_FOLLOW_UP, COL_PATIENT, COL_AGE, COL_SEX, COL_VIEW)
 
-AGE_RANGE = (0.0, 120.0)
+AGE_RANGE = (0.0, MAX_AGE_YEARS)
 SEXES = ("M", "F")
 VIEWS = ("PA", "AP")
 OUTPUT_COLUMNS: tuple[str, ...] = (
@@ -72,6 +73,11 @@ class _BadRow(ValueError):
     """Internal: a row-level problem; the message becomes the quarantine reason."""
 
 
+class MetadataFileError(UserInputError):
+    """The metadata file as a whole cannot be read (empty, wrong header, not text): the
+    user's to fix, never retried."""
+
+
 # --------------------------------------------------------------------------------------
 # Header
 
@@ -80,7 +86,7 @@ def _expand_bracket(name: str) -> list[str]:
     """``'OriginalImage[Width,Height]'`` -> ``['OriginalImage.Width', 'OriginalImage.Height']``."""
     match = _BRACKET_RE.match(name)
     if not match:
-        raise ValueError(f"malformed metadata header: cannot read column name {name!r}")
+        raise MetadataFileError(f"malformed metadata header: cannot read column name {name[:80]!r}")
     parts = [p.strip() for p in match.group("parts").split(",")]
     return [f"{match.group('base').strip()}.{p}" for p in parts]
 
@@ -107,7 +113,7 @@ def expand_header(fields: list[str]) -> list[str]:
         else:
             names.append(token)
     if pending is not None:
-        raise ValueError(f"malformed metadata header: unterminated '[' in {','.join(pending)!r}")
+        raise MetadataFileError(f"malformed metadata header: unterminated '[' in {','.join(pending)[:80]!r}")
     while names and names[-1] == "":
         names.pop()
     return names
@@ -139,16 +145,18 @@ def _parse_row(row: Mapping[str, str]) -> dict[str, object]:
     patient_id = str(_parse_int(row[COL_PATIENT], COL_PATIENT))
     age = parse_patient_age(row[COL_AGE])
     if age is None:
-        raise _BadRow(f"malformed number in {COL_AGE}: {row[COL_AGE]!r}")
+        raise _BadRow(f"malformed number in {COL_AGE}: {row[COL_AGE][:40]!r}")
+    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
+        raise _BadRow(f"age outside {AGE_RANGE[0]:g}-{AGE_RANGE[1]:g}: {age:g}")
     width = _parse_optional_int(row, COL_WIDTH)
     height = _parse_optional_int(row, COL_HEIGHT)
     try:
         names = parse_finding_labels(row[COL_LABELS])
     except UnknownFindingError as exc:
         text = str(exc)
-        raise _BadRow(text if text.startswith("unknown finding") else f"invalid finding labels: {text}") from exc
-    if not AGE_RANGE[0] <= age <= AGE_RANGE[1]:
-        raise _BadRow(f"age outside {AGE_RANGE[0]:g}-{AGE_RANGE[1]:g}: {age:g}")
+        raise _BadRow(
+            text if text.startswith(("unknown finding", "contradiction")) else f"invalid finding labels: {text}"
+        ) from exc
     sex = row[COL_SEX].strip().upper()
     if sex not in SEXES:
         raise _BadRow(f"unknown sex: {row[COL_SEX]!r}")
@@ -189,6 +197,21 @@ def _to_frame(records: list[dict[str, object]]) -> pd.DataFrame:
     return frame
 
 
+def _decoded_lines(path: str | os.PathLike[str]):
+    """``(line number, text, decode error or None)`` of each line, each decoded on its own: a
+    line that is not UTF-8 is one bad row (its text with the bad bytes as ``\\x..`` escapes), not
+    an unreadable file. A leading byte-order mark is dropped."""
+    with open(path, "rb") as fh:
+        for number, data in enumerate(fh, start=1):
+            if number == 1 and data.startswith(b"\xef\xbb\xbf"):
+                data = data[3:]
+            data = data.rstrip(b"\r\n")
+            try:
+                yield number, data.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                yield number, data.decode("utf-8", "backslashreplace"), f"not UTF-8 text (byte {exc.start + 1} of the line)"
+
+
 def read_nih_metadata(path: str | os.PathLike[str]) -> MetadataResult:
     """Parse ``Data_Entry_2017_v2020.csv`` or the older ``Data_Entry_2017.csv``.
 
@@ -198,41 +221,44 @@ def read_nih_metadata(path: str | os.PathLike[str]) -> MetadataResult:
     rejected row: wrong field count or malformed number, unknown finding, age outside
     0-120, unknown sex, unknown view position, a study key that is not a plain file name,
     or a duplicate Image Index (the first accepted row is kept; later ones are
-    quarantined). Raises ``ValueError`` if the file is empty or its header lacks a
-    required column.
+    quarantined), a line that is not UTF-8 text. Raises :class:`MetadataFileError` (a
+    :class:`~cxrmodel.errors.UserInputError`) if the file is empty or its header lacks a
+    required column or is not text.
     """
     records: list[dict[str, object]] = []
     quarantined: list[QuarantineRecord] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header_line = fh.readline()
-        if not header_line.strip():
-            raise ValueError(f"metadata file {os.fspath(path)!r} is empty (no header)")
-        columns = expand_header(next(csv.reader([header_line])))
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise ValueError(f"metadata header is missing required column(s): {', '.join(missing)}")
-        n_fields = len(columns)
-        for line_number, line in enumerate(fh, start=2):
-            raw = line.rstrip("\r\n")
-            if not raw.strip():
-                continue
-            fields = next(csv.reader(io.StringIO(raw)), [])
-            while len(fields) > n_fields and fields[-1].strip() == "":
-                fields.pop()  # old file: trailing empty column
-            row_key = fields[0].strip() if fields else ""
-            try:
-                if len(fields) != n_fields:
-                    raise _BadRow(f"wrong number of fields: expected {n_fields}, got {len(fields)}")
-                record = _parse_row(dict(zip(columns, fields, strict=True)))
-                key = str(record["study_key"])
-                if key in first_line:
-                    raise _BadRow(f"duplicate Image Index (first seen on line {first_line[key]})")
-            except _BadRow as exc:
-                quarantined.append(QuarantineRecord(row_key, line_number, str(exc), raw))
-                continue
-            first_line[key] = line_number
-            records.append(record)
+    lines = _decoded_lines(path)
+    header_number, header_line, header_error = next(lines, (1, "", None))
+    if header_error or not header_line.strip():
+        why = "is empty (no header)" if not header_error else "has a header that is not UTF-8 text"
+        raise MetadataFileError(f"metadata file {Path(path).name!r} {why}")
+    columns = expand_header(next(csv.reader([header_line])))
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise MetadataFileError(f"metadata header is missing required column(s): {', '.join(missing)}")
+    n_fields = len(columns)
+    for line_number, raw, decode_error in lines:
+        if not raw.strip():
+            continue
+        fields = next(csv.reader(io.StringIO(raw)), [])
+        while len(fields) > n_fields and fields[-1].strip() == "":
+            fields.pop()  # old file: trailing empty column
+        row_key = fields[0].strip() if fields else ""
+        try:
+            if decode_error:
+                raise _BadRow(decode_error)
+            if len(fields) != n_fields:
+                raise _BadRow(f"wrong number of fields: expected {n_fields}, got {len(fields)}")
+            record = _parse_row(dict(zip(columns, fields, strict=True)))
+            key = str(record["study_key"])
+            if key in first_line:
+                raise _BadRow(f"duplicate Image Index (first seen on line {first_line[key]})")
+        except _BadRow as exc:
+            quarantined.append(QuarantineRecord(row_key, line_number, str(exc), raw))
+            continue
+        first_line[key] = line_number
+        records.append(record)
     return MetadataResult(studies=_to_frame(records), quarantined=quarantined)
 
 

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrmodel.data.imaging import parse_patient_age
+from cxrmodel.data.imaging import MAX_AGE_YEARS, check_patient_age
 from cxrmodel.data.metadata import SEXES, VIEWS, QuarantineRecord
 
 SIDECAR_NAMES = ("metadata.csv", "metadata.json")
@@ -32,7 +32,7 @@ SIDECAR_FIELDS = {
     "sex": ("Patient Gender", "Patient Sex", "sex", "gender"),
     "view": ("View Position", "view", "view_position"),
 }
-MAX_AGE_YEARS = 120
+__all__ = ["MAX_AGE_YEARS", "SIDECAR_FIELDS", "SIDECAR_NAMES", "SidecarRow", "parse_sidecar_row", "read_sidecar"]
 
 
 def _alias(name: object) -> str:
@@ -71,14 +71,9 @@ def parse_sidecar_row(fields: dict) -> tuple[SidecarRow, list[str]]:
     """Validate one row's fields: age as a number or DICOM ``AS`` string (``062Y``, 0-120
     years), sex M/F, view PA/AP. Returns the row and the reasons of the values left out."""
     problems = []
-    age = None
-    if not _blank(fields.get("age")):
-        age = parse_patient_age(fields["age"])
-        if age is None:
-            problems.append(f"unparseable age {fields['age']!r}")
-        elif age > MAX_AGE_YEARS:
-            problems.append(f"age {fields['age']!r} outside 0-{MAX_AGE_YEARS} years")
-            age = None
+    age, problem = check_patient_age(fields.get("age"))
+    if problem:
+        problems.append(problem)
     choices: dict[str, str | None] = {}
     for field, allowed in (("sex", SEXES), ("view", VIEWS)):
         value = fields.get(field)
@@ -91,6 +86,9 @@ def parse_sidecar_row(fields: dict) -> tuple[SidecarRow, list[str]]:
             problems.append(f"unknown {field} {value!r} (expected {' or '.join(allowed)})")
     patient = fields.get("patient_id")
     patient_id = None if _blank(patient) else str(patient).strip()
+    if patient_id is not None and not patient_id.isprintable():
+        problems.append("patient_id with control characters")
+        patient_id = None
     return SidecarRow(age, choices["sex"], choices["view"], patient_id), problems
 
 
@@ -99,9 +97,11 @@ def _records(path: Path) -> list[tuple[int, str | None, object, str]]:
     (CSV: line numbers; JSON: 1-based positions). Raises ValueError when the file as a whole
     cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # a symlink swapped in since: refused
+        with os.fdopen(fd, "rb") as fh:
+            text = fh.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"unreadable: {exc}") from exc
+        raise ValueError(f"unreadable: {type(exc).__name__}") from exc
     if path.suffix == ".csv":
         try:
             reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -132,6 +132,9 @@ def read_sidecar(folder: str | os.PathLike[str], files: set[str]) -> tuple[dict[
     seen: set[tuple[str, str]] = set()
     for name in SIDECAR_NAMES:
         path = folder / name
+        if path.is_symlink():  # like an image symlink: it could name any file on the host
+            problems.append(QuarantineRecord(name, None, f"sidecar {name}: a symlink, refused", None))
+            continue
         if not path.is_file():
             continue
         try:

@@ -45,3 +45,10 @@ def train_network(
         resume=train.resume_checkpoint is not None,
     )
     return model, result
+
+
+def resumed_history(checkpoint: str | Path) -> tuple[int, list[dict]]:
+    """The last epoch a checkpoint holds and the metrics of every epoch up to it (what a run
+    resumed from it records before its own epochs)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return int(ckpt["epoch"]), [dict(h) for h in ckpt["history"]]
