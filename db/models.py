@@ -67,8 +67,7 @@ class Study(Base):
     content_hash: Mapped[str | None] = mapped_column(String(64))
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.ACTIVE)
-    #: Scoring tries that failed since the file last changed, and the last one's reason: after
-    #: ``max_attempts`` the study is ``failed`` and skipped until its content hash changes.
+    #: Failed scoring tries since the file last changed; at ``max_attempts`` the study is ``failed``.
     scoring_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -163,12 +162,9 @@ class TrainingRun(Base):
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.RUNNING)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    #: Beaten by every epoch; a ``running`` run whose beat is old lost its process (:mod:`db.runs`).
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
-    #: The run's folder (checkpoint, log): a stale run's is named in its error, for resume or removal.
-    output_dir: Mapped[str | None] = mapped_column(Text)
-    #: The checkpoint a resumed run started from and its epoch; its epochs before that come from it.
+    output_dir: Mapped[str | None] = mapped_column(Text)  # checkpoint and log; named in a stale run's error
     resumed_from: Mapped[str | None] = mapped_column(Text)
 
     epochs: Mapped[list[EpochMetric]] = relationship(cascade="all, delete-orphan", order_by="EpochMetric.epoch")
@@ -333,8 +329,7 @@ class ScoringRun(Base):
 
 
 class ScoringClaim(Base):
-    """A study a scoring run is working on, until ``expires_at`` (renewed with the run's
-    heartbeat): an overlapping run leaves it alone instead of doing the same inference."""
+    """A study a scoring run is working on until ``expires_at`` (:mod:`db.claims`)."""
 
     __tablename__ = "scoring_claims"
 
@@ -364,8 +359,7 @@ class Prediction(Base):
 
 
 class SupersededPrediction(Base):
-    """A prediction of an image that has since changed (its study's content hash is new): moved
-    here when the refresh saw the new file, so the study is scored again and both are kept."""
+    """A prediction of an image that has since changed: the study is scored again, both kept."""
 
     __tablename__ = "superseded_predictions"
 
@@ -377,7 +371,6 @@ class SupersededPrediction(Base):
     decision: Mapped[bool] = mapped_column(Boolean)
     threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
     scoring_run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id"))
-    #: The hash of the image these probabilities were computed from.
     content_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     superseded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
