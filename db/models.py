@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.checks import checks
-from db.statuses import ModelStatus, PromotionAction, RunStatus, ScoringStatus, StudyStatus
+from db.statuses import ModelStatus, PromotionAction, RunStatus, ScoringStatus, ScoringTrigger, StudyStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -307,6 +307,8 @@ class ScoringRun(Base):
     threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=ScoringStatus.RUNNING)
+    #: ``batch`` (a night, ``cxr score``) or ``on_demand`` (one study posted to ``cxr api``).
+    trigger: Mapped[str] = mapped_column(String(16), default=ScoringTrigger.BATCH, server_default=ScoringTrigger.BATCH.value)
     n_candidates: Mapped[int] = mapped_column(default=0)
     n_scored: Mapped[int] = mapped_column(default=0)
     n_skipped: Mapped[int] = mapped_column(default=0)
