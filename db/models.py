@@ -64,7 +64,7 @@ class Study(Base):
     source: Mapped[str] = mapped_column(String(32))
     split: Mapped[str | None] = mapped_column(String(16), index=True)
     image_path: Mapped[str] = mapped_column(Text)
-    content_hash: Mapped[str | None] = mapped_column(String(64))
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # an upload finds its study by it
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.ACTIVE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

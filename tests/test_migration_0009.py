@@ -28,6 +28,7 @@ def test_upgrade_marks_existing_runs_batch_and_refuses_unknown_triggers(url_at_0
     assert before["latest_predictions"] == 1
     upgrade_database(url, "0009")
     assert _counts(url) == before
+    assert "ix_studies_content_hash" in {i["name"] for i in inspect(get_engine(url)).get_indexes("studies")}
     checks = {c["name"] for c in inspect(get_engine(url)).get_check_constraints("scoring_runs")}
     assert checks == {"ck_scoring_runs_status", "ck_scoring_runs_trigger"}
     with get_engine(url).begin() as conn:

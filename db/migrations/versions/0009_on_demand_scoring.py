@@ -1,6 +1,7 @@
 """Scoring runs say what started them: ``trigger`` is ``batch`` (the nightly run, ``cxr score``,
 the score-now deployment) or ``on_demand`` (one study posted to the HTTP service, ``cxr api``).
 Existing runs are batch runs; the column is CHECK-constrained like every other vocabulary.
+``studies.content_hash`` gets an index: an uploaded image finds its study by its sha256.
 
 SQLite cannot add a constraint to a table: batch mode rebuilds ``scoring_runs``; the views of
 0002 name it, and SQLite refuses to rename a table while a view names a missing one, so the
@@ -39,6 +40,7 @@ def _views_set_aside(connection: sa.Connection) -> Iterator[None]:
 
 
 def upgrade() -> None:
+    op.create_index(op.f("ix_studies_content_hash"), "studies", ["content_hash"])
     with _views_set_aside(op.get_bind()):
         with op.batch_alter_table("scoring_runs") as batch:
             batch.add_column(sa.Column("trigger", sa.String(16), nullable=False, server_default="batch"))
@@ -50,3 +52,4 @@ def downgrade() -> None:
         with op.batch_alter_table("scoring_runs") as batch:
             batch.drop_constraint(op.f("ck_scoring_runs_trigger"), type_="check")
             batch.drop_column("trigger")
+    op.drop_index(op.f("ix_studies_content_hash"), table_name="studies")
