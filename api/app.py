@@ -55,9 +55,20 @@ def _templates() -> Environment:
     return Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(("html", "j2")))
 
 
+def _log_to_stderr() -> None:
+    """The service's own log lines (champion loaded or swapped) beside uvicorn's; never a key."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def create_app(settings: Settings | None = None, *, torch_threads: int | None = None) -> FastAPI:
     """The service for ``settings`` (default: the ``CXR_*`` environment)."""
     settings = settings or Settings()
+    _log_to_stderr()
     database_url = settings.resolved_database_url
 
     @asynccontextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from PIL import Image
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import Refusal, refusal_response
@@ -38,8 +39,12 @@ class ImageKind(StrEnum):
         return {"png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}[self.value]
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` once the body passes the limit; an HTTPException so that FastAPI's
+    body parsing passes it on (it turns other errors into a 400) to the JSON error handler."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(413, reason)
 
 
 class BodyLimit:

@@ -90,6 +90,7 @@ def build_registry(work: Path, url: str | None = None, image_size: int = 64, n_l
     """A migrated database (SQLite in ``work`` unless ``url``) with ``n_labelled`` labelled
     phantom studies (every other one with an Effusion) and a champion indexing them."""
     from cxrmodel.findings import FINDINGS
+    from cxrmodel.io import sha256_file
     from db.engine import session_scope, upgrade_database
     from db.studies import sync_studies
 
@@ -104,7 +105,7 @@ def build_registry(work: Path, url: str | None = None, image_size: int = 64, n_l
         path = phantom_png(images / key, seed=100 + i, findings=findings)
         records.append(
             dict(study_key=key, patient_id=str(i + 1), follow_up=0, age=40.0 + i, sex="MF"[i % 2], view="PA",
-                 source="synthetic", split="train", image_path=str(path), content_hash=None, labelled=True)
+                 source="synthetic", split="train", image_path=str(path), content_hash=sha256_file(path), labelled=True)
         )  # fmt: skip
         labels[key] = {f: int(f in findings) for f in FINDINGS}
         pairs.append((key, str(path)))
