@@ -21,7 +21,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import text
 
 from api.batcher import MicroBatcher
 from api.champion import ChampionHolder, NoChampion
@@ -32,7 +31,7 @@ from api.security import KeyedApp, SecurityHeaders, require_api_key
 from api.uploads import BodyLimit
 from cxrmodel.config import Settings
 from cxrmodel.findings import FINDINGS
-from db.engine import get_engine
+from db.engine import ping
 from reports.server import REPORT_CSP, reports_files
 
 HERE = Path(__file__).parent
@@ -116,7 +115,7 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
         """Ready when the database answers and a champion is loaded."""
         checks, ready = {}, True
         try:
-            await asyncio.to_thread(_ping, database_url)
+            await asyncio.to_thread(ping, database_url)
             checks["database"] = "ok"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             checks["database"], ready = f"unreachable: {type(exc).__name__}", False
@@ -151,11 +150,6 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
         )
     app.add_middleware(SecurityHeaders, reports_csp=REPORT_CSP)
     return app
-
-
-def _ping(database_url: str) -> None:
-    with get_engine(database_url).connect() as connection:
-        connection.execute(text("SELECT 1"))
 
 
 def serve(
