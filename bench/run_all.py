@@ -12,6 +12,7 @@ SCRIPTS = [
     "refresh_full_scale.py",
     "train_throughput.py",
     "scoring_throughput.py",
+    "api_latency.py",
     "prediction_writes.py",
     "calibration_speed.py",
     "evaluation_speed.py",

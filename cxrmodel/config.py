@@ -7,13 +7,14 @@ are plain pydantic models that flows take as typed parameters (what to do), load
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.kinds import ModelKind
@@ -55,6 +56,37 @@ class Settings(BaseSettings):
         None,
         description="Public URL of the reports folder, e.g. https://cxr.example.org/reports; default http://<host>:<port>/reports.",
     )
+
+    # The on-demand scoring service (``cxr api``).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8080, ge=1, le=65535)
+    api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (each loads the champion once).")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted X-API-Key values (CXR_API_KEYS='[\"k1\", \"k2\"]' or 'k1,k2'); none: every call but the health checks is refused.",
+        repr=False,
+    )
+    api_max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted by POST /v1/score.")
+    api_max_pixels: int = Field(
+        50_000_000, ge=32 * 32, description="Largest image (width x height) decoded; checked from the header before decoding."
+    )
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty: CORS off."
+    )
+    api_batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="How long the micro-batcher waits for more requests.")
+    api_batch_size: int = Field(8, ge=1, le=256, description="Most images the micro-batcher gives the model at once.")
+    api_champion_ttl_s: float = Field(2.0, ge=0, description="How often the registry is asked whether the champion changed.")
+    api_public_reports: bool = Field(False, description="Serve /reports/ without an API key (a trusted network only).")
+
+    @field_validator("api_keys", "api_cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """A JSON list, or comma-separated values."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @property
     def resolved_home(self) -> Path:

@@ -19,6 +19,7 @@ from db.statuses import (
     PromotionAction,
     RunStatus,
     ScoringStatus,
+    ScoringTrigger,
     StudySplit,
     StudyStatus,
     ThresholdMethod,
@@ -36,14 +37,14 @@ def one_of(column: str, values: Iterable[StrEnum | str]) -> CheckConstraint:
     return CheckConstraint(one_of_sql(column, values), name=column)
 
 
-#: table -> {column: allowed values}: every CHECK-constrained column (migration 0006 adds them).
+#: table -> {column: allowed values}: every CHECK-constrained column (migration 0006 adds them; 0009 scoring_runs.trigger).
 CHECKED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "studies": {"status": tuple(StudyStatus), "split": tuple(StudySplit)},
     "refresh_runs": {"status": tuple(RunStatus)},
     "model_versions": {"status": tuple(ModelStatus), "kind": tuple(ModelKind)},
     "training_runs": {"status": tuple(RunStatus), "architecture": tuple(NETWORK_KINDS)},
     "threshold_sets": {"method": tuple(ThresholdMethod)},
-    "scoring_runs": {"status": tuple(ScoringStatus)},
+    "scoring_runs": {"status": tuple(ScoringStatus), "trigger": tuple(ScoringTrigger)},
     "promotions": {"action": tuple(PromotionAction)},
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -43,6 +43,12 @@ def get_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def ping(url: str) -> None:
+    """``SELECT 1`` on a pooled connection (raises when the database is unreachable)."""
+    with get_engine(url).connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 @contextmanager

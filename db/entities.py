@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from cxrmodel.models.version_files import ModelVersionFiles
-from db.statuses import ModelKind, ModelStatus, RunStatus, ScoringStatus, StudyStatus, ThresholdMethod
+from db.statuses import ModelKind, ModelStatus, RunStatus, ScoringStatus, ScoringTrigger, StudyStatus, ThresholdMethod
 
 E = TypeVar("E", bound="Entity")
 
@@ -181,13 +181,14 @@ class EvaluationInfo(Entity):
 
 @dataclass(frozen=True)
 class ScoringRunInfo(Entity):
-    enums: ClassVar = {"status": ScoringStatus}
+    enums: ClassVar = {"status": ScoringStatus, "trigger": ScoringTrigger}
 
     id: int
     model_version_id: int
     threshold_set_id: int
     flow_run_id: str | None
     status: ScoringStatus
+    trigger: ScoringTrigger
     n_candidates: int
     n_scored: int
     n_skipped: int

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.checks import checks
-from db.statuses import ModelStatus, PromotionAction, RunStatus, ScoringStatus, StudyStatus
+from db.statuses import ModelStatus, PromotionAction, RunStatus, ScoringStatus, ScoringTrigger, StudyStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -64,7 +64,7 @@ class Study(Base):
     source: Mapped[str] = mapped_column(String(32))
     split: Mapped[str | None] = mapped_column(String(16), index=True)
     image_path: Mapped[str] = mapped_column(Text)
-    content_hash: Mapped[str | None] = mapped_column(String(64))
+    content_hash: Mapped[str | None] = mapped_column(String(64), index=True)  # an upload finds its study by it
     labelled: Mapped[bool] = mapped_column(Boolean, default=False)
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.ACTIVE)
     #: Failed scoring tries since the file last changed; at ``max_attempts`` the study is ``failed``.
@@ -316,6 +316,8 @@ class ScoringRun(Base):
     threshold_set_id: Mapped[int] = mapped_column(ForeignKey("threshold_sets.id"))
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=ScoringStatus.RUNNING)
+    #: ``batch`` (a night, ``cxr score``) or ``on_demand`` (one study posted to ``cxr api``).
+    trigger: Mapped[str] = mapped_column(String(16), default=ScoringTrigger.BATCH, server_default=ScoringTrigger.BATCH.value)
     n_candidates: Mapped[int] = mapped_column(default=0)
     n_scored: Mapped[int] = mapped_column(default=0)
     n_skipped: Mapped[int] = mapped_column(default=0)

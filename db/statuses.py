@@ -18,6 +18,7 @@ __all__ = [
     "PromotionAction",
     "RunStatus",
     "ScoringStatus",
+    "ScoringTrigger",
     "StudySplit",
     "StudyStatus",
     "ThresholdMethod",
@@ -50,6 +51,13 @@ class ScoringStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     ABANDONED = "abandoned"  # its process died without saying so (no heartbeat)
+
+
+class ScoringTrigger(StrEnum):
+    """What started a scoring run (migration 0009)."""
+
+    BATCH = "batch"  # the nightly run, ``cxr score``, the score-now deployment
+    ON_DEMAND = "on_demand"  # one study posted to the HTTP service (``cxr api``)
 
 
 class ModelStatus(StrEnum):

@@ -322,6 +322,20 @@ def serve() -> None:  # pragma: no cover - runs until interrupted
     serve_all()
 
 
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Interface (default: $CXR_API_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: $CXR_API_PORT or 8080).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="uvicorn worker processes (default: $CXR_API_WORKERS or 1).")] = None,
+    home: HomeOption = None,
+) -> None:  # pragma: no cover - runs until interrupted
+    """Serve on-demand scoring over HTTP (FastAPI under uvicorn): POST /v1/score and friends, with
+    the champion, thresholds and database of the nightly run. Keys: $CXR_API_KEYS."""
+    from api.app import serve
+
+    serve(_settings(home), host, port, workers)
+
+
 @deployments_app.command("yaml")
 def deployments_yaml(
     out: Annotated[

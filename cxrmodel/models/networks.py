@@ -104,9 +104,12 @@ class DenseNetFPNClassifier(nn.Module):
         """``[B, 3, H, W] -> [B, 256]``: the image embedding used for baselines and retrieval."""
         return self.image_proj(self.pooled_pyramid(image))
 
+    def logits_from_embedding(self, embedding: torch.Tensor, patient: torch.Tensor) -> torch.Tensor:
+        """``[B, 256], [B, 3] -> [B, 14]``: the rest of :meth:`forward` after :meth:`embed`."""
+        return self.head(torch.cat([embedding, self.patient_proj(patient)], dim=1))
+
     def forward(self, image: torch.Tensor, patient: torch.Tensor) -> torch.Tensor:
-        fused = torch.cat([self.embed(image), self.patient_proj(patient)], dim=1)
-        return self.head(fused)
+        return self.logits_from_embedding(self.embed(image), patient)
 
 
 class DenseNetClassifier(nn.Module):
@@ -125,8 +128,12 @@ class DenseNetClassifier(nn.Module):
         x = torch.relu(self.features(image))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
+    def logits_from_embedding(self, embedding: torch.Tensor, patient: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, 1024] -> [B, 14]`` (``patient`` is ignored)."""
+        return self.classifier(embedding)
+
     def forward(self, image: torch.Tensor, patient: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classifier(self.embed(image))
+        return self.logits_from_embedding(self.embed(image))
 
 
 def densenet121_fpn(

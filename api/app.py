@@ -1,0 +1,175 @@
+"""The FastAPI application of ``cxr api``: :func:`create_app`.
+
+Routes: ``POST /v1/score``, ``GET /v1/studies/{study_key}/predictions``, ``GET /v1/models``,
+``GET /v1/models/champion``, ``GET /reports/...`` (the reports folder, read-only), ``GET
+/openapi.json``, ``/healthz`` and ``/readyz`` (no key), and the page at ``/``. The champion
+is loaded at start-up (the service starts without one and reports not ready), the
+micro-batcher's worker runs for the life of the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from api.batcher import MicroBatcher
+from api.champion import ChampionHolder, NoChampion
+from api.errors import install_error_handlers
+from api.routes import router
+from api.schemas import Health
+from api.security import KeyedApp, SecurityHeaders, require_api_key
+from api.uploads import BodyLimit
+from cxrmodel.config import Settings
+from cxrmodel.findings import FINDINGS
+from db.engine import ping
+from reports.server import REPORT_CSP, reports_files
+
+HERE = Path(__file__).parent
+VERSION = "1.0.0"
+log = logging.getLogger("cxr.api")
+
+DESCRIPTION = """On-demand scoring of one chest radiograph with the nightly pipeline's champion model, its active
+thresholds and its database. **Research tool, not a medical device.**
+
+Every endpoint but `/healthz` and `/readyz` needs an `X-API-Key` header with one of the keys in
+`CXR_API_KEYS`. Refusals are JSON `{"error": ..., "reason": ...}` with a 4xx status.
+
+```bash
+curl -H "X-API-Key: $KEY" -F image=@study.png -F age=62 -F sex=F -F view=PA http://127.0.0.1:8080/v1/score
+```
+"""
+
+
+def _templates() -> Environment:
+    return Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(("html", "j2")))
+
+
+def _log_to_stderr() -> None:
+    """The service's own log lines (champion loaded or swapped) beside uvicorn's; never a key."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def create_app(settings: Settings | None = None, *, torch_threads: int | None = None) -> FastAPI:
+    """The service for ``settings`` (default: the ``CXR_*`` environment)."""
+    settings = settings or Settings()
+    _log_to_stderr()
+    database_url = settings.resolved_database_url
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        app.state.batcher.start()
+        try:
+            await app.state.champions.current()
+            log.info("serving champion %s", app.state.champions.loaded.name)
+        except NoChampion as exc:
+            log.warning("no champion yet (%s): /readyz answers 503 until there is one", exc)
+        if not settings.api_keys:
+            log.warning("no API keys configured (CXR_API_KEYS): every call but /healthz and /readyz is refused")
+        yield
+        await app.state.batcher.stop()
+
+    app = FastAPI(
+        title="cxr on-demand scoring",
+        version=VERSION,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database_url = database_url
+    app.state.uploads_dir = settings.resolved_home / "uploads"
+    app.state.champions = ChampionHolder(database_url, settings.api_champion_ttl_s)
+    app.state.batcher = MicroBatcher(settings.api_batch_size, settings.api_batch_wait_ms / 1000.0)
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/healthz", response_model=Health, tags=["health"], summary="The process is up")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}}, summary="Ready to score")
+    async def readyz() -> JSONResponse:
+        """Ready when the database answers and a champion is loaded."""
+        checks, ready = {}, True
+        try:
+            await asyncio.to_thread(ping, database_url)
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            checks["database"], ready = f"unreachable: {type(exc).__name__}", False
+        try:
+            checks["champion"] = (await app.state.champions.current()).name
+        except NoChampion as exc:
+            checks["champion"], ready = str(exc), False
+        body = Health(status="ok" if ready else "not_ready", checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    templates = _templates()
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(request: Request) -> HTMLResponse:
+        """The upload page: a static form; its script calls /v1/score with the key typed in."""
+        html = templates.get_template("index.html.j2").render(
+            findings=FINDINGS, max_upload_mb=settings.api_max_upload_bytes / 2**20, version=VERSION
+        )
+        return HTMLResponse(html)
+
+    app.mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=False), name="static")
+    reports = reports_files(settings.reports_dir)
+    app.mount("/reports", reports if settings.api_public_reports else KeyedApp(reports, settings.api_keys), name="reports")
+
+    app.add_middleware(BodyLimit, limit=settings.api_max_upload_bytes)
+    if settings.api_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api_cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(SecurityHeaders, reports_csp=REPORT_CSP)
+    return app
+
+
+def serve(
+    settings: Settings, host: str | None = None, port: int | None = None, workers: int | None = None
+) -> None:  # pragma: no cover
+    """Run the service under uvicorn until interrupted (each worker process loads the champion once)."""
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:app_from_environment",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers or settings.api_workers,
+        log_level="info",
+        server_header=False,
+        proxy_headers=True,
+    )
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's factory: the app of the ``CXR_*`` environment (each worker builds its own)."""
+    return create_app(Settings())
