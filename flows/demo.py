@@ -39,7 +39,7 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
     home = settings.resolved_home
     url = settings.resolved_database_url
     home.mkdir(parents=True, exist_ok=True)
-    data_root = home / "data" / "synthetic"
+    data_root = settings.layout.synthetic_data
     ensure_synthetic(data_root, synth)
     upgrade_database(url)
     result = pipeline_flow(
