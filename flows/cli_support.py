@@ -93,7 +93,7 @@ def quiet_user_error_tracebacks() -> None:
     """Keep a user's mistake inside a flow run to one line on the terminal (not with ``--debug``)."""
     if os.environ.get("CXR_DEBUG") == "1":
         return
-    import prefect  # noqa: F401 - configures Prefect's logging handlers
+    import prefect.main  # noqa: F401 - configures Prefect's logging handlers
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
