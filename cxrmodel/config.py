@@ -8,6 +8,7 @@ are plain pydantic models that flows take as typed parameters (what to do), load
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,12 +18,47 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxrmodel.findings import FINDINGS
+from cxrmodel.io import MissingInputError
 from cxrmodel.models.kinds import ModelKind
 
 #: The repository's configuration folder (``configs/``), beside the installed packages.
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 #: The production recipe the shipped deployments run unless ``CXR_CONFIG`` names another.
 DEFAULT_CONFIG = CONFIGS_DIR / "seed004.yaml"
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """The one place that names the folders under a home (``CXR_HOME``): every task and flow
+    builds its paths from here."""
+
+    home: Path
+
+    @property
+    def models(self) -> Path:
+        """Model versions' artefacts, one folder per version name."""
+        return self.home / "models"
+
+    @property
+    def reports(self) -> Path:
+        """HTML reports and bundles (what ``cxr reports serve`` serves)."""
+        return self.home / "reports"
+
+    @property
+    def cache(self) -> Path:
+        """The resized image cache, one folder per image size."""
+        return self.home / "cache"
+
+    @property
+    def synthetic_data(self) -> Path:
+        """Where ``cxr demo`` writes its synthetic dataset."""
+        return self.home / "data" / "synthetic"
+
+    def model_dir(self, name: str) -> Path:
+        """``models/<name>``, created: one model version's folder."""
+        path = self.models / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
 class Settings(BaseSettings):
@@ -99,16 +135,20 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.resolved_home / 'cxr.db'}"
 
     @property
+    def layout(self) -> HomeLayout:
+        return HomeLayout(self.resolved_home)
+
+    @property
     def models_dir(self) -> Path:
-        return self.resolved_home / "models"
+        return self.layout.models
 
     @property
     def reports_dir(self) -> Path:
-        return self.resolved_home / "reports"
+        return self.layout.reports
 
     @property
     def cache_dir(self) -> Path:
-        return self.resolved_home / "cache"
+        return self.layout.cache
 
     @property
     def public_reports_url(self) -> str:
@@ -300,13 +340,14 @@ class PipelineConfig(_Frozen):
     chexnet_baseline: TrainConfig | None = Field(
         None, description="Also train the image-only CheXNet-style DenseNet121 with this recipe (a baseline)."
     )
+    synth: SynthConfig | None = Field(None, description="The synthetic dataset cxr demo generates (default: SynthConfig()).")
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
     """Read a YAML file into a validated :class:`PipelineConfig` (a missing file is an error
     naming it, never a silent fall-back to the defaults)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"configuration file not found: {path}")
+        raise MissingInputError(f"configuration file not found: {path}")
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
     return PipelineConfig.model_validate(raw)

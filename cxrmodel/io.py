@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from cxrmodel.errors import UserError
+
 CHUNK = 1 << 20
 
 
@@ -29,13 +31,26 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
     return digest.hexdigest()
 
 
-def sha256_files(paths: Sequence[str | os.PathLike[str]], threads: int = 4) -> list[str]:
+def sha256_files(
+    paths: Sequence[str | os.PathLike[str]], threads: int = 4, on_progress: Callable[[int, int], None] | None = None
+) -> list[str]:
     """:func:`sha256_file` of each path, in order, ``threads`` at a time (hashlib and file reads
-    release the GIL, so a refresh of many small images is bound by the disk, not one core)."""
+    release the GIL, so a refresh of many small images is bound by the disk, not one core).
+    ``on_progress(done, total)`` follows the files (:data:`cxrmodel.progress.ProgressCallback`)."""
     if threads <= 1 or len(paths) < 2:
-        return [sha256_file(p) for p in paths]
+        results = map(sha256_file, paths)
+        return _with_progress(results, len(paths), on_progress)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cxr-sha256") as pool:
-        return list(pool.map(sha256_file, paths, chunksize=64))
+        return _with_progress(pool.map(sha256_file, paths, chunksize=64), len(paths), on_progress)
+
+
+def _with_progress(results, total: int, on_progress: Callable[[int, int], None] | None) -> list:
+    done = []
+    for value in results:
+        done.append(value)
+        if on_progress is not None and (len(done) % 16 == 0 or len(done) == total):
+            on_progress(len(done), total)
+    return done
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
@@ -88,7 +103,7 @@ def atomic_save_to(path: str | os.PathLike[str], save: Callable[[str], object]) 
     return path
 
 
-class MissingInputError(FileNotFoundError):
+class MissingInputError(UserError, FileNotFoundError):
     """A folder or file a run was told to read is not there: the user's to fix, never retried."""
 
 

@@ -72,8 +72,27 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+@lru_cache(maxsize=1)
+def _head_revisions() -> frozenset[str]:
+    from alembic.script import ScriptDirectory
+
+    return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+def schema_is_current(url: str) -> bool:
+    """True when the database at ``url`` is at the newest migration (one query, no Alembic run)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with get_engine(url).connect() as conn:
+        current = frozenset(MigrationContext.configure(conn).get_current_heads())
+    return current == _head_revisions()
+
+
 def upgrade_database(url: str, revision: str = "head") -> None:
-    """Bring the schema at ``url`` to ``revision`` (idempotent)."""
+    """Bring the schema at ``url`` to ``revision`` (idempotent; a database already at the head
+    costs one query, not an Alembic run)."""
+    if revision == "head" and schema_is_current(url):
+        return
     command.upgrade(alembic_config(url), revision)
 
 

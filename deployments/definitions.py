@@ -100,9 +100,10 @@ def deployment_specs(settings: Settings | None = None, config: PipelineConfig | 
         DeploymentSpec(
             REPORT,
             "flows/stages.py:report_flow",
-            "On demand: render the HTML report of one evaluation.",
+            "On demand: render the HTML report of one evaluation (its id, or latest).",
             s.cpu_pool,
             ("cxr",),
+            {"evaluation_id": "latest"},
             one_at_a_time=False,
         ),
     ]

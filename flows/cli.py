@@ -1,10 +1,16 @@
-"""``cxr``: the command line. Every command runs its Prefect flow."""
+"""``cxr``: the command line. Every pipeline command runs its Prefect flow; ``cxr models`` and
+``cxr runs`` read the database alone.
+
+Start-up is cheap: Prefect and torch are imported by the commands that run a flow, after their
+inputs are checked (configuration, folders, names), and a running Prefect server is reused
+(:func:`flows.cli_support.use_running_prefect_server`). A user's mistake is one line on stderr
+and exit status 2 (``--debug`` shows the traceback).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -12,16 +18,34 @@ from typing import Annotated
 
 import typer
 
-# The temporary Prefect server a command starts would otherwise try to send telemetry.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+from cxrmodel.config import SynthConfig
+from flows.cli_registry import models_app, runs
+from flows.cli_support import (
+    evaluation_id,
+    folder,
+    model_version_id,
+    pipeline_config,
+    quiet_user_error_tracebacks,
+    require_champion,
+    run_cli,
+    settings,
+    use_running_prefect_server,
+)
 
-from cxrmodel.config import PipelineConfig, Settings, SynthConfig, load_pipeline_config
 
-app = typer.Typer(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)
+class CxrApp(typer.Typer):
+    """The ``cxr`` script's app: calling it (what the script does) runs it through
+    :func:`flows.cli_support.run_cli`, so a user's mistake is one line and exit status 2."""
+
+    def __call__(self, *args, **kwargs):
+        return run_cli(lambda argv: super(CxrApp, self).__call__(args=argv, prog_name="cxr"), kwargs.get("args"))
+
+
+app = CxrApp(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-models_app = typer.Typer(help="The model registry: list versions, pin a champion, roll back.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.command("runs")(runs)
 deployments_app = typer.Typer(
     help="The shipped deployments (nightly run, weekly retrain, on-demand scoring and reports).", no_args_is_help=True
 )
@@ -32,14 +56,22 @@ app.add_typer(reports_app, name="reports")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (data, train, thresholds).")]
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (data, train, thresholds, evaluation).")]
 HomeOption = Annotated[Path | None, typer.Option("--home", help="State folder (default: $CXR_HOME or .cxr).")]
+VersionArgument = Annotated[str, typer.Argument(help="Model version: id, name, latest or champion (cxr models list).")]
 
 
-def _settings(home: Path | None) -> Settings:
-    if home is not None:
-        os.environ["CXR_HOME"] = str(home)
-    return Settings()
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback of an error (also CXR_DEBUG=1).")] = False,
+) -> None:
+    """Chest X-ray pipeline (research tool, not a medical device)."""
+
+
+def _flows() -> None:
+    """Before the first Prefect import: reuse a running server when there is one."""
+    use_running_prefect_server()
+    quiet_user_error_tracebacks()
 
 
 def _echo_json(result) -> None:
@@ -47,171 +79,117 @@ def _echo_json(result) -> None:
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2, default=str))
 
 
-def _config(path: Path) -> PipelineConfig:
-    if not path.is_file():
-        typer.echo(f"error: configuration file not found: {path}", err=True)
-        raise typer.Exit(2)
-    return load_pipeline_config(path)
-
-
 @db_app.command("upgrade")
-def db_upgrade(home: HomeOption = None, revision: str = "head") -> None:
+def db_upgrade(
+    home: HomeOption = None,
+    revision: Annotated[str, typer.Option(help="Alembic revision to go to.")] = "head",
+) -> None:
     """Create or migrate the schema (Alembic) at $CXR_DATABASE_URL."""
     from db.engine import upgrade_database
 
-    settings = _settings(home)
-    upgrade_database(settings.resolved_database_url, revision)
-    typer.echo(f"database at {settings.resolved_database_url} is at revision {revision}")
-
-
-def _registry_change(home: Path | None, change) -> None:
-    """Run one registry change in its own transaction; a refused change exits with status 1."""
-    from db.engine import session_scope
-    from db.registry import RegistryError
-
-    url = _settings(home).resolved_database_url
-    try:
-        with session_scope(url) as session:
-            typer.echo(change(session))
-    except RegistryError as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(1) from exc
-
-
-ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the promotion history).")]
-
-
-@models_app.command("list")
-def models_list(home: HomeOption = None) -> None:
-    """Every model version with its status and newest test macro AUROC (95 % CI)."""
-    from db.registry import list_versions
-
-    def show(session) -> str:
-        lines = [f"{'name':40} {'kind':16} {'status':10} {'pinned':6} macro AUROC [95% CI]"]
-        for v in list_versions(session):
-            auroc = "-" if v.macro_auroc is None else f"{v.macro_auroc:.3f}"
-            if v.macro_auroc_ci[0] is not None:
-                auroc += f" [{v.macro_auroc_ci[0]:.3f}, {v.macro_auroc_ci[1]:.3f}]"
-            lines.append(f"{v.name:40} {v.kind:16} {v.status:10} {'yes' if v.pinned else '':6} {auroc}")
-        return "\n".join(lines)
-
-    _registry_change(home, show)
-
-
-@models_app.command("pin")
-def models_pin(
-    name: Annotated[str, typer.Argument(help="Model version name.")],
-    reason: ReasonOption = "pinned by hand",
-    home: HomeOption = None,
-) -> None:
-    """Make a model version the champion and keep it there (automatic promotion skips it)."""
-    from db.registry import pin
-
-    _registry_change(home, lambda s: f"champion: {pin(s, name, reason).name} (pinned)")
-
-
-@models_app.command("unpin")
-def models_unpin(reason: ReasonOption = "unpinned by hand", home: HomeOption = None) -> None:
-    """Let automatic promotion replace the champion again."""
-    from db.registry import unpin
-
-    _registry_change(home, lambda s: f"champion: {unpin(s, reason).name} (not pinned)")
-
-
-@models_app.command("rollback")
-def models_rollback(reason: ReasonOption = "rolled back by hand", home: HomeOption = None) -> None:
-    """Bring back the champion the current one replaced (pinned, so it stays)."""
-    from db.registry import rollback
-
-    _registry_change(home, lambda s: f"champion: {rollback(s, reason).name} (pinned)")
-
-
-@models_app.command("history")
-def models_history(home: HomeOption = None) -> None:
-    """Every champion change, newest first."""
-    from db.registry import history
-
-    def show(session) -> str:
-        return (
-            "\n".join(
-                f"{h['at']:%Y-%m-%d %H:%M:%S}  {h['action']:8}  {h['champion']}  (was {h['previous'] or '-'})  {h['reason']}"
-                for h in history(session)
-            )
-            or "no promotions yet"
-        )
-
-    _registry_change(home, show)
+    url = settings(home).resolved_database_url
+    upgrade_database(url, revision)
+    typer.echo(f"database at {url} is at revision {revision}")
 
 
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the NIH-layout dataset into.")],
-    studies: int = 2000,
-    incoming: int = 200,
-    image_size: int = 256,
-    seed: int = 0,
+    studies: Annotated[int, typer.Option(min=10, help="Labelled studies to generate.")] = 2000,
+    incoming: Annotated[int, typer.Option(min=0, help="Unlabelled studies to generate for scoring.")] = 200,
+    image_size: Annotated[int, typer.Option(min=32, help="Side of the written images in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed (the same seed writes the same dataset).")] = 0,
 ) -> None:
     """Generate a synthetic dataset in the real NIH ChestX-ray14 layout."""
+    _flows()
     from flows.stages import synthesize_flow
 
     summary = synthesize_flow(str(out), SynthConfig(n_studies=studies, n_incoming=incoming, image_size=image_size, seed=seed))
     _echo_json(summary)
 
 
+class Source(StrEnum):
+    nih_local = "nih-local"
+    synthetic = "synthetic"
+    huggingface = "huggingface"
+
+
 @app.command()
 def refresh(
     source_dir: Annotated[Path, typer.Argument(help="NIH-layout folder (Data_Entry_2017*.csv, images/).")],
     incoming: Annotated[Path | None, typer.Option(help="Folder of new PNG/DICOM studies to register.")] = None,
-    source: Annotated[str, typer.Option(help="nih-local, synthetic or huggingface")] = "nih-local",
+    source: Annotated[Source, typer.Option(help="How to read the folder.")] = Source.nih_local,
     hub_repo: Annotated[str | None, typer.Option(help="Hugging Face dataset repo id (source huggingface).")] = None,
     hub_revision: Annotated[str | None, typer.Option(help="Commit hash or tag to pin (source huggingface).")] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     home: HomeOption = None,
 ) -> None:
-    """Refresh studies from a dataset folder (and register incoming studies). With
-    ``--source huggingface`` the folder is first filled from the Hub (HF_HUB_OFFLINE honoured)."""
+    """Refresh studies from a dataset folder (and register incoming studies). With the source
+    huggingface the folder is first filled from the Hub (HF_HUB_OFFLINE honoured)."""
     from cxrmodel.config import HubConfig
+
+    settings(home)
+    cfg = pipeline_config(config)
+    if source != Source.huggingface:
+        folder(source_dir, "source folder")
+    incoming_dir = folder(incoming, "incoming folder")
+    hub = HubConfig(repo_id=hub_repo, revision=hub_revision) if source == Source.huggingface else None
+    _flows()
     from flows.stages import refresh_flow
 
-    _settings(home)
-    hub = HubConfig(repo_id=hub_repo, revision=hub_revision) if source == "huggingface" else None
-    _echo_json(refresh_flow(str(source_dir), source, str(incoming) if incoming else None, _config(config).data, hub))
+    _echo_json(refresh_flow(str(source_dir), source.value, incoming_dir, cfg.data, hub))
 
 
 @app.command()
 def train(
     config: ConfigOption = DEFAULT_CONFIG,
-    epochs: int | None = None,
-    knn_baseline: bool = True,
-    mlp_baseline: bool = True,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the configuration's).")] = None,
+    knn_baseline: Annotated[bool, typer.Option(help="Also fit the k-NN embedding baseline.")] = True,
+    mlp_baseline: Annotated[bool, typer.Option(help="Also fit the MLP embedding baseline.")] = True,
     home: HomeOption = None,
 ) -> None:
-    """Train seed 004's model on the training split (epoch progress is logged live), index the
-    labelled studies' embeddings, and fit the k-NN and MLP embedding baselines."""
+    """Train seed 004's model on the training split (a progress bar per epoch and batch), index
+    the labelled studies' embeddings, and fit the k-NN and MLP embedding baselines."""
+    from db import lookup
+    from db.engine import session_scope
+    from flows.cli_support import database_url
+
+    settings(home)
+    cfg = pipeline_config(config)
+    with session_scope(database_url(home)) as session:
+        lookup.require_labelled_studies(session)
+    train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
+    _flows()
     from flows.stages import train_flow
 
-    _settings(home)
-    cfg = _config(config)
-    train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
     _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline))
 
 
 @app.command()
-def calibrate(model_version_id: int, config: ConfigOption = DEFAULT_CONFIG, home: HomeOption = None) -> None:
+def calibrate(model: VersionArgument, config: ConfigOption = DEFAULT_CONFIG, home: HomeOption = None) -> None:
     """Fit per-finding thresholds of a model version on the validation split."""
+    cfg = pipeline_config(config)
+    version_id = model_version_id(home, model)
+    _flows()
     from flows.stages import calibrate_flow
 
-    _settings(home)
-    typer.echo(f"threshold set {calibrate_flow(model_version_id, _config(config).thresholds)}")
+    typer.echo(f"threshold set {calibrate_flow(version_id, cfg.thresholds)}")
 
 
 @app.command()
-def evaluate(model_version_id: int, promote: bool = True, config: ConfigOption = DEFAULT_CONFIG, home: HomeOption = None) -> None:
+def evaluate(
+    model: VersionArgument,
+    promote: Annotated[bool, typer.Option(help="Promote it to champion if it beats the current one.")] = True,
+    config: ConfigOption = DEFAULT_CONFIG,
+    home: HomeOption = None,
+) -> None:
     """Evaluate a model version on the test split; promote it if it beats the champion."""
+    cfg = pipeline_config(config)
+    version_id = model_version_id(home, model)
+    _flows()
     from flows.stages import evaluate_flow
 
-    _settings(home)
-    _echo_json(evaluate_flow(model_version_id, promote=promote, evaluation=_config(config).evaluation))
+    _echo_json(evaluate_flow(version_id, promote=promote, evaluation=cfg.evaluation))
 
 
 class TaskRunnerChoice(StrEnum):
@@ -221,7 +199,7 @@ class TaskRunnerChoice(StrEnum):
 
 @app.command()
 def score(
-    batch_size: int = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Studies per model batch.")] = 64,
     task_runner: Annotated[
         TaskRunnerChoice, typer.Option(help="default: chunks one after another here; dask: in parallel on a Dask cluster.")
     ] = TaskRunnerChoice.default,
@@ -233,9 +211,10 @@ def score(
     home: HomeOption = None,
 ) -> None:
     """Score every study that has no prediction from the champion model."""
+    require_champion(home)
+    _flows()
     from flows.stages import score_flow
 
-    _settings(home)
     _echo_json(
         score_flow(
             batch_size=batch_size,
@@ -254,9 +233,10 @@ def similar(
     home: HomeOption = None,
 ) -> None:
     """List the labelled studies most similar to one study in the champion's embedding space."""
+    require_champion(home)
+    _flows()
     from flows.stages import similar_flow
 
-    _settings(home)
     rows = similar_flow(study_key, k)
     if not rows:
         typer.echo(f"no similar labelled studies found for {study_key}")
@@ -272,27 +252,36 @@ def similar(
 
 
 @app.command()
-def report(evaluation_id: int, home: HomeOption = None) -> None:
+def report(
+    evaluation: Annotated[str, typer.Argument(help="Evaluation id (cxr runs, cxr models list) or latest.")] = "latest",
+    home: HomeOption = None,
+) -> None:
     """Render the HTML evaluation report of one evaluation."""
+    chosen = evaluation_id(home, evaluation)
+    _flows()
     from flows.stages import report_flow
 
-    _settings(home)
-    typer.echo(report_flow(evaluation_id))
+    typer.echo(report_flow(chosen))
 
 
 @app.command()
 def demo(
     config: ConfigOption = DEFAULT_CONFIG,
-    studies: int = 2000,
-    incoming: int = 200,
+    studies: Annotated[int | None, typer.Option(min=10, help="Labelled studies (default: the configuration's synth).")] = None,
+    incoming: Annotated[int | None, typer.Option(min=0, help="Studies to score (default: the configuration's synth).")] = None,
     home: HomeOption = None,
 ) -> None:
     """Synthesise data, run the whole pipeline, and show where everything landed."""
+    state = settings(home)
+    cfg = pipeline_config(config)
+    synth_cfg = (cfg.synth or SynthConfig()).model_copy(
+        update={k: v for k, v in {"n_studies": studies, "n_incoming": incoming}.items() if v is not None}
+    )
+    started = time.perf_counter()
+    _flows()
     from flows.demo import run_demo
 
-    settings = _settings(home)
-    started = time.perf_counter()
-    run_demo(settings, _config(config), SynthConfig(n_studies=studies, n_incoming=incoming))
+    run_demo(state, cfg, synth_cfg)
     typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
 
 
@@ -304,12 +293,13 @@ def nightly(
     home: HomeOption = None,
 ) -> None:
     """Run tonight's job now: refresh, then score every pending study (the nightly deployment's flow)."""
+    settings(home)
+    cfg = pipeline_config(config)
+    source, new = folder(source_dir, "source folder"), folder(incoming, "incoming folder")
+    _flows()
     from flows.nightly import nightly_flow
 
-    _settings(home)
-    _echo_json(
-        nightly_flow(str(source_dir) if source_dir else None, str(incoming) if incoming else None, data=_config(config).data)
-    )
+    _echo_json(nightly_flow(source, new, data=cfg.data))
 
 
 @app.command()
@@ -317,6 +307,7 @@ def serve() -> None:  # pragma: no cover - runs until interrupted
     """Serve the deployments in this process (registered as <name>-served; stopping pauses only
     those). Parameters come from $CXR_CONFIG (default configs/seed004.yaml); schedules, pools and
     folders from CXR_* variables (see deployments/definitions.py)."""
+    _flows()
     from deployments.definitions import serve_all
 
     serve_all()
@@ -333,7 +324,7 @@ def api(
     the champion, thresholds and database of the nightly run. Keys: $CXR_API_KEYS."""
     from api.app import serve
 
-    serve(_settings(home), host, port, workers)
+    serve(settings(home), host, port, workers)
 
 
 @deployments_app.command("yaml")
@@ -363,8 +354,8 @@ def reports_serve(
     Links use $CXR_REPORTS_BASE_URL (default http://<host>:<port>/reports)."""
     from reports.server import serve_reports
 
-    settings = _settings(home)
-    serve_reports(settings.reports_dir, host or settings.reports_host, port or settings.reports_port)
+    state = settings(home)
+    serve_reports(state.reports_dir, host or state.reports_host, port or state.reports_port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,14 +8,14 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, EvaluationConfig, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import DataConfig, EvaluationConfig, HomeLayout, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
 from cxrmodel.data.synth.dataset import SynthSummary
 from cxrmodel.io import MissingInputError, require_folder
 from db.engine import upgrade_database
 from flows.params import resolve
 from flows.results import EvaluateResult, RefreshResult, ScoreResult, TrainResult
 from tasks import data as data_tasks
-from tasks.common import flow_run_id
+from tasks.common import evaluation_ref, flow_run_id
 from tasks.dataset_report import render_dataset
 from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better, publish_evaluation
 from tasks.reporting import render_evaluation, render_scoring
@@ -62,7 +62,7 @@ def refresh_flow(
                 data_tasks.fetch_from_hub(hub, Path(source_dir))
             root = require_folder(source_dir, "source folder")
             counts.append(data_tasks.ingest_labelled(url, root, source, data, run_id))
-            counts.append(data_tasks.build_cache(url, home_path / "cache", data.image_size, run_id, source))
+            counts.append(data_tasks.build_cache(url, HomeLayout(home_path).cache, data.image_size, run_id, source))
         if incoming_dir is not None:
             incoming = require_folder(incoming_dir, "incoming folder")
             counts.append(data_tasks.register_incoming(url, incoming, run_id, home_path / "incoming-store"))
@@ -231,7 +231,8 @@ def similar_flow(study_key: str, k: int = 5, home: str | None = None, database_u
 
 
 @flow(name="cxr-report")
-def report_flow(evaluation_id: int, home: str | None = None, database_url: str | None = None) -> str:
-    """Render the HTML evaluation report (with the model-comparison table) of one evaluation."""
+def report_flow(evaluation_id: int | str = "latest", home: str | None = None, database_url: str | None = None) -> str:
+    """Render the HTML evaluation report (with the model-comparison table) of one evaluation:
+    its id, or ``latest`` for the newest."""
     home_path, url = resolve(home, database_url)
-    return render_evaluation(url, home_path, evaluation_id)
+    return render_evaluation(url, home_path, evaluation_ref(url, evaluation_id))

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from cxrmodel.config import DataConfig, PipelineConfig, TrainConfig, load_pipeline_config
+from cxrmodel.config import DataConfig, HomeLayout, PipelineConfig, TrainConfig, load_pipeline_config
 from cxrmodel.models.networks import build_model
 from cxrmodel.training.data import prepare_training_data, version_name
 from cxrmodel.training.distributed import (
@@ -100,7 +100,7 @@ def train_distributed(
     model version's id on rank 0 and None on the other ranks."""
     home_path, url, frame = _load_shared_inputs(ctx, home, database_url)
     seed_everything(train.seed)
-    prepared = prepare_training_data(frame, home_path / "cache", data, train)
+    prepared = prepare_training_data(frame, HomeLayout(home_path).cache, data, train)
     backbone = train.backbone_kwargs() if ctx.is_main else {}  # the others get rank 0's weights from DDP
     model = build_model(train.architecture, dropout=train.dropout, **backbone)
     seed_everything(train.seed + ctx.rank)  # each rank its own augmentation and dropout stream

@@ -10,6 +10,8 @@ import pandas as pd
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from cxrmodel.config import HomeLayout
+from cxrmodel.errors import UserError
 from db import studies
 from db.engine import session_scope
 
@@ -42,8 +44,22 @@ def retry_on_transient_db_error(task, task_run, state) -> bool:
     input fails at once instead of three times)."""
     try:
         state.result()
+    except UserError:
+        return False
     except Exception as exc:  # the task's exception
         return transient_db_error(exc)
+    return False
+
+
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn`` for tasks that retry any failure (a network fetch) except
+    a :class:`cxrmodel.errors.UserError`: a missing file stays missing."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may pass on a second try
+        return True
     return False
 
 
@@ -72,6 +88,13 @@ def labelled_frame(database_url: str) -> pd.DataFrame:
 
 def model_dir(home: Path, name: str) -> Path:
     """``home/models/<name>``, created: where a model version's artefacts live."""
-    path = Path(home) / "models" / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return HomeLayout(Path(home)).model_dir(name)
+
+
+def evaluation_ref(database_url: str, ref: int | str) -> int:
+    """The id of the evaluation ``ref`` names (an id or ``latest``; :class:`db.lookup.NotFound`
+    otherwise, never retried)."""
+    from db import lookup
+
+    with session_scope(database_url) as session:
+        return lookup.evaluation(session, ref).id

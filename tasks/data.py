@@ -26,7 +26,8 @@ from db import refresh, studies
 from db.engine import session_scope
 from db.refresh import RefreshTotals
 from db.statuses import StudyStatus
-from tasks.common import DB_RETRIES, run_logger
+from tasks.common import DB_RETRIES, retry_unless_user_error, run_logger
+from tasks.progress import StageProgress
 
 
 @task(name="generate-synthetic-dataset")
@@ -58,7 +59,8 @@ def store_batch(database_url: str, batch: StudyBatch, refresh_run_id: int, sourc
 @task(name="ingest-labelled-studies", **DB_RETRIES)
 def ingest_labelled(database_url: str, root: Path, source: str, data: DataConfig, refresh_run_id: int) -> RefreshTotals:
     """Parse the NIH metadata, quarantine bad rows, assign patient-level splits, upsert studies."""
-    batch = read_labelled_dataset(root, source, data)
+    with StageProgress("cxr-progress-refresh", f"refresh of {root.name}") as stage:
+        batch = read_labelled_dataset(root, source, data, on_progress=stage.callback("refresh: hashing images", "img"))
     totals = store_batch(database_url, batch, refresh_run_id, source)
     run_logger().info("studies: %s; splits: %s", totals, batch.split_counts())
     return totals
@@ -73,9 +75,12 @@ def build_cache(
     unreadable study whose file now decodes becomes active again."""
     with session_scope(database_url) as session:
         files = studies.labelled_files(session)
-    failures = ImageCache(cache_root, image_size).build(
-        [(key, path, content_hash) for key, path, content_hash, _ in files], workers=workers
-    )
+    with StageProgress("cxr-progress-cache", f"image cache {image_size}px") as stage:
+        failures = ImageCache(cache_root, image_size).build(
+            [(key, path, content_hash) for key, path, content_hash, _ in files],
+            workers=workers,
+            on_progress=stage.callback(f"cache {image_size}px", "img"),
+        )
     recovered = [key for key, _, _, status in files if status == StudyStatus.QUARANTINED and key not in failures]
     with session_scope(database_url) as session:
         studies.set_status(session, failures, StudyStatus.QUARANTINED)
@@ -108,7 +113,7 @@ def register_incoming(database_url: str, folder: Path, refresh_run_id: int, stor
     return totals
 
 
-@task(name="fetch-from-hugging-face", retries=3, retry_delay_seconds=30)
+@task(name="fetch-from-hugging-face", retries=3, retry_delay_seconds=30, retry_condition_fn=retry_unless_user_error)
 def fetch_from_hub(hub: HubConfig, target: Path) -> str:
     """Metadata first, then the image archives (cached, resumable, safely extracted) into the
     NIH layout under ``target``; honours HF_HUB_OFFLINE."""

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from cxrmodel.config import HomeLayout
 from cxrmodel.data.balancing import apply_balancing, label_counts, preset_steps
 from cxrmodel.findings import FINDINGS
 from db import report_queries
@@ -146,12 +147,12 @@ def render_dataset(
     ``render_dataset.fn(...)`` outside Prefect needs no API server.
     """
     context = dataset_context(database_url, balancing, refresh_run_id, balancing_seed)
-    out = Path(home) / "reports" / f"dataset_{refresh_run_id or 'latest'}.html"
+    out = HomeLayout(Path(home)).reports / f"dataset_{refresh_run_id or 'latest'}.html"
     render_dataset_report(context, out)
     publish_report_link(
         "cxr-dataset-report",
         out,
-        Path(home) / "reports",
+        HomeLayout(Path(home)).reports,
         description="HTML dataset report: splits, labels, balancing, quarantined rows",
     )
     run_logger().info("dataset report: %s", out)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from cxrmodel.config import EvaluationConfig, ThresholdConfig
+from cxrmodel.config import EvaluationConfig, HomeLayout, ThresholdConfig
 from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, save_arrays
 from cxrmodel.evaluation.thresholds import calibrate_thresholds as fit_thresholds
 from cxrmodel.evaluation.thresholds import save_thresholds_json
@@ -41,7 +41,7 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
     """Fit per-finding thresholds on the validation split; store them as the active set and as
     ``thresholds.json`` beside the model."""
     loaded, name, folder = _load(database_url, version_id)
-    val = predict_split(loaded, labelled_frame(database_url), "val", Path(home) / "cache")
+    val = predict_split(loaded, labelled_frame(database_url), "val", HomeLayout(Path(home)).cache)
     result = fit_thresholds(val.labels, val.probabilities, config)
     for finding, note in result.notes.items():
         run_logger().warning("%s: %s", finding, note)
@@ -81,7 +81,7 @@ def evaluate_model(
     if tset is None:
         raise RuntimeError(f"model version {version_id} has no threshold set: run calibration first")
     loaded, name, folder = _load(database_url, version_id)
-    frame, cache = labelled_frame(database_url), Path(home) / "cache"
+    frame, cache = labelled_frame(database_url), HomeLayout(Path(home)).cache
     ours = predict_split(loaded, frame, split, cache)
     val = predict_split(loaded, frame, "val", cache) if config.calibration != "none" else None
     is_network = loaded.embedding_head is None

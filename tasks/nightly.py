@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from cxrmodel.config import HomeLayout
 from cxrmodel.findings import FINDINGS
 from db import scoring
 from db.engine import session_scope
@@ -85,7 +86,7 @@ def publish_night_summary(
     home_path, url = resolve(home, database_url)
     with session_scope(url) as session:
         summary = scoring.scoring_summary(session, scoring_run_id)
-    reports = home_path / "reports"
+    reports = HomeLayout(home_path).reports
     links = {}
     if scoring_report:
         links["scoring report"] = report_url(scoring_report, reports)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
+from cxrmodel.config import HomeLayout
 from cxrmodel.data.imaging import read_grayscale
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.kinds import is_network
@@ -95,7 +96,7 @@ def _add_gradcam(home: Path, model: ModelVersionInfo, studies: dict[str, StudyIn
         return
     try:
         loaded = load_model_version(model.files())
-        cache, transform = ImageCache(Path(home) / "cache", loaded.image_size), eval_transform(loaded.image_size)
+        cache, transform = ImageCache(HomeLayout(Path(home)).cache, loaded.image_size), eval_transform(loaded.image_size)
         for ex in examples:
             study = studies[ex["study_key"]]
             image = transform(torch.from_numpy(cache.get(study.study_key, study.image_path, study.content_hash))[None])
@@ -167,7 +168,7 @@ def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
     (zip: report, per-class CSV, thresholds.json, subgroup CSV, model card); return the report path."""
     context, _ = evaluation_context(database_url, home, evaluation_id)
     name = context.model.name
-    reports = Path(home) / "reports"
+    reports = HomeLayout(Path(home)).reports
     out = reports / f"evaluation_{evaluation_id}_{name}.html"
     render_evaluation_report(context, out)
     bundle = build_export_bundle(context, out, out.with_name(f"{out.stem}_bundle.zip"))
@@ -254,9 +255,9 @@ def scoring_context(database_url: str, scoring_run_id: int) -> ScoringContext:
 @task(name="render-scoring-report")
 def render_scoring(database_url: str, home: Path, scoring_run_id: int) -> str:
     """Write the nightly scoring report of one scoring run; return its path."""
-    out = Path(home) / "reports" / f"scoring_{scoring_run_id}.html"
+    out = HomeLayout(Path(home)).reports / f"scoring_{scoring_run_id}.html"
     render_scoring_report(scoring_context(database_url, scoring_run_id), out)
     publish_report_link(
-        "cxr-scoring-report", out, Path(home) / "reports", description=f"HTML report of scoring run {scoring_run_id}"
+        "cxr-scoring-report", out, HomeLayout(Path(home)).reports, description=f"HTML report of scoring run {scoring_run_id}"
     )
     return str(out)

@@ -38,6 +38,7 @@ from db.scoring import DEFAULT_MAX_ATTEMPTS, ScoringPlan
 from db.statuses import ScoringStatus
 from tasks.artifacts import in_prefect_run, md
 from tasks.common import DB_RETRIES, flow_run_id, run_logger
+from tasks.progress import StageProgress
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -136,21 +137,24 @@ def score_chunk(
         studies = scoring.studies_by_id(session, [sid for sid in todo if sid in held])
     taken |= set(todo) - held  # claimed by an overlapping run: its work, not repeated here
     scored, failed, skipped = 0, 0, len(taken)
-    for batch in score_studies(loaded, studies, batch_size, device, num_workers):
-        with session_scope(database_url) as session:
-            won = scoring.commit_batch(
-                session,
-                plan,
-                batch.study_ids,
-                batch.probabilities,
-                apply_thresholds(batch.probabilities, plan.thresholds),
-                batch.failures,
-            )
-        scored += won
-        skipped += len(batch.study_ids) - won
-        failed += len(batch.failures)
-        for sid, reason in batch.failures.items():
-            logger.warning("study %d failed: %s", sid, reason)
+    with StageProgress("cxr-progress-scoring", f"scoring run {plan.scoring_run_id}") as stage:
+        on_progress = stage.callback(f"scoring run {plan.scoring_run_id}", "study")
+        for batch in score_studies(loaded, studies, batch_size, device, num_workers):
+            with session_scope(database_url) as session:
+                won = scoring.commit_batch(
+                    session,
+                    plan,
+                    batch.study_ids,
+                    batch.probabilities,
+                    apply_thresholds(batch.probabilities, plan.thresholds),
+                    batch.failures,
+                )
+            scored += won
+            skipped += len(batch.study_ids) - won
+            failed += len(batch.failures)
+            for sid, reason in batch.failures.items():
+                logger.warning("study %d failed: %s", sid, reason)
+            on_progress(scored + failed + skipped - len(taken), len(studies))
     counts = ChunkCounts(scored, failed, skipped, time.perf_counter() - started, f"{socket.gethostname()}:{os.getpid()}")
     logger.info(
         "chunk of %d studies on %s: %d scored, %d failed, %d scored by another run, %d done by an earlier try, %.1fs",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import task
 
+from cxrmodel.config import HomeLayout
 from cxrmodel.explain.similarity import EmbeddingIndex
 from cxrmodel.findings import format_finding_labels
 from cxrmodel.models.kinds import NETWORK_KINDS
@@ -37,7 +38,7 @@ def index_embeddings(database_url: str, home: Path, version_id: int) -> str:
         raise ValueError(f"model version {version.name} is a {version.kind}, not a network: index its parent instead")
     loaded = load_model_version(version.files())
     frame = labelled_frame(database_url)
-    embeddings = loaded.embed_frame(frame, Path(home) / "cache")
+    embeddings = loaded.embed_frame(frame, HomeLayout(Path(home)).cache)
     path = Path(version.artifact_path).parent / INDEX_FILE
     sha = EmbeddingIndex(embeddings, frame["study_key"].tolist()).save(path)
     with session_scope(database_url) as session:

@@ -16,7 +16,7 @@ import torch
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from cxrmodel.config import DataConfig, TrainConfig
+from cxrmodel.config import DataConfig, HomeLayout, TrainConfig
 from cxrmodel.models.loading import load_model_version
 from cxrmodel.training.baselines import FittedBaseline, embed_training_split, fit_knn_baseline, fit_mlp_baseline
 from cxrmodel.training.data import TrainingData, prepare_training_data, version_name
@@ -28,6 +28,7 @@ from db import registry, training
 from db.engine import session_scope
 from db.statuses import ModelStatus
 from tasks.common import flow_run_id, labelled_frame, model_dir, run_logger
+from tasks.progress import StageProgress, training_progress
 
 #: A running training run without an epoch for this long lost its process.
 TRAINING_STALE_MINUTES = 12 * 60.0
@@ -154,7 +155,7 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     best checkpoint as a candidate model version and return its id."""
     logger = run_logger()
     seed_everything(train.seed)
-    prepared = prepare_training_data(labelled_frame(database_url), Path(home) / "cache", data, train)
+    prepared = prepare_training_data(labelled_frame(database_url), HomeLayout(Path(home)).cache, data, train)
     logger.info(
         "training rows %d -> %d after balancing %r", prepared.n_train_before_balancing, len(prepared.train_rows), data.balancing
     )
@@ -167,9 +168,15 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     history_rows: list[dict] = []
     run_id = open_training_run(database_url, train, str(device), prepared, flow_run_id(), out, history_rows)
     try:
-        model, result = fit_network(
-            prepared, out, train, epoch_recorder(database_url, run_id, name, train, logger, log_handler, history_rows), device
-        )
+        with StageProgress("cxr-progress-training", f"training {name}") as stage:
+            model, result = fit_network(
+                prepared,
+                out,
+                train,
+                epoch_recorder(database_url, run_id, name, train, logger, log_handler, history_rows),
+                device,
+                on_batch=training_progress(stage, train.epochs),
+            )
     except BaseException as exc:
         fail_training_run(database_url, run_id, exc)
         raise
@@ -194,8 +201,8 @@ def _fit_baseline(
     with session_scope(database_url) as session:
         parent_files = registry.model_version_files(session, parent_version_id)
     parent = load_model_version(parent_files)
-    embeddings, labels = embed_training_split(parent, labelled_frame(database_url), Path(home) / "cache")
-    baseline = fit(parent, parent_files.name, embeddings, labels, Path(home) / "models")
+    embeddings, labels = embed_training_split(parent, labelled_frame(database_url), HomeLayout(Path(home)).cache)
+    baseline = fit(parent, parent_files.name, embeddings, labels, HomeLayout(Path(home)).models)
     with session_scope(database_url) as session:
         version = registry.register_model_version(
             session,

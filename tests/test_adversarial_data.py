@@ -18,7 +18,7 @@ from test_scoring_faults import write_png
 
 from cxrmodel.data.imaging import MAX_PIXELS, ImageDecodeError, read_grayscale
 from cxrmodel.data.metadata import MetadataFileError, read_nih_metadata
-from cxrmodel.errors import UserInputError
+from cxrmodel.errors import UserError
 from db.engine import get_engine
 from db.models import QuarantinedRow, Study
 from db.validation import column_limits
@@ -129,7 +129,7 @@ def test_a_header_that_is_not_text_is_a_user_error(tmp_path):
     path.write_bytes(b"\xff\xfe" + "Image Index".encode("utf-16-le") + b"\n")
     with pytest.raises(MetadataFileError, match="not UTF-8") as caught:
         read_nih_metadata(path)
-    assert isinstance(caught.value, UserInputError)
+    assert isinstance(caught.value, UserError)
 
 
 # --- 4. decompression bombs ------------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_no_finding_with_findings_is_a_contradiction(tmp_path):
 def test_a_wrong_header_or_empty_file_is_a_user_error(tmp_path, content):
     path = tmp_path / "Data_Entry_2017_v2020.csv"
     path.write_bytes(content)
-    with pytest.raises(UserInputError):
+    with pytest.raises(UserError):
         read_nih_metadata(path)
 
 

@@ -172,9 +172,19 @@ def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     import flows.stages
+    from db import registry
+    from db.engine import upgrade_database
     from flows.cli import app
     from flows.results import ScoreResult
 
+    url = f"sqlite:///{tmp_path.resolve() / 'cxr.db'}"
+    upgrade_database(url)
+    with session_scope(url) as session:  # the command checks that there is a champion first
+        version = registry.register_model_version(
+            session, name="m", kind="densenet121_fpn", config={}, artifact_path="/m", sha256="0" * 64
+        )
+        registry.promote(session, version.id, "first")
+    monkeypatch.delenv("CXR_DATABASE_URL", raising=False)
     seen = {}
     monkeypatch.setattr(flows.stages, "score_flow", lambda **kw: seen.update(kw) or ScoreResult(1))
     args = [

@@ -3,6 +3,8 @@ on SQLite and PostgreSQL, and through the ``cxr models`` CLI."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 from cxrmodel.findings import FINDINGS
 from db import evaluations, registry, thresholds
 from db.engine import session_scope
+from db.lookup import NotFound
 from db.models import ModelVersion, Promotion
 from tasks.evaluation import promote_if_better
 
@@ -147,13 +150,12 @@ def test_models_cli_pins_lists_and_rolls_back(two_versions, monkeypatch):
     result = runner.invoke(app, ["models", "pin", "new", "--reason", "reader study"])
     assert result.exit_code == 0, result.output
     assert "champion: new (pinned)" in result.output
-    listing = runner.invoke(app, ["models", "list"]).output
-    row = next(line for line in listing.splitlines() if line.startswith("new "))
-    assert "champion" in row and "yes" in row
-    assert "0.800" in next(line for line in listing.splitlines() if line.startswith("old "))
+    listing = {row["name"]: row for row in json.loads(runner.invoke(app, ["models", "list", "--json"]).output)}
+    assert listing["new"]["status"] == "champion" and listing["new"]["pinned"]
+    assert listing["old"]["test_macro_auroc"] == pytest.approx(0.8)
     assert runner.invoke(app, ["models", "rollback"]).exit_code == 0
     assert _statuses(url) == {"old": ("champion", True), "new": ("retired", False)}
     history = runner.invoke(app, ["models", "history"]).output.splitlines()
     assert "rollback" in history[0] and "pin" in history[1] and "reader study" in history[1]
-    refused = runner.invoke(app, ["models", "pin", "nope"])
-    assert refused.exit_code == 1 and "no model version named 'nope'" in refused.output
+    refused = runner.invoke(app, ["models", "pin", "nope"])  # the cxr script prints it in one line, exit 2
+    assert isinstance(refused.exception, NotFound) and "no model version 'nope'" in str(refused.exception)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from cxrmodel.data.imaging import ImageDecodeError, is_plain_file_name, read_grayscale, resize_square
 from cxrmodel.io import atomic_write
+from cxrmodel.progress import ProgressCallback, report
 
 
 class ImageCache:
@@ -111,20 +112,26 @@ class ImageCache:
             return str(exc)
         return None
 
-    def build(self, items: Iterable[tuple], workers: int = 0) -> dict[str, str]:
+    def build(self, items: Iterable[tuple], workers: int = 0, on_progress: ProgressCallback | None = None) -> dict[str, str]:
         """Fill the cache for ``(key, source_path)`` or ``(key, source_path, content_hash)``
         items; returns failures ``key -> reason``.
 
         Decode errors and invalid keys are reported, not raised. ``workers > 0`` decodes in
         a :class:`~concurrent.futures.ProcessPoolExecutor` with that many processes.
+        ``on_progress(done, total)`` follows the images as they are done.
         """
         jobs = [(key, str(path), rest[0] if rest else None) for key, path, *rest in items]
+        reasons: list[str | None] = []
         if workers <= 0:
-            reasons = [self.ensure(*job) for job in jobs]
+            for job in jobs:
+                reasons.append(self.ensure(*job))
+                report(on_progress, len(reasons), len(jobs))
         else:
             chunksize = max(1, len(jobs) // (workers * 8))
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                reasons = list(pool.map(_ensure_one, [(str(self.root), self.size, *job) for job in jobs], chunksize=chunksize))
+                for reason in pool.map(_ensure_one, [(str(self.root), self.size, *job) for job in jobs], chunksize=chunksize):
+                    reasons.append(reason)
+                    report(on_progress, len(reasons), len(jobs))
         return {key: reason for (key, _, _), reason in zip(jobs, reasons, strict=True) if reason is not None}
 
 

@@ -14,7 +14,8 @@ from cxrmodel.data.metadata import QuarantineRecord, locate_images, read_nih_met
 from cxrmodel.data.records import StudyBatch, study_record
 from cxrmodel.data.splits import assert_no_patient_leak, assign_splits, read_official_lists
 from cxrmodel.findings import FINDINGS
-from cxrmodel.io import sha256_files
+from cxrmodel.io import MissingInputError, sha256_files
+from cxrmodel.progress import ProgressCallback
 
 METADATA_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 
@@ -23,12 +24,19 @@ def find_metadata_file(root: Path) -> Path:
     for name in METADATA_NAMES:
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"no {' or '.join(METADATA_NAMES)} in {root}")
+    raise MissingInputError(f"no {' or '.join(METADATA_NAMES)} in {root}")
 
 
-def read_labelled_dataset(root: str | os.PathLike[str], source: str, data: DataConfig, hash_threads: int = 4) -> StudyBatch:
+def read_labelled_dataset(
+    root: str | os.PathLike[str],
+    source: str,
+    data: DataConfig,
+    hash_threads: int = 4,
+    on_progress: ProgressCallback | None = None,
+) -> StudyBatch:
     """Study records (labelled, with their split and the sha256 of their image), labels by study
-    key, and a quarantine record for every rejected metadata row and every missing image."""
+    key, and a quarantine record for every rejected metadata row and every missing image.
+    ``on_progress(done, total)`` follows the images as they are hashed."""
     root = Path(root).resolve()
     parsed = read_nih_metadata(find_metadata_file(root))
     frame = parsed.studies
@@ -49,7 +57,7 @@ def read_labelled_dataset(root: str | os.PathLike[str], source: str, data: DataC
     assert_no_patient_leak(frame)
 
     paths = [located[key] for key in frame["study_key"]]
-    hashes = sha256_files(paths, hash_threads)
+    hashes = sha256_files(paths, hash_threads, on_progress)
     records, labels = [], {}
     for row, path, content_hash in zip(frame.itertuples(index=False), paths, hashes, strict=True):
         records.append(

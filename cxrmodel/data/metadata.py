@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from cxrmodel.data.imaging import MAX_AGE_YEARS, is_plain_file_name, parse_patient_age
-from cxrmodel.errors import UserInputError
+from cxrmodel.errors import UserError
 from cxrmodel.findings import FINDINGS, NUM_FINDINGS, UnknownFindingError, encode_findings, parse_finding_labels
 
 COL_KEY = "Image Index"
@@ -73,7 +73,7 @@ class _BadRow(ValueError):
     """Internal: a row-level problem; the message becomes the quarantine reason."""
 
 
-class MetadataFileError(UserInputError):
+class MetadataFileError(UserError):
     """The metadata file as a whole cannot be read (empty, wrong header, not text): the
     user's to fix, never retried."""
 
@@ -222,7 +222,7 @@ def read_nih_metadata(path: str | os.PathLike[str]) -> MetadataResult:
     0-120, unknown sex, unknown view position, a study key that is not a plain file name,
     or a duplicate Image Index (the first accepted row is kept; later ones are
     quarantined), a line that is not UTF-8 text. Raises :class:`MetadataFileError` (a
-    :class:`~cxrmodel.errors.UserInputError`) if the file is empty or its header lacks a
+    :class:`~cxrmodel.errors.UserError`) if the file is empty or its header lacks a
     required column or is not text.
     """
     records: list[dict[str, object]] = []

@@ -2,7 +2,7 @@
 best checkpoint by macro-F1 (or mean AUROC), optional early stopping, resumable checkpoints.
 
 Framework-free: callers observe progress through ``on_epoch`` (the Prefect task writes each
-epoch to the database from there).
+epoch to the database from there) and ``on_batch`` (its progress bar).
 
 Data-parallel training (:mod:`cxrmodel.training.distributed`, one process per device) goes through the
 same :func:`fit`: pass the ``DistributedDataParallel``-wrapped model and a training loader
@@ -28,6 +28,7 @@ from cxrmodel.config import TrainConfig
 from cxrmodel.evaluation.metrics import epoch_summary
 from cxrmodel.findings import FINDINGS
 from cxrmodel.io import atomic_write
+from cxrmodel.progress import BatchCallback
 from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
 
 
@@ -151,11 +152,13 @@ def fit(
     on_epoch: Callable[[EpochResult], None] | None = None,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
+    on_batch: BatchCallback | None = None,
 ) -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs and return the best state by
     ``config.selection_metric``. With ``checkpoint_path`` a full checkpoint (model, optimiser,
     scheduler, epoch, history, RNG state) is written after every epoch; ``resume=True``
-    continues from it.
+    continues from it. ``on_batch(epoch, batches_done, batches_per_epoch)`` follows the
+    training batches (a progress bar); ``on_epoch`` gets each epoch's result.
 
     Data-parallel training: call this on every rank with the DDP-wrapped ``model``. A
     ``DistributedSampler`` behind ``train_loader`` gets ``set_epoch(epoch)`` each epoch; the
@@ -198,7 +201,8 @@ def fit(
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         model.train()
         running, seen = 0.0, 0
-        for batch in train_loader:
+        n_batches = len(train_loader)
+        for batch_index, batch in enumerate(train_loader, 1):
             logits, y = _forward(step_model, batch, device, accel)
             loss = criterion(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -207,6 +211,8 @@ def fit(
             scaler.update()
             running += float(loss.detach()) * len(y)
             seen += len(y)
+            if on_batch is not None:
+                on_batch(epoch, batch_index, n_batches)
         train_seconds = time.perf_counter() - started
         if core is not model and is_distributed():  # DDP: see the docstring
             running, seen = all_reduce_sum([running, seen], device)

@@ -11,6 +11,7 @@ import torch
 
 from cxrmodel.config import TrainConfig
 from cxrmodel.models.networks import build_model
+from cxrmodel.progress import BatchCallback
 from cxrmodel.training.data import TrainingData, training_loaders
 from cxrmodel.training.loop import EpochResult, FitResult, fit, resolve_device
 
@@ -21,10 +22,11 @@ def train_network(
     train: TrainConfig,
     on_epoch: Callable[[EpochResult], None] | None = None,
     device: torch.device | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> tuple[torch.nn.Module, FitResult]:
     """Build ``train.architecture`` and fit it on ``prepared`` in this process, checkpointing
     to ``out/checkpoint.pt`` after every epoch (copied from ``train.resume_checkpoint`` first
-    when set, and resumed). Returns the plain module (its last state) and the fit's result."""
+    when set, and resumed); ``on_batch`` follows the training batches. Returns the plain module (its last state) and the fit's result."""
     device = device or resolve_device(train.device)
     train_loader, val_loader = training_loaders(prepared, train, device)
     model = build_model(train.architecture, dropout=train.dropout, **train.backbone_kwargs())
@@ -43,6 +45,7 @@ def train_network(
         on_epoch=on_epoch,
         checkpoint_path=checkpoint,
         resume=train.resume_checkpoint is not None,
+        on_batch=on_batch,
     )
     return model, result
 

@@ -1,0 +1,163 @@
+"""What every ``cxr`` command shares: the state folder, the configuration file, the Prefect
+server to talk to, references resolved to ids, and one line on stderr for a user's mistake.
+
+Nothing here imports Prefect or torch: a command that only reads the database never pays for
+them, and a flow command checks its inputs (configuration, folders, names) before Prefect
+starts, so a typo costs a fraction of a second and leaves no run behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from cxrmodel.config import PipelineConfig, Settings, load_pipeline_config
+from cxrmodel.errors import UserError
+from cxrmodel.io import MissingInputError, require_folder
+
+#: Where ``prefect server start`` listens by default.
+DEFAULT_LOCAL_API = "http://127.0.0.1:4200/api"
+#: Seconds a temporary server may take to start; Prefect's own 20 s fails on a busy 2-core host.
+EPHEMERAL_STARTUP_TIMEOUT = "180"
+
+
+def settings(home: Path | None) -> Settings:
+    """The ``CXR_*`` settings, with ``--home`` (when given) as the state folder for this process."""
+    if home is not None:
+        os.environ["CXR_HOME"] = str(home)
+    return Settings()
+
+
+def pipeline_config(path: Path) -> PipelineConfig:
+    """The validated configuration at ``path``; a missing or invalid file is a :class:`UserError`."""
+    import yaml
+    from pydantic import ValidationError
+
+    try:
+        return load_pipeline_config(path)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"invalid configuration {path}: {where}: {first['msg']} ({exc.error_count()} error(s))") from exc
+    except MissingInputError:
+        raise
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable file, YAML syntax error
+        raise UserError(f"cannot read configuration {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def folder(path: Path | None, what: str) -> str | None:
+    """``path`` as a string when it is a folder (``None`` stays ``None``); else a :class:`UserError`."""
+    return None if path is None else str(require_folder(path, what))
+
+
+def _answers(url: str, timeout: float) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:  # noqa: S310 - a local http URL
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def use_running_prefect_server(probe_timeout: float = 0.5) -> str | None:
+    """Point this process's Prefect client at a running server and return its API URL:
+    ``PREFECT_API_URL`` when set, else ``prefect server start``'s default local address when it
+    answers ``/api/health``. With neither, return ``None``: Prefect then starts one temporary
+    server for the process, given :data:`EPHEMERAL_STARTUP_TIMEOUT` seconds to come up (unless
+    ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` says otherwise). Call it before
+    Prefect is imported."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    url = os.environ.get("PREFECT_API_URL")
+    if url or "prefect" in sys.modules:  # set, or this process configured Prefect itself (a test harness)
+        return url
+    if _answers(DEFAULT_LOCAL_API, probe_timeout):
+        os.environ["PREFECT_API_URL"] = DEFAULT_LOCAL_API
+        return DEFAULT_LOCAL_API
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT)
+    return None
+
+
+class _OneLineUserErrors(logging.Filter):
+    """Drops the traceback from a console log record whose exception is a :class:`UserError`
+    (the command prints its one line; the Prefect UI still gets the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_error_tracebacks() -> None:
+    """Keep a user's mistake inside a flow run to one line on the terminal (not with ``--debug``)."""
+    if os.environ.get("CXR_DEBUG") == "1":
+        return
+    import prefect.main  # noqa: F401 - configures Prefect's logging handlers
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _OneLineUserErrors) for f in handler.filters):
+                handler.addFilter(_OneLineUserErrors())
+
+
+def database_url(home: Path | None, must_exist: bool = True) -> str:
+    """The database URL, its schema brought to the newest revision (a no-op when it is there).
+    With ``must_exist``, a SQLite file that is not there yet is a :class:`UserError` (a command
+    that only reads should not create an empty database under a mistyped ``--home``)."""
+    from db.engine import upgrade_database
+
+    url = settings(home).resolved_database_url
+    if must_exist and url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(f"no database at {path} yet: run cxr demo (or cxr db upgrade), or give --home")
+    upgrade_database(url)
+    return url
+
+
+def model_version_id(home: Path | None, ref: str) -> int:
+    """The id of the model version ``ref`` names (id, name, ``latest`` or ``champion``)."""
+    from db import lookup
+    from db.engine import session_scope
+
+    with session_scope(database_url(home)) as session:
+        return lookup.model_version(session, ref).id
+
+
+def evaluation_id(home: Path | None, ref: str) -> int:
+    """The id of the evaluation ``ref`` names (id or ``latest``)."""
+    from db import lookup
+    from db.engine import session_scope
+
+    with session_scope(database_url(home)) as session:
+        return lookup.evaluation(session, ref).id
+
+
+def require_champion(home: Path | None) -> None:
+    """A :class:`UserError` unless there is a champion (what scoring and retrieval use)."""
+    model_version_id(home, "champion")
+
+
+def _debug_requested(argv: list[str]) -> tuple[list[str], bool]:
+    debug = "--debug" in argv or os.environ.get("CXR_DEBUG") == "1"
+    return [arg for arg in argv if arg != "--debug"], debug
+
+
+def run_cli(invoke, argv: list[str] | None = None):
+    """``invoke(args)`` (the typer app on the command line's arguments): a :class:`UserError` (a missing file or folder, an unknown name, no
+    champion) becomes one line on stderr and exit status 2; ``--debug`` (anywhere on the line)
+    or ``CXR_DEBUG=1`` shows the traceback instead. Usage mistakes (an unknown option, a value
+    outside its choices) are typer's: its message, exit status 2."""
+    args, debug = _debug_requested(list(sys.argv[1:] if argv is None else argv))
+    if debug:
+        os.environ["CXR_DEBUG"] = "1"
+    try:
+        return invoke(args)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

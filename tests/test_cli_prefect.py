@@ -1,0 +1,88 @@
+"""The CLI and the Prefect server: a command reuses the server PREFECT_API_URL names (no
+temporary server of its own), a user's mistake inside a flow run is one line, never retried,
+and leaves no run ``running``; long steps publish progress artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import select
+from test_cli_errors import cxr
+
+from cxrmodel.config import DataConfig, SynthConfig, TrainConfig
+from cxrmodel.data.synth import generate_dataset
+from db.engine import session_scope
+from db.models import RefreshRun
+
+pytestmark = pytest.mark.slow
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def _flow_runs(name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[name])))
+
+    return asyncio.run(read())
+
+
+def _artifacts(key: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), sort=ArtifactSort.CREATED_DESC
+            )
+
+    return asyncio.run(read())
+
+
+def test_a_command_reuses_the_running_server_and_a_mistake_in_a_flow_is_one_line(prefect_server, tmp_path):
+    """``cxr refresh`` of a folder without NIH metadata, pointed at the session's server: the
+    flow run lands there, the command starts no server, the refresh run is failed (not
+    running) with the reason, the ingest task is not retried, and the error is one line."""
+    empty = tmp_path / "no-metadata"
+    empty.mkdir()
+    home = tmp_path / "home"
+    before = len(_flow_runs("cxr-refresh-data"))
+    result = cxr(home, "refresh", str(empty), "--source", "synthetic", extra_env={"PREFECT_API_URL": _api_url()})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no Data_Entry_2017")
+    assert "Traceback" not in output
+    assert "Starting temporary server" not in output
+    assert "Retrying" not in output and "AwaitingRetry" not in output
+    runs = _flow_runs("cxr-refresh-data")
+    assert len(runs) == before + 1  # the command's flow run is on this server
+    assert any(run.state is not None and run.state.is_failed() for run in runs)
+    with session_scope(f"sqlite:///{home.resolve() / 'cxr.db'}") as session:
+        (refresh_run,) = session.scalars(select(RefreshRun)).all()
+        assert refresh_run.status == "failed" and "Data_Entry_2017" in refresh_run.error
+
+
+def test_refresh_and_training_publish_progress_artifacts(prefect_server, tmp_path, one_torch_thread):
+    from flows.stages import refresh_flow, train_flow
+
+    root = tmp_path / "synthetic"
+    generate_dataset(root, SynthConfig(n_studies=60, n_incoming=0, image_size=32, seed=5), workers=1)
+    where = {"home": str(tmp_path / "home"), "database_url": f"sqlite:///{tmp_path / 'cxr.db'}"}
+    data = DataConfig(image_size=32, balancing="none")
+    refresh_flow(str(root), "synthetic", None, data, dataset_report=False, **where)
+    trained = train_flow(data, TrainConfig(epochs=2, batch_size=16), False, False, with_embedding_index=False, **where)
+    assert trained.model_version_id
+    for key in ("cxr-progress-refresh", "cxr-progress-cache", "cxr-progress-training"):
+        newest = _artifacts(key)[0]
+        assert newest.type == "progress" and float(newest.data) == 100.0, (key, newest.data)
+    assert "epoch 2/2" in _artifacts("cxr-progress-training")[0].description
