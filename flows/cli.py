@@ -83,16 +83,18 @@ ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in 
 
 @models_app.command("list")
 def models_list(home: HomeOption = None) -> None:
-    """Every model version with its status and newest test macro AUROC (95 % CI)."""
+    """Every model version with its status, the figure it was chosen on (validation or
+    cross-validation) and its newest test macro AUROC (95 % CI)."""
     from db.registry import list_versions
 
     def show(session) -> str:
-        lines = [f"{'name':40} {'kind':16} {'status':10} {'pinned':6} macro AUROC [95% CI]"]
+        lines = [f"{'name':40} {'kind':16} {'status':10} {'pinned':6} {'chosen on':24} test macro AUROC [95% CI]"]
         for v in list_versions(session):
             auroc = "-" if v.macro_auroc is None else f"{v.macro_auroc:.3f}"
             if v.macro_auroc_ci[0] is not None:
                 auroc += f" [{v.macro_auroc_ci[0]:.3f}, {v.macro_auroc_ci[1]:.3f}]"
-            lines.append(f"{v.name:40} {v.kind:16} {v.status:10} {'yes' if v.pinned else '':6} {auroc}")
+            chosen = "-" if v.selection_score is None else f"{v.selection_score:.3f} ({v.selection_basis})"
+            lines.append(f"{v.name:40} {v.kind:16} {v.status:10} {'yes' if v.pinned else '':6} {chosen:24} {auroc}")
         return "\n".join(lines)
 
     _registry_change(home, show)

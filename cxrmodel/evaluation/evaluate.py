@@ -89,8 +89,10 @@ def _add_intervals(result: ModelEvaluation, labels, probs, thresholds, patients,
 
 
 def _add_probability_calibration(result: ModelEvaluation, labels, probs, val_labels, val_probs, config: EvaluationConfig) -> None:
-    """Per-class calibration fitted on validation; Brier and ECE after it on ``probs``."""
-    calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration)
+    """Per-class calibration fitted on validation (a finding whose validation ECE it would worsen
+    keeps its raw probabilities, listed in ``aggregates["calibration"]["not_applied"]``); Brier and
+    ECE after it on ``probs``."""
+    calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration, n_bins=config.ece_bins)
     calibrated = calibrator.transform(probs)
     for row, after in zip(result.per_class, calibration_summary(labels, probs, calibrated, n_bins=config.ece_bins), strict=True):
         row["brier_calibrated"], row["ece_calibrated"] = after["brier_after"], after["ece_after"]
