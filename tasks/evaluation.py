@@ -15,7 +15,7 @@ import numpy as np
 from prefect import task
 
 from cxrmodel.config import EvaluationConfig, ThresholdConfig
-from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, save_arrays
+from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, predict_split_reusing, save_arrays
 from cxrmodel.evaluation.thresholds import calibrate_thresholds as fit_thresholds
 from cxrmodel.evaluation.thresholds import save_thresholds_json
 from cxrmodel.findings import FINDINGS
@@ -27,6 +27,9 @@ from db.evaluations import EvaluationRecord
 from db.statuses import ModelStatus
 from tasks.artifacts import markdown_link, markdown_table, md, publish_markdown, publish_table, role_key
 from tasks.common import labelled_frame, run_logger
+
+#: A version's probabilities on the validation split, kept for calibration, selection and evaluation.
+VALIDATION_FILE = "validation_predictions.npz"
 
 
 def _load(database_url: str, version_id: int) -> tuple[LoadedModel, str, Path]:
@@ -41,7 +44,7 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
     """Fit per-finding thresholds on the validation split; store them as the active set and as
     ``thresholds.json`` beside the model."""
     loaded, name, folder = _load(database_url, version_id)
-    val = predict_split(loaded, labelled_frame(database_url), "val", Path(home) / "cache")
+    val = predict_split_reusing(loaded, labelled_frame(database_url), "val", Path(home) / "cache", folder / VALIDATION_FILE)
     result = fit_thresholds(val.labels, val.probabilities, config)
     for finding, note in result.notes.items():
         run_logger().warning("%s: %s", finding, note)
@@ -83,7 +86,7 @@ def evaluate_model(
     loaded, name, folder = _load(database_url, version_id)
     frame, cache = labelled_frame(database_url), Path(home) / "cache"
     ours = predict_split(loaded, frame, split, cache)
-    val = predict_split(loaded, frame, "val", cache) if config.calibration != "none" else None
+    val = predict_split_reusing(loaded, frame, "val", cache, folder / VALIDATION_FILE) if config.calibration != "none" else None
     is_network = loaded.kind in NETWORK_KINDS  # the map of an embedding baseline would be its parent's
     result = evaluate(
         ours.labels,

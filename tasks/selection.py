@@ -16,7 +16,7 @@ import numpy as np
 from prefect import task
 
 from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, TrainConfig
-from cxrmodel.evaluation.evaluate import predict_split
+from cxrmodel.evaluation.evaluate import predict_split_reusing
 from cxrmodel.evaluation.metrics import evaluate_multilabel
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.kinds import CLASSICAL_KINDS, EMBEDDING_KINDS, ModelKind
@@ -28,6 +28,7 @@ from db.engine import session_scope
 from db.registry import PromotionDecision
 from db.statuses import SelectionBasis
 from tasks.common import labelled_frame, run_logger
+from tasks.evaluation import VALIDATION_FILE
 
 
 @task(name="selection-basis")
@@ -59,7 +60,9 @@ def validation_scores(database_url: str, home: Path, version_ids: Sequence[int],
             tset = thresholds.active_threshold_set(session, version_id)
         if tset is None:
             raise RuntimeError(f"model version {version_id} has no threshold set: calibrate it before selection")
-        val = predict_split(load_model_version(_files(database_url, version_id)), frame, "val", cache)
+        files = _files(database_url, version_id)
+        store = Path(files.artifact_path).parent / VALIDATION_FILE
+        val = predict_split_reusing(load_model_version(files), frame, "val", cache, store)
         point = evaluate_multilabel(val.labels, val.probabilities, np.array([tset.values[f] for f in FINDINGS]))
         scores[version_id] = point.aggregates.get(metric)
     return scores
