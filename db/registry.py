@@ -199,7 +199,9 @@ def promote_selected(
     best = max(ranked, key=lambda r: (r.selection_score, -r.id))
     current = _champion_row(session)
     same_basis = current is not None and current.selection_basis == best.selection_basis
-    label = f"{metric} on {best.selection_basis.replace('_', '-')}"
+    # cross-validation always ranks by the folds' macro AUROC
+    measured = metric if best.selection_basis == SelectionBasis.VALIDATION else "macro_auroc"
+    label = f"{measured} on {best.selection_basis.replace('_', '-')}"
     decision = promotion_decision(
         label,
         best.selection_score,
