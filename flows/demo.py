@@ -40,6 +40,7 @@ def choice_summary(url: str, result: PipelineResult) -> str:
     """Which candidate the registry chose and why (its figure and the basis), and what the
     figures are not: measurements on phantoms."""
     selection = result.candidates.selection
+    metric = selection.metric.replace("_", " ").replace("auroc", "AUROC").replace("f1", "F1")
     with session_scope(url) as session:
         names = {v: registry.model_version(session, v) for v in selection.scores}
         current = registry.champion(session)
@@ -47,7 +48,7 @@ def choice_summary(url: str, result: PipelineResult) -> str:
         ((score, names[v].name, names[v].kind) for v, score in selection.scores.items() if score is not None), reverse=True
     )
     basis = "the validation split" if selection.basis == "validation" else "patient-grouped cross-validation over train + val"
-    lines = [f"Candidates ranked by {selection.metric.replace('_', ' ')} on {basis} (never on the test split):"]
+    lines = [f"Candidates ranked by {metric} on {basis} (never on the test split):"]
     lines += [f"  {score:.3f}  {name} ({kind})" for score, name, kind in ranked]
     if selection.chosen_id is not None:
         chosen = names[selection.chosen_id]
@@ -56,7 +57,7 @@ def choice_summary(url: str, result: PipelineResult) -> str:
             "and is the champion" if result.candidates.champion else f"but champion {current.name if current else '-'} stays"
         )
         lines.append(
-            f"Chosen: {chosen.name} ({chosen.kind}), {selection.metric.replace('_', ' ')} {figure:.3f} on "
+            f"Chosen: {chosen.name} ({chosen.kind}), {metric} {figure:.3f} on "
             f"{selection.basis.replace('_', '-')}, {verdict}."
         )
     lines.append(
