@@ -57,8 +57,7 @@ def choice_summary(url: str, result: PipelineResult) -> str:
             "and is the champion" if result.candidates.champion else f"but champion {current.name if current else '-'} stays"
         )
         lines.append(
-            f"Chosen: {chosen.name} ({chosen.kind}), {metric} {figure:.3f} on "
-            f"{selection.basis.replace('_', '-')}, {verdict}."
+            f"Chosen: {chosen.name} ({chosen.kind}), {metric} {figure:.3f} on {selection.basis.replace('_', '-')}, {verdict}."
         )
     lines.append(
         "These figures are measured on synthetic phantoms, not radiographs: they show the system works end to end, "
