@@ -326,8 +326,29 @@ class EvaluationConfig(_Frozen):
     embedding_map: bool = Field(True, description="2-D t-SNE map of the test studies' embeddings in the report.")
     map_max_points: int = Field(2000, ge=10)
     random_state: int = 0
-    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = "macro_auroc"
+    promotion_metric: Literal["macro_auroc", "macro_f1", "micro_f1"] = Field(
+        "macro_auroc", description="What the registry ranks candidates by on the validation split (never on test)."
+    )
     promotion_margin: float = Field(0.0, ge=0, le=1)
+    min_validation_studies: int = Field(
+        200,
+        ge=1,
+        description="A validation split smaller than this cannot rank candidates: they are ranked by "
+        "patient-grouped cross-validation over train + val instead (each candidate retrained per fold).",
+    )
+    cv_folds: int = Field(5, ge=2, le=20, description="Folds of that cross-validation.")
+    cv_min_positives: int = Field(
+        5, ge=1, description="A finding enters a fold's macro AUROC with at least this many held-out positives."
+    )
+
+
+class ClassicalConfig(_Frozen):
+    """The classical baseline (:mod:`cxrmodel.models.classical`): one logistic regression per
+    finding on the cached image shrunk to ``side x side`` pixels plus age, sex and view."""
+
+    side: int = Field(32, ge=4, le=256, description="Side of the downsampled image the regression reads.")
+    c: float = Field(0.01, gt=0, description="Inverse L2 strength (scikit-learn's C).")
+    max_iter: int = Field(2000, ge=10)
 
 
 class PipelineConfig(_Frozen):
@@ -338,9 +359,13 @@ class PipelineConfig(_Frozen):
     thresholds: ThresholdConfig = ThresholdConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     chexnet_baseline: TrainConfig | None = Field(
-        None, description="Also train the image-only CheXNet-style DenseNet121 with this recipe (a baseline)."
+        None, description="Also train the image-only CheXNet-style DenseNet121 with this recipe (a candidate)."
     )
     synth: SynthConfig | None = Field(None, description="The synthetic dataset cxr demo generates (default: SynthConfig()).")
+    classical_baseline: bool = Field(
+        False, description="Also train the classical pixel-logistic baseline (a candidate like every other)."
+    )
+    classical: ClassicalConfig = ClassicalConfig()
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrmodel.data.imaging import ImageDecodeError, read_grayscale, resize_square
 from cxrmodel.data.metadata import AgeScaler, patient_features
-from cxrmodel.data.transforms import eval_transform
 from cxrmodel.models.loading import LoadedModel
 from cxrmodel.training.loop import resolve_device
 
@@ -102,17 +101,44 @@ def _submit_batch(pool: ThreadPoolExecutor, dataset: ScoringDataset, start: int,
     return [pool.submit(dataset.__getitem__, i) for i in range(start, min(start + batch_size, len(dataset)))]
 
 
-def _score(model: torch.nn.Module, batch, device: torch.device) -> ScoredBatch:
+class BatchPredictor(Protocol):
+    """What scoring runs: :class:`~cxrmodel.models.loading.LoadedModel` of any kind, or a bare
+    network wrapped by :class:`NetworkPredictor`."""
+
+    def prepare(self, device: torch.device) -> object: ...
+
+    def predict_batch(self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device) -> np.ndarray: ...
+
+
+@dataclass
+class NetworkPredictor:
+    """A bare network (``forward(images, patient) -> logits``) as a :class:`BatchPredictor`."""
+
+    network: torch.nn.Module
+
+    def prepare(self, device: torch.device) -> NetworkPredictor:
+        self.network.eval().to(device)
+        return self
+
+    def predict_batch(self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device) -> np.ndarray:
+        logits = self.network(inputs.to(device, non_blocking=True), patient.to(device, non_blocking=True))
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def as_predictor(model: BatchPredictor | torch.nn.Module) -> BatchPredictor:
+    return NetworkPredictor(model) if isinstance(model, torch.nn.Module) else model
+
+
+def _score(model: BatchPredictor, batch, device: torch.device) -> ScoredBatch:
     images, patient, ids, failed = batch
     if images is None:
         return ScoredBatch([], np.zeros((0, 14), np.float32), failed)
-    logits = model(images.to(device, non_blocking=True), patient.to(device, non_blocking=True))
-    return ScoredBatch(ids, torch.sigmoid(logits.float()).cpu().numpy(), failed)
+    return ScoredBatch(ids, model.predict_batch(images, patient, device), failed)
 
 
 @torch.no_grad()
 def score_batches(
-    model: torch.nn.Module,
+    model: BatchPredictor | torch.nn.Module,
     dataset: ScoringDataset,
     batch_size: int,
     device: torch.device,
@@ -121,7 +147,8 @@ def score_batches(
     decode_threads: int | None = None,
     prefetch_factor: int = 2,
 ) -> Iterator[ScoredBatch]:
-    """Yield probabilities batch by batch (so the caller can commit each batch).
+    """Yield probabilities batch by batch (so the caller can commit each batch). ``model`` is a
+    :class:`BatchPredictor` (a loaded model version of any kind) or a bare network.
 
     ``num_workers == 0`` (the default) decodes in this process with ``decode_threads`` threads
     (default ``torch.get_num_threads()``, the cores the model itself uses; PIL's decoders and
@@ -136,7 +163,8 @@ def score_batches(
     thread each, ``prefetch_factor`` batches ahead each): seconds of start-up, and decoding
     then runs beside the model, which pays on a GPU host or where cores are spare.
     """
-    model.eval().to(device)
+    model = as_predictor(model)
+    model.prepare(device)
     if num_workers > 0:
         loader = DataLoader(
             dataset,
@@ -174,6 +202,7 @@ def score_batches(
 def score_studies(
     model: LoadedModel, studies: Sequence[PendingStudy], batch_size: int = 64, device: str = "auto", num_workers: int = 0
 ) -> Iterator[ScoredBatch]:
-    """:func:`score_batches` of a loaded network over ``studies``, decoded from their files."""
-    dataset = ScoringDataset(scoring_items(studies, model.age_scaler), model.image_size, eval_transform(model.image_size))
-    yield from score_batches(model.network, dataset, batch_size, resolve_device(device), num_workers=num_workers)
+    """:func:`score_batches` of a loaded model version (any kind) over ``studies``, decoded from
+    their files and turned into the model's input by its own ``input_transform``."""
+    dataset = ScoringDataset(scoring_items(studies, model.age_scaler), model.image_size, model.input_transform)
+    yield from score_batches(model, dataset, batch_size, resolve_device(device), num_workers=num_workers)

@@ -20,6 +20,7 @@ from db.statuses import (
     RunStatus,
     ScoringStatus,
     ScoringTrigger,
+    SelectionBasis,
     StudySplit,
     StudyStatus,
     ThresholdMethod,
@@ -37,11 +38,11 @@ def one_of(column: str, values: Iterable[StrEnum | str]) -> CheckConstraint:
     return CheckConstraint(one_of_sql(column, values), name=column)
 
 
-#: table -> {column: allowed values}: every CHECK-constrained column (migration 0006 adds them; 0009 scoring_runs.trigger).
+#: table -> {column: allowed values}: every CHECK-constrained column (migration 0006 adds them; 0007 selection_basis; 0009 scoring_runs.trigger).
 CHECKED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "studies": {"status": tuple(StudyStatus), "split": tuple(StudySplit)},
     "refresh_runs": {"status": tuple(RunStatus)},
-    "model_versions": {"status": tuple(ModelStatus), "kind": tuple(ModelKind)},
+    "model_versions": {"status": tuple(ModelStatus), "kind": tuple(ModelKind), "selection_basis": tuple(SelectionBasis)},
     "training_runs": {"status": tuple(RunStatus), "architecture": tuple(NETWORK_KINDS)},
     "threshold_sets": {"method": tuple(ThresholdMethod)},
     "scoring_runs": {"status": tuple(ScoringStatus), "trigger": tuple(ScoringTrigger)},

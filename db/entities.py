@@ -14,7 +14,16 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from cxrmodel.models.version_files import ModelVersionFiles
-from db.statuses import ModelKind, ModelStatus, RunStatus, ScoringStatus, ScoringTrigger, StudyStatus, ThresholdMethod
+from db.statuses import (
+    ModelKind,
+    ModelStatus,
+    RunStatus,
+    ScoringStatus,
+    ScoringTrigger,
+    SelectionBasis,
+    StudyStatus,
+    ThresholdMethod,
+)
 
 E = TypeVar("E", bound="Entity")
 
@@ -82,7 +91,7 @@ class RefreshRunInfo(Entity):
 
 @dataclass(frozen=True)
 class ModelVersionInfo(Entity):
-    enums: ClassVar = {"status": ModelStatus, "kind": ModelKind}
+    enums: ClassVar = {"status": ModelStatus, "kind": ModelKind, "selection_basis": SelectionBasis}
 
     id: int
     name: str
@@ -95,6 +104,8 @@ class ModelVersionInfo(Entity):
     parameter_count: int | None
     pinned: bool
     created_at: datetime
+    selection_score: float | None = None
+    selection_basis: SelectionBasis | None = None
 
     def files(self, parent: ModelVersionInfo | None = None) -> ModelVersionFiles:
         """What :func:`cxrmodel.models.loading.load_model_version` needs (with the parent

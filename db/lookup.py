@@ -85,7 +85,8 @@ def require_labelled_studies(session: Session) -> int:
 @dataclass(frozen=True)
 class ModelSummary:
     """One line of ``cxr models list``: the version, its validation figures (best epoch of its
-    training run) and its newest test evaluation."""
+    training run), the figure the registry chose it on (validation or cross-validation) and its
+    newest test evaluation."""
 
     id: int
     name: str
@@ -96,6 +97,8 @@ class ModelSummary:
     created_at: datetime
     val_macro_f1: float | None
     val_macro_auroc: float | None
+    selection_score: float | None
+    selection_basis: str | None
     test_evaluation_id: int | None
     test_macro_auroc: float | None
     test_macro_auroc_ci: tuple[float | None, float | None]
@@ -132,6 +135,8 @@ def model_summaries(session: Session) -> list[ModelSummary]:
                 created_at=version.created_at,
                 val_macro_f1=best.macro_f1 if best else None,
                 val_macro_auroc=best.mean_auroc if best else None,
+                selection_score=version.selection_score,
+                selection_basis=None if version.selection_basis is None else str(version.selection_basis),
                 test_evaluation_id=test.id if test else None,
                 test_macro_auroc=test.macro_auroc if test else None,
                 test_macro_auroc_ci=(test.macro_auroc_ci_low, test.macro_auroc_ci_high) if test else (None, None),

@@ -81,13 +81,20 @@ DEMO_QUERIES = (
     "Failures of the latest night and their reasons",
 )
 
-#: The demo's model-comparison table: every evaluation on a split, oldest first.
+#: The demo's model-comparison table: every model version with the figure it was chosen on
+#: (validation or cross-validation) beside its latest evaluation on the test split, oldest first.
 MODEL_COMPARISON = (
     """
-    SELECT mv.name AS model, mv.kind, mv.status, ROUND(CAST(e.macro_auroc AS NUMERIC), 3) AS "macro AUROC",
-           ROUND(CAST(e.macro_f1 AS NUMERIC), 3) AS "macro F1", ROUND(CAST(e.micro_f1 AS NUMERIC), 3) AS "micro F1"
-    FROM evaluations e JOIN model_versions mv ON mv.id = e.model_version_id
-    WHERE e.split = :split ORDER BY e.id
+    SELECT mv.name AS model, mv.kind, mv.status, mv.selection_basis AS "chosen on",
+           ROUND(CAST(mv.selection_score AS NUMERIC), 3) AS "selection figure",
+           ROUND(CAST(e.macro_auroc AS NUMERIC), 3) AS "test macro AUROC",
+           ROUND(CAST(e.macro_f1 AS NUMERIC), 3) AS "test macro F1", ROUND(CAST(e.micro_f1 AS NUMERIC), 3) AS "test micro F1"
+    FROM model_versions mv
+    LEFT JOIN evaluations e ON e.id = (
+        SELECT MAX(t.id) FROM evaluations t WHERE t.model_version_id = mv.id AND t.split = :split
+    )
+    WHERE mv.selection_score IS NOT NULL OR e.id IS NOT NULL
+    ORDER BY mv.id
     """,
     {"split": "test"},
 )

@@ -1,8 +1,11 @@
 """The model registry: versions, the champion, and every change of champion with its reason.
 
-Automatic promotion after an evaluation follows :func:`promotion_decision` (a pure rule:
-first champion, a pinned champion stays, otherwise the challenger must beat the champion's
-metric on the same split by more than the margin) through :func:`promote_if_better`; by hand,
+Automatic promotion ranks candidates by their selection figure (:func:`record_selection`: the
+configured metric on the validation split, or the mean over patient-grouped cross-validation
+folds when the validation split is too small to rank; never the test split) and follows
+:func:`promotion_decision` (a pure rule: first champion, a pinned champion stays, otherwise the
+best candidate must beat the champion's figure on the same basis by more than the margin)
+through :func:`promote_selected`. Every kind can be champion. By hand,
 ``cxr models ...`` calls :func:`pin`, :func:`unpin` and :func:`rollback`. Every change of
 champion is a row in ``promotions`` with its action and reason, so the history reads as a
 log. Functions take an open session and leave the transaction to the caller; versions leave
@@ -11,6 +14,7 @@ as :class:`db.entities.ModelVersionInfo`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,16 +22,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cxrmodel.models.kinds import EMBEDDING_KINDS
 from cxrmodel.models.version_files import ModelVersionFiles
 from db.entities import ModelVersionInfo
 from db.evaluations import latest_evaluation
 from db.models import ModelVersion, Promotion
-from db.statuses import ModelStatus, PromotionAction
+from db.statuses import ModelStatus, PromotionAction, SelectionBasis
 from db.thresholds import active_threshold_set
-
-#: Kinds the scoring task cannot run (embedding baselines): never champions.
-BASELINE_KINDS = EMBEDDING_KINDS
 
 
 class RegistryError(ValueError):
@@ -133,11 +133,13 @@ def promote(session: Session, version_id: int, reason: str, action: PromotionAct
 @dataclass(frozen=True)
 class PromotionDecision:
     """``promote``: record a change of champion; ``champion``: the challenger is (or becomes)
-    the champion; ``reason``: why, in words (the promotion's reason, or why not)."""
+    the champion; ``reason``: why, in words (the promotion's reason, or why not); ``chosen_id``:
+    the challenger, the best candidate on the selection basis."""
 
     promote: bool
     champion: bool
     reason: str
+    chosen_id: int | None = None
 
 
 def promotion_decision(
@@ -170,28 +172,54 @@ def promotion_decision(
     return PromotionDecision(False, False, f"kept champion {champion_name}: {metric} {theirs:.4f} vs challenger {ours:.4f}")
 
 
-def promote_if_better(
-    session: Session, version_id: int, metric: str = "macro_auroc", margin: float = 0.0, split: str = "test"
+def record_selection(session: Session, scores: Mapping[int, float | None], basis: SelectionBasis | str) -> None:
+    """Store each version's selection figure and what it was measured on (``validation`` or
+    ``cross_validation``; never the test split)."""
+    basis = SelectionBasis(basis)
+    for version_id, score in scores.items():
+        version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise ValueError(f"no model version with id {version_id}")
+        version.selection_score = None if score is None else float(score)
+        version.selection_basis = basis
+    session.flush()
+
+
+def promote_selected(
+    session: Session, candidate_ids: Sequence[int], metric: str = "macro_auroc", margin: float = 0.0
 ) -> PromotionDecision:
-    """Apply :func:`promotion_decision` to ``version_id``'s newest evaluation on ``split``
-    against the champion's (``RuntimeError`` when the version has none)."""
-    ours = latest_evaluation(session, version_id, split)
-    if ours is None:
-        raise RuntimeError(f"model version {version_id} has no evaluation on {split}")
-    current = champion(session)
-    theirs = latest_evaluation(session, current.id, split) if current is not None else None
+    """Promote the candidate with the highest recorded selection figure (:func:`record_selection`;
+    ties go to the earliest version) if :func:`promotion_decision` lets it replace the champion,
+    whose figure counts only when measured on the same basis. Test figures play no part.
+    ``RuntimeError`` when no candidate has a selection figure."""
+    rows = [session.get(ModelVersion, i) for i in candidate_ids]
+    ranked = [r for r in rows if r is not None and r.selection_score is not None]
+    if not ranked:
+        raise RuntimeError(f"model versions {list(candidate_ids)} have no selection figure: run the selection first")
+    best = max(ranked, key=lambda r: (r.selection_score, -r.id))
+    current = _champion_row(session)
+    same_basis = current is not None and current.selection_basis == best.selection_basis
+    # cross-validation always ranks by the folds' macro AUROC
+    measured = metric if best.selection_basis == SelectionBasis.VALIDATION else "macro_auroc"
+    label = f"{measured} on {best.selection_basis.replace('_', '-')}"
     decision = promotion_decision(
-        metric,
-        getattr(ours, metric),
+        label,
+        best.selection_score,
         current.name if current else None,
-        getattr(theirs, metric) if theirs else None,
+        current.selection_score if same_basis else None,
         champion_pinned=bool(current and current.pinned),
-        challenger_is_champion=bool(current and current.id == version_id),
+        challenger_is_champion=bool(current and current.id == best.id),
         margin=margin,
     )
+    decision = PromotionDecision(decision.promote, decision.champion, f"{best.name}: {decision.reason}", best.id)
     if decision.promote:
-        promote(session, version_id, decision.reason)
+        promote(session, best.id, decision.reason)
     return decision
+
+
+def promote_if_better(session: Session, version_id: int, metric: str = "macro_auroc", margin: float = 0.0) -> PromotionDecision:
+    """:func:`promote_selected` of one version against the champion."""
+    return promote_selected(session, [version_id], metric, margin)
 
 
 # --- by hand -------------------------------------------------------------------------------------
@@ -206,10 +234,13 @@ class VersionRow:
     macro_auroc: float | None
     macro_auroc_ci: tuple[float | None, float | None]
     created_at: datetime
+    selection_score: float | None = None
+    selection_basis: str | None = None
 
 
 def list_versions(session: Session, split: str = "test") -> list[VersionRow]:
-    """Every model version, oldest first, with its newest macro AUROC on ``split``."""
+    """Every model version, oldest first, with its newest macro AUROC on ``split`` and the
+    figure it was chosen on."""
     rows = []
     for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
         ev = latest_evaluation(session, version.id, split)
@@ -222,14 +253,14 @@ def list_versions(session: Session, split: str = "test") -> list[VersionRow]:
                 macro_auroc=ev.macro_auroc if ev else None,
                 macro_auroc_ci=(ev.macro_auroc_ci_low, ev.macro_auroc_ci_high) if ev else (None, None),
                 created_at=version.created_at,
+                selection_score=version.selection_score,
+                selection_basis=version.selection_basis,
             )
         )
     return rows
 
 
 def _check_can_score(session: Session, version: ModelVersion) -> None:
-    if version.kind in BASELINE_KINDS:
-        raise RegistryError(f"{version.name} is an embedding baseline ({version.kind}); scoring cannot use it as champion")
     if active_threshold_set(session, version.id) is None:
         raise RegistryError(f"{version.name} has no active threshold set: calibrate it before making it champion")
 

@@ -99,7 +99,9 @@ def evaluation_arrays_file(arrays_path: str | None, artifact_path: str, split: s
 
 def comparison_rows(session: Session, split: str, current_model_version_id: int) -> list[dict]:
     """One row per model version with its latest evaluation on ``split`` (oldest version first):
-    ``name, kind, status, parameter_count, is_current`` and :data:`COMPARISON_FIELDS`."""
+    ``name, kind, status, parameter_count, is_current``, the figure the registry ranked it by
+    and its basis (``selection_score``, ``selection_basis``: validation or cross-validation) and
+    :data:`COMPARISON_FIELDS`."""
     return [
         {
             "name": m.name,
@@ -107,6 +109,8 @@ def comparison_rows(session: Session, split: str, current_model_version_id: int)
             "status": m.status,
             "parameter_count": m.parameter_count,
             "is_current": m.id == current_model_version_id,
+            "selection_score": m.selection_score,
+            "selection_basis": str(m.selection_basis) if m.selection_basis else None,
             **{f: getattr(e, f) for f in COMPARISON_FIELDS},
         }
         for e, m in evaluations.latest_evaluations(session, split)

@@ -18,7 +18,6 @@ from sqlalchemy import and_, bindparam, case, delete, exists, func, select, upda
 from sqlalchemy.orm import Session
 
 from cxrmodel.findings import FINDINGS
-from cxrmodel.models.kinds import NETWORK_KINDS
 from db import claims, runs, validation
 from db.entities import ScoringRunInfo, StudyInfo
 from db.models import ModelVersion, Prediction, ScoringClaim, ScoringFailure, ScoringRun, Study, utcnow
@@ -152,8 +151,6 @@ def plan_scoring_run(
     current = champion(session)
     if current is None:
         raise RuntimeError("no champion model version: train, evaluate and promote one first")
-    if current.kind not in NETWORK_KINDS:
-        raise NotImplementedError(f"scoring with an embedding baseline ({current.kind}) as champion is not supported yet")
     tset = active_threshold_set(session, current.id)
     if tset is None:
         raise RuntimeError(f"champion {current.name} has no active threshold set")

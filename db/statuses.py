@@ -17,6 +17,7 @@ __all__ = [
     "ModelStatus",
     "PromotionAction",
     "RunStatus",
+    "SelectionBasis",
     "ScoringStatus",
     "ScoringTrigger",
     "StudySplit",
@@ -64,6 +65,13 @@ class ModelStatus(StrEnum):
     CANDIDATE = "candidate"
     CHAMPION = "champion"
     RETIRED = "retired"
+
+
+class SelectionBasis(StrEnum):
+    """What a model version's ``selection_score`` was measured on (never the test split)."""
+
+    VALIDATION = "validation"
+    CROSS_VALIDATION = "cross_validation"  # patient-grouped folds over train + val: val too small to rank
 
 
 class PromotionAction(StrEnum):

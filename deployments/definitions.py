@@ -77,7 +77,8 @@ def deployment_specs(settings: Settings | None = None, config: PipelineConfig | 
         DeploymentSpec(
             RETRAIN,
             "flows/pipeline.py:retrain_flow",
-            "Weekly on the GPU pool: train a challenger and its baselines, calibrate and evaluate them all, promote if better.",
+            "Weekly on the GPU pool: train every candidate, calibrate them, rank them on validation (cross-validation "
+            "when it is small), evaluate each on test once, promote the best if it beats the champion.",
             s.gpu_pool,
             ("cxr", "gpu"),
             {
@@ -86,6 +87,7 @@ def deployment_specs(settings: Settings | None = None, config: PipelineConfig | 
                 "thresholds": cfg.thresholds.model_dump(mode="json"),
                 "evaluation": cfg.evaluation.model_dump(mode="json"),
                 "chexnet_baseline": cfg.chexnet_baseline.model_dump(mode="json") if cfg.chexnet_baseline else None,
+                "classical_baseline": cfg.classical.model_dump(mode="json") if cfg.classical_baseline else None,
             },
             s.retrain_cron,
         ),

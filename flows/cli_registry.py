@@ -73,12 +73,13 @@ def models_list(home: HomeOption = None, as_json: JsonOption = False) -> None:
                 status,
                 _figure(r.val_macro_f1),
                 _figure(r.val_macro_auroc),
+                "-" if r.selection_score is None else f"{r.selection_score:.3f} ({r.selection_basis})",
                 auroc,
                 _figure(r.test_macro_f1),
                 "-" if r.test_evaluation_id is None else str(r.test_evaluation_id),
             ]
         )
-    columns = ["id", "name", "kind", "status", "val F1", "val AUROC", "test AUROC [95% CI]", "test F1", "eval"]
+    columns = ["id", "name", "kind", "status", "val F1", "val AUROC", "chosen on", "test AUROC [95% CI]", "test F1", "eval"]
     _print_table(
         "Model versions (val: best epoch; test: newest evaluation)", columns, table, no_wrap=("id", "test AUROC [95% CI]")
     )

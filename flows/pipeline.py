@@ -1,4 +1,5 @@
-"""The whole pipeline: refresh -> train -> calibrate -> evaluate (+ baselines) -> score -> report."""
+"""The whole pipeline: refresh -> train candidates -> calibrate -> select on validation (or
+cross-validation) -> evaluate on test, once each -> promote the chosen one -> score -> report."""
 
 from __future__ import annotations
 
@@ -7,37 +8,62 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
 from cxrmodel.models.kinds import ModelKind
-from flows.results import EvaluateResult, PipelineResult, RetrainResult, TrainResult
-from flows.stages import calibrate_flow, evaluate_flow, refresh_flow, report_flow, score_flow, train_flow
+from flows.results import CandidatesResult, PipelineResult, RetrainResult, SelectionResult
+from flows.stages import (
+    calibrate_flow,
+    evaluate_flow,
+    promote_flow,
+    refresh_flow,
+    report_flow,
+    score_flow,
+    select_flow,
+    train_classical_flow,
+    train_flow,
+)
 
 
-def _evaluate_embedding_baselines(
-    trained: TrainResult, thresholds: ThresholdConfig, evaluation: EvaluationConfig, where: dict
-) -> dict[str, EvaluateResult]:
-    """Calibrate and evaluate the embedding baselines fitted on the network, never promoted:
-    they land in the report's comparison table. Keys ``knn`` and ``mlp``."""
-    baselines = {}
-    for kind, baseline_id in trained.baseline_version_ids.items():
-        calibrate_flow(baseline_id, thresholds, **where)
-        baselines[kind] = evaluate_flow(baseline_id, False, evaluation, **where)
-    return baselines
+def train_candidates(
+    data: DataConfig,
+    train: TrainConfig,
+    with_knn_baseline: bool,
+    with_mlp_baseline: bool,
+    chexnet_baseline: TrainConfig | None,
+    classical_baseline: ClassicalConfig | None,
+    where: dict,
+) -> tuple[dict[str, int], str | None]:
+    """Every candidate of a run, by name: seed 004's ``network`` (with the embedding index) and
+    the ``knn`` and ``mlp`` heads on it, the image-only ``chexnet`` DenseNet121 and the
+    ``classical`` pixel-logistic baseline when asked for. Returns (versions, embedding index)."""
+    trained = train_flow(data, train, with_knn_baseline, with_mlp_baseline, **where)
+    versions = {"network": trained.model_version_id, **trained.baseline_version_ids}
+    if chexnet_baseline is not None:
+        recipe = chexnet_baseline.model_copy(update={"architecture": ModelKind.DENSENET121})
+        versions["chexnet"] = train_flow(data, recipe, False, False, with_embedding_index=False, **where).model_version_id
+    if classical_baseline is not None:
+        versions["classical"] = train_classical_flow(data, classical_baseline, **where)
+    return versions, trained.embedding_index
 
 
-def _chexnet_baseline(
-    data: DataConfig, recipe: TrainConfig, thresholds: ThresholdConfig, evaluation: EvaluationConfig, where: dict
-) -> EvaluateResult:
-    """Train, calibrate and evaluate the image-only DenseNet121 with ``recipe`` (never promoted)."""
-    chexnet = train_flow(
-        data, recipe.model_copy(update={"architecture": ModelKind.DENSENET121}), False, False, with_embedding_index=False, **where
-    )
-    calibrate_flow(chexnet.model_version_id, thresholds, **where)
-    return evaluate_flow(chexnet.model_version_id, False, evaluation, **where)
+def calibrate_all(versions: dict[str, int], thresholds: ThresholdConfig, where: dict) -> None:
+    for version_id in versions.values():
+        calibrate_flow(version_id, thresholds, **where)
 
 
-def _evaluation_id(result: EvaluateResult | None) -> int | None:
-    return result.evaluation_id if result is not None else None
+def evaluate_on_test(versions: dict[str, int], evaluation: EvaluationConfig, where: dict) -> dict[str, int]:
+    """Each candidate on the test split, once, after the choice was made (promotion and
+    publishing wait for :func:`flows.stages.promote_flow`)."""
+    return {
+        name: evaluate_flow(version_id, promote=False, evaluation=evaluation, publish=False, **where).evaluation_id
+        for name, version_id in versions.items()
+    }
+
+
+def _report_evaluation(versions: dict[str, int], selection: SelectionResult, test_evaluations: dict[str, int]) -> int:
+    """The evaluation the run's report shows: the chosen candidate's (seed 004's network when none was)."""
+    chosen = next((n for n, v in versions.items() if v == selection.chosen_id), "network")
+    return test_evaluations[chosen]
 
 
 @flow(name="cxr-pipeline")
@@ -52,12 +78,15 @@ def pipeline_flow(
     with_knn_baseline: bool = True,
     with_mlp_baseline: bool = True,
     chexnet_baseline: TrainConfig | None = None,
+    classical_baseline: ClassicalConfig | None = None,
     home: str | None = None,
     database_url: str | None = None,
 ) -> PipelineResult:
-    """Run every stage in order and return the ids of what it produced. ``chexnet_baseline``
-    (a training recipe) adds the image-only DenseNet121 baseline, trained, calibrated and
-    evaluated through the same flows, never promoted."""
+    """Run every stage in order and return what it produced. Every model trained is a
+    candidate: seed 004's network, the k-NN and MLP heads on it, the image-only DenseNet121
+    (``chexnet_baseline``, a training recipe) and the classical baseline (``classical_baseline``).
+    The best on validation (cross-validation when the validation split is small) becomes
+    champion if it beats the current one; the test split only reports."""
     where = {"home": home, "database_url": database_url}
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -70,36 +99,27 @@ def pipeline_flow(
 
     refreshed = refresh_flow(source_dir, source, incoming_dir, data, **where)
     lap("refresh")
-    trained = train_flow(data, train, with_knn_baseline, with_mlp_baseline, **where)
+    versions, index = train_candidates(
+        data, train, with_knn_baseline, with_mlp_baseline, chexnet_baseline, classical_baseline, where
+    )
     lap("train")
-    calibrate_flow(trained.model_version_id, thresholds, **where)
+    calibrate_all(versions, thresholds, where)
     lap("calibrate")
-    evaluated = evaluate_flow(trained.model_version_id, evaluation=evaluation, **where)
-    baselines = _evaluate_embedding_baselines(trained, thresholds, evaluation, where)
+    selection = select_flow(list(versions.values()), evaluation, **where)
+    lap("select")
+    test_evaluations = evaluate_on_test(versions, evaluation, where)
     lap("evaluate")
-    if chexnet_baseline is not None:
-        baselines["chexnet"] = _chexnet_baseline(data, chexnet_baseline, thresholds, evaluation, where)
-        lap("chexnet baseline")
+    champion = promote_flow(list(versions.values()), list(test_evaluations.values()), evaluation, **where)
+    lap("promote")
     scored = score_flow(**where)
     lap("score")
-    report = report_flow(evaluated.evaluation_id, **where)
+    report = report_flow(_report_evaluation(versions, selection, test_evaluations), **where)
     lap("report")
-    get_run_logger().info("pipeline done in %.0f s (%s): report %s", sum(timings.values()), timings, report)
-    return PipelineResult(
-        refresh=refreshed,
-        model_version_id=trained.model_version_id,
-        knn_version_id=trained.knn_version_id,
-        mlp_version_id=trained.mlp_version_id,
-        embedding_index=trained.embedding_index,
-        evaluation_id=evaluated.evaluation_id,
-        baseline_evaluation_id=_evaluation_id(baselines.get("knn")),
-        mlp_baseline_evaluation_id=_evaluation_id(baselines.get("mlp")),
-        chexnet_evaluation_id=_evaluation_id(baselines.get("chexnet")),
-        promoted=evaluated.promoted,
-        scoring=scored,
-        report=report,
-        timings=timings,
+    candidates = CandidatesResult(versions, selection, test_evaluations, champion, report, index)
+    get_run_logger().info(
+        "pipeline done in %.0f s (%s): chosen %s, report %s", sum(timings.values()), timings, candidates.chosen, candidates.report
     )
+    return PipelineResult(refresh=refreshed, candidates=candidates, scoring=scored, timings=timings)
 
 
 @flow(name="cxr-retrain")
@@ -111,24 +131,20 @@ def retrain_flow(
     with_knn_baseline: bool = True,
     with_mlp_baseline: bool = True,
     chexnet_baseline: TrainConfig | None = None,
+    classical_baseline: ClassicalConfig | None = None,
     home: str | None = None,
     database_url: str | None = None,
 ) -> RetrainResult:
-    """The weekly job on the GPU pool: train a challenger on the current data (and the
-    baselines asked for), calibrate and evaluate every model it trained, promote the challenger
-    if it beats the champion, and render the challenger's report (with the comparison table)."""
+    """The weekly job on the GPU pool: train every candidate on the current data, calibrate
+    them, rank them (and the champion) on validation or cross-validation, evaluate each on the
+    test split once, promote the best if it beats the champion, and render its report."""
     where = {"home": home, "database_url": database_url}
-    trained = train_flow(data, train, with_knn_baseline, with_mlp_baseline, **where)
-    calibrate_flow(trained.model_version_id, thresholds, **where)
-    evaluated = evaluate_flow(trained.model_version_id, True, evaluation, **where)
-    baselines = _evaluate_embedding_baselines(trained, thresholds, evaluation, where)
-    if chexnet_baseline is not None:
-        baselines["chexnet"] = _chexnet_baseline(data, chexnet_baseline, thresholds, evaluation, where)
-    report = report_flow(evaluated.evaluation_id, **where)
-    return RetrainResult(
-        trained.model_version_id,
-        evaluated.evaluation_id,
-        evaluated.promoted,
-        {kind: result.evaluation_id for kind, result in baselines.items()},
-        report,
+    versions, index = train_candidates(
+        data, train, with_knn_baseline, with_mlp_baseline, chexnet_baseline, classical_baseline, where
     )
+    calibrate_all(versions, thresholds, where)
+    selection = select_flow(list(versions.values()), evaluation, **where)
+    test_evaluations = evaluate_on_test(versions, evaluation, where)
+    champion = promote_flow(list(versions.values()), list(test_evaluations.values()), evaluation, **where)
+    report = report_flow(_report_evaluation(versions, selection, test_evaluations), **where)
+    return RetrainResult(CandidatesResult(versions, selection, test_evaluations, champion, report, index))

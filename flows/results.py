@@ -44,9 +44,41 @@ class EvaluateResult:
 
 
 @dataclass(frozen=True)
+class SelectionResult:
+    """How the candidates were ranked: ``basis`` ('validation' or 'cross_validation'), the
+    ``metric``, each ranked version's figure (the champion's too), the best candidate
+    (``chosen_id``, None when none could be ranked) and the champion before the selection."""
+
+    basis: str
+    metric: str
+    scores: dict[int, float | None]
+    chosen_id: int | None
+    previous_champion_id: int | None = None
+
+
+@dataclass(frozen=True)
 class ScoreResult:
     scoring_run_id: int
     report: str | None = None
+
+
+@dataclass(frozen=True)
+class CandidatesResult:
+    """The candidates one run trained (``network``, ``knn``, ``mlp``, ``chexnet``, ``classical``
+    -> version id), each calibrated; how they were ranked; each one's single test evaluation;
+    whether the best candidate is the champion now; and the report of the best candidate."""
+
+    versions: dict[str, int]
+    selection: SelectionResult
+    test_evaluations: dict[str, int]
+    champion: bool
+    report: str
+    embedding_index: str | None = None
+
+    @property
+    def chosen(self) -> str | None:
+        """The name of the best candidate (``network``, ``classical``, ...)."""
+        return next((n for n, v in self.versions.items() if v == self.selection.chosen_id), None)
 
 
 @dataclass(frozen=True)
@@ -54,29 +86,29 @@ class PipelineResult:
     """Everything one end-to-end run produced, with the seconds of each stage."""
 
     refresh: RefreshResult
-    model_version_id: int
-    knn_version_id: int | None
-    mlp_version_id: int | None
-    embedding_index: str | None
-    evaluation_id: int
-    baseline_evaluation_id: int | None
-    mlp_baseline_evaluation_id: int | None
-    chexnet_evaluation_id: int | None
-    promoted: bool
+    candidates: CandidatesResult
     scoring: ScoreResult
-    report: str
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def report(self) -> str:
+        return self.candidates.report
+
+    @property
+    def model_version_id(self) -> int:
+        """Seed 004's network of this run."""
+        return self.candidates.versions["network"]
+
+    @property
+    def promoted(self) -> bool:
+        return self.candidates.champion
 
 
 @dataclass(frozen=True)
 class RetrainResult:
-    """The weekly retrain: the challenger, its evaluation, the baselines' evaluations, the report."""
+    """The weekly retrain: the candidates, their selection, test evaluations and the report."""
 
-    model_version_id: int
-    evaluation_id: int
-    promoted: bool
-    baseline_evaluation_ids: dict[str, int]
-    report: str
+    candidates: CandidatesResult
 
 
 @dataclass(frozen=True)

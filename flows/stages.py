@@ -8,20 +8,31 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, EvaluationConfig, HomeLayout, HubConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import (
+    ClassicalConfig,
+    DataConfig,
+    EvaluationConfig,
+    HomeLayout,
+    HubConfig,
+    SynthConfig,
+    ThresholdConfig,
+    TrainConfig,
+)
 from cxrmodel.data.synth.dataset import SynthSummary
 from cxrmodel.io import MissingInputError, require_folder
 from db.engine import upgrade_database
+from db.statuses import SelectionBasis
 from flows.params import resolve
-from flows.results import EvaluateResult, RefreshResult, ScoreResult, TrainResult
+from flows.results import EvaluateResult, RefreshResult, ScoreResult, SelectionResult, TrainResult
 from tasks import data as data_tasks
+from tasks import selection
 from tasks.common import evaluation_ref, flow_run_id
 from tasks.dataset_report import render_dataset
-from tasks.evaluation import calibrate_thresholds, evaluate_model, promote_if_better, publish_evaluation
+from tasks.evaluation import calibrate_thresholds, evaluate_model, publish_evaluation
 from tasks.reporting import render_evaluation, render_scoring
 from tasks.scoring import DEFAULT_CHUNK_SIZE, DEFAULT_MAX_ATTEMPTS, DEFAULT_STALE_MINUTES, run_scoring
 from tasks.similarity import index_embeddings, similar_cases
-from tasks.training import train_knn_baseline, train_mlp_baseline, train_network
+from tasks.training import train_classical_baseline, train_knn_baseline, train_mlp_baseline, train_network
 
 
 @flow(name="cxr-synthesize", log_prints=True)
@@ -114,26 +125,90 @@ def calibrate_flow(
     return calibrate_thresholds(url, home_path, model_version_id, thresholds)
 
 
+@flow(name="cxr-train-classical")
+def train_classical_flow(
+    data: DataConfig = DataConfig(),
+    classical: ClassicalConfig = ClassicalConfig(),
+    home: str | None = None,
+    database_url: str | None = None,
+) -> int:
+    """Train the classical baseline (per-finding logistic regression on downsampled pixels plus
+    age, sex and view) on the training split; returns its candidate model version's id."""
+    home_path, url = resolve(home, database_url)
+    return train_classical_baseline(url, home_path, data, classical)
+
+
+@flow(name="cxr-select")
+def select_flow(
+    candidate_ids: list[int],
+    evaluation: EvaluationConfig = EvaluationConfig(),
+    home: str | None = None,
+    database_url: str | None = None,
+) -> SelectionResult:
+    """Rank the candidates (and the champion, measured the same way) by
+    ``evaluation.promotion_metric`` on the validation split, or, when it holds fewer than
+    ``evaluation.min_validation_studies`` studies, by the mean macro AUROC of each candidate's
+    recipe retrained over ``evaluation.cv_folds`` patient-grouped folds of train + val. Never
+    on the test split. Records each figure and its basis on the model version; promotes nothing."""
+    home_path, url = resolve(home, database_url)
+    basis = selection.selection_basis(url, evaluation)
+    current = selection.champion_id(url)
+    ranked = [*candidate_ids, *([current] if current is not None and current not in candidate_ids else [])]
+    if basis == SelectionBasis.VALIDATION:
+        metric = evaluation.promotion_metric
+        scores = selection.validation_scores(url, home_path, ranked, metric)
+    else:
+        metric = "macro_auroc"
+        scores = selection.cross_validation_scores(url, home_path, ranked, evaluation)
+    selection.record_selection(url, scores, basis)
+    known = [(scores[i], -i) for i in candidate_ids if scores.get(i) is not None]
+    chosen = -max(known)[1] if known else None
+    get_run_logger().info("selection on %s by %s: %s; best candidate %s", basis, metric, scores, chosen)
+    return SelectionResult(str(basis), metric, scores, chosen, current)
+
+
+@flow(name="cxr-promote")
+def promote_flow(
+    candidate_ids: list[int],
+    evaluation_ids: list[int],
+    evaluation: EvaluationConfig = EvaluationConfig(),
+    database_url: str | None = None,
+    home: str | None = None,
+) -> bool:
+    """Promote the best candidate on its recorded selection figure if it beats the champion's
+    on the same basis by more than ``evaluation.promotion_margin``; then publish each of
+    ``evaluation_ids`` under the keys of the role its version ends with. Returns whether the
+    best candidate is the champion now."""
+    _, url = resolve(home, database_url)
+    champion = selection.promote_selected(url, candidate_ids, evaluation.promotion_metric, evaluation.promotion_margin)
+    for evaluation_id in evaluation_ids:
+        publish_evaluation(url, evaluation_id)
+    return champion
+
+
 @flow(name="cxr-evaluate")
 def evaluate_flow(
     model_version_id: int,
     promote: bool = True,
     evaluation: EvaluationConfig = EvaluationConfig(),
     split: Literal["test", "val"] = "test",
+    publish: bool = True,
     home: str | None = None,
     database_url: str | None = None,
 ) -> EvaluateResult:
     """Evaluate a model version with its active thresholds (bootstrap intervals, calibration,
-    subgroups); promote it if it beats the champion by ``evaluation.promotion_margin``; publish
-    the evaluation's artifacts under the keys of the role it ends with (champion or not)."""
+    subgroups). With ``promote``: rank it against the champion as :func:`select_flow` does (on
+    validation or cross-validation, never on this evaluation) and promote it if it beats the
+    champion by ``evaluation.promotion_margin``. With ``publish``: publish the evaluation's
+    artifacts under the keys of the role it ends with (champion or not)."""
     home_path, url = resolve(home, database_url)
     evaluation_id = evaluate_model(url, home_path, model_version_id, split=split, config=evaluation)
-    promoted = (
-        promote_if_better(url, model_version_id, evaluation.promotion_metric, evaluation.promotion_margin, split)
-        if promote
-        else False
-    )
-    publish_evaluation(url, evaluation_id)
+    promoted = False
+    if promote:
+        select_flow([model_version_id], evaluation, home=home, database_url=database_url)
+        promoted = selection.promote_selected(url, [model_version_id], evaluation.promotion_metric, evaluation.promotion_margin)
+    if publish:
+        publish_evaluation(url, evaluation_id)
     return EvaluateResult(evaluation_id, promoted)
 
 

@@ -57,6 +57,7 @@ HEADLINE_AGGREGATES = ("macro_auroc", "macro_f1", "micro_f1", "exact_match")
 
 # comparison columns: (key, label, higher_is_better or None when not ranked)
 COMPARISON_COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
+    ("selection_score", "Selection figure", True),
     ("macro_auroc", "Macro AUROC", True),
     ("macro_auroc_ci", "AUROC 95% CI", None),
     ("macro_f1", "Macro F1", True),
@@ -69,6 +70,9 @@ COMPARISON_COLUMNS: tuple[tuple[str, str, bool | None], ...] = (
     ("inference_ms_per_image", "ms / image", False),
 )
 INTERVAL_KEYS = ("auroc_ci_low", "auroc_ci_high", "f1_ci_low", "f1_ci_high")
+#: Fewer positive studies than this: an interval is flagged as a small sample, not read bare.
+SMALL_SAMPLE_POSITIVES = 10
+BASIS_LABELS = {"validation": "validation", "cross_validation": "cross-validation"}
 POSITIVE_WORDS = frozenset({"positive", "pos", "flagged", "flag", "yes", "1", "true"})
 FIGURES = ("confusion", "roc", "roc_grid", "pr", "pr_grid", "reliability", "training", "labels", "embedding_map")
 
@@ -103,11 +107,18 @@ def aggregate_rows(aggregates: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def per_class_view(rows: Sequence[ClassMetrics | Mapping[str, Any]], threshold_values: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per-class rows as dicts in FINDINGS order, every :class:`~reports.contexts.ClassMetrics`
-    field present (None when unknown); a missing threshold falls back to ``threshold_values``."""
+    field present (None when unknown); a missing threshold falls back to ``threshold_values``.
+    Two flags per row: ``below_chance`` (the whole AUROC interval lies below 0.5) and
+    ``small_sample`` (an interval exists but rests on fewer than
+    :data:`SMALL_SAMPLE_POSITIVES` positive studies)."""
     out = sorted((ClassMetrics.model_validate(r).model_dump() for r in rows), key=lambda r: finding_order(r["finding"]))
     for r in out:
         if r["threshold"] is None:
             r["threshold"] = threshold_values.get(r["finding"])
+        high = finite_or_none(r["auroc_ci_high"])
+        r["below_chance"] = high is not None and high < 0.5
+        has_interval = any(finite_or_none(r[k]) is not None for k in INTERVAL_KEYS)
+        r["small_sample"] = has_interval and r["n_positive"] is not None and r["n_positive"] < SMALL_SAMPLE_POSITIVES
     return out
 
 
@@ -120,8 +131,17 @@ def calibration_view(per_class: Sequence[Mapping[str, Any]], aggregates: Mapping
     """Brier and ECE per finding before (raw probabilities) and after the evaluation's probability
     calibration, with a mean row (the aggregates' ``mean_brier``/``mean_ece`` when recorded).
     ``available`` is False when neither ECE nor a calibrated value was recorded; ``calibrated``
-    whether any after-value exists."""
-    rows = [{k: r.get(k) for k in ("finding", "brier", "ece", "brier_calibrated", "ece_calibrated")} for r in per_class]
+    whether any after-value exists; ``not_applied`` the findings whose calibration made the
+    validation ECE worse and was therefore not applied (each row's ``not_applied`` holds the
+    validation ECE before and after)."""
+    not_applied = (aggregates.get("calibration") or {}).get("not_applied") or {}
+    rows = [
+        {**{k: r.get(k) for k in ("finding", "brier", "ece", "brier_calibrated", "ece_calibrated")}, "not_applied": None}
+        for r in per_class
+    ]
+    for r in rows:
+        if r["finding"] in not_applied:
+            r["not_applied"] = not_applied[r["finding"]]
     calibrated = any(
         finite_or_none(r["brier_calibrated"]) is not None or finite_or_none(r["ece_calibrated"]) is not None for r in rows
     )
@@ -138,7 +158,14 @@ def calibration_view(per_class: Sequence[Mapping[str, Any]], aggregates: Mapping
         "ece_calibrated": _mean_known([r["ece_calibrated"] for r in rows]),
     }
     available = calibrated or any(finite_or_none(r["ece"]) is not None for r in rows)
-    return {"method": method, "rows": rows, "mean": mean, "calibrated": calibrated, "available": available}
+    return {
+        "method": method,
+        "rows": rows,
+        "mean": mean,
+        "calibrated": calibrated,
+        "available": available,
+        "not_applied": [r["finding"] for r in rows if r["not_applied"]],
+    }
 
 
 def has_intervals(per_class: Sequence[Mapping[str, Any]], aggregates: Mapping[str, Any]) -> bool:
@@ -173,7 +200,15 @@ def evaluation_summary(ctx: EvaluationContext) -> dict[str, Any]:
 def _comparison_view(rows: Sequence[ComparisonRow]) -> list[dict[str, Any]]:
     """Rows as dicts plus ``best``: the set of column keys where the row holds the best value
     (only with at least two rows, and two values in the column)."""
-    out = [{**r.model_dump(), "best": set()} for r in rows]
+    out = [
+        {
+            **r.model_dump(),
+            "best": set(),
+            "basis_label": BASIS_LABELS.get(r.selection_basis or "", r.selection_basis),
+            "below_chance": r.macro_auroc_ci_high is not None and r.macro_auroc_ci_high < 0.5,
+        }
+        for r in rows
+    ]
     if len(out) < 2:
         return out
     for key, _, hib in COMPARISON_COLUMNS:
@@ -253,6 +288,11 @@ def evaluation_view(ctx: EvaluationContext) -> dict[str, Any]:
         **summary,
         "threshold_notes": {k: v for k, v in notes if v},
         "headline": [r for r in summary["aggregates"] if r["key"] in HEADLINE_AGGREGATES],
+        "per_class_flags": {
+            "small_sample": [r["finding"] for r in summary["per_class"] if r["small_sample"]],
+            "below_chance": [r["finding"] for r in summary["per_class"] if r["below_chance"]],
+        },
+        "small_sample_positives": SMALL_SAMPLE_POSITIVES,
         "comparison": _comparison_view(ctx.comparison),
         "comparison_columns": COMPARISON_COLUMNS,
         "epochs": epochs,

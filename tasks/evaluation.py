@@ -1,9 +1,9 @@
-"""Calibrate per-finding thresholds, evaluate on the test split, promote a better challenger,
-publish an evaluation's artifacts.
+"""Calibrate per-finding thresholds, evaluate on the test split, publish an evaluation's
+artifacts (choosing and promoting the champion is :mod:`tasks.selection`).
 
 The work is :mod:`cxrmodel` (load the version, predict a split, fit thresholds,
 :func:`cxrmodel.evaluation.evaluate.evaluate`); the rows are :mod:`db.thresholds`,
-:mod:`db.evaluations` and :mod:`db.registry` (the promotion rule lives there). The tasks add
+:mod:`db.evaluations` and :mod:`db.registry`. The tasks add
 the log lines and the Prefect artifacts.
 """
 
@@ -15,18 +15,21 @@ import numpy as np
 from prefect import task
 
 from cxrmodel.config import EvaluationConfig, HomeLayout, ThresholdConfig
-from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, save_arrays
+from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, predict_split_reusing, save_arrays
 from cxrmodel.evaluation.thresholds import calibrate_thresholds as fit_thresholds
 from cxrmodel.evaluation.thresholds import save_thresholds_json
 from cxrmodel.findings import FINDINGS
+from cxrmodel.models.kinds import NETWORK_KINDS
 from cxrmodel.models.loading import LoadedModel, load_model_version
 from db import evaluations, registry, thresholds
 from db.engine import session_scope
 from db.evaluations import EvaluationRecord
-from db.registry import PromotionDecision
 from db.statuses import ModelStatus
 from tasks.artifacts import markdown_link, markdown_table, md, publish_markdown, publish_table, role_key
 from tasks.common import labelled_frame, run_logger
+
+#: A version's probabilities on the validation split, kept for calibration, selection and evaluation.
+VALIDATION_FILE = "validation_predictions.npz"
 
 
 def _load(database_url: str, version_id: int) -> tuple[LoadedModel, str, Path]:
@@ -41,7 +44,9 @@ def calibrate_thresholds(database_url: str, home: Path, version_id: int, config:
     """Fit per-finding thresholds on the validation split; store them as the active set and as
     ``thresholds.json`` beside the model."""
     loaded, name, folder = _load(database_url, version_id)
-    val = predict_split(loaded, labelled_frame(database_url), "val", HomeLayout(Path(home)).cache)
+    val = predict_split_reusing(
+        loaded, labelled_frame(database_url), "val", HomeLayout(Path(home)).cache, folder / VALIDATION_FILE
+    )
     result = fit_thresholds(val.labels, val.probabilities, config)
     for finding, note in result.notes.items():
         run_logger().warning("%s: %s", finding, note)
@@ -83,8 +88,8 @@ def evaluate_model(
     loaded, name, folder = _load(database_url, version_id)
     frame, cache = labelled_frame(database_url), HomeLayout(Path(home)).cache
     ours = predict_split(loaded, frame, split, cache)
-    val = predict_split(loaded, frame, "val", cache) if config.calibration != "none" else None
-    is_network = loaded.embedding_head is None
+    val = predict_split_reusing(loaded, frame, "val", cache, folder / VALIDATION_FILE) if config.calibration != "none" else None
+    is_network = loaded.kind in NETWORK_KINDS  # the map of an embedding baseline would be its parent's
     result = evaluate(
         ours.labels,
         ours.probabilities,
@@ -187,16 +192,3 @@ def publish_evaluation(database_url: str, evaluation_id: int) -> str | None:
         description=f"Thresholds of {record.model_name} ({record.threshold_method})",
     )
     return kind
-
-
-@task(name="promote-if-better")
-def promote_if_better(
-    database_url: str, version_id: int, metric: str = "macro_auroc", margin: float = 0.0, split: str = "test"
-) -> bool:
-    """Promote ``version_id`` when there is no champion, or when it beats the champion's
-    ``metric`` on the same split by more than ``margin`` (:func:`db.registry.promotion_decision`).
-    Returns whether it is the champion now."""
-    with session_scope(database_url) as session:
-        decision: PromotionDecision = registry.promote_if_better(session, version_id, metric, margin, split)
-    run_logger().info("%s: %s", "promoted" if decision.promote else "not promoted", decision.reason)
-    return decision.champion

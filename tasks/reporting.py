@@ -13,7 +13,7 @@ from prefect import task
 from cxrmodel.config import HomeLayout
 from cxrmodel.data.imaging import read_grayscale
 from cxrmodel.findings import FINDINGS
-from cxrmodel.models.kinds import is_network
+from cxrmodel.models.kinds import is_embedding_head, is_network
 from db import report_queries
 from db.engine import session_scope
 from db.entities import ModelVersionInfo, StudyInfo
@@ -92,6 +92,8 @@ def _add_gradcam(home: Path, model: ModelVersionInfo, studies: dict[str, StudyIn
             ex["gradcam_note"] = (
                 f"No Grad-CAM for the {model.kind} baseline: its scores come from a head on image "
                 "embeddings, not from the network's logits."
+                if is_embedding_head(model.kind)
+                else f"No Grad-CAM for the {model.kind} baseline: it has no network (logistic regression on pixels)."
             )
         return
     try:

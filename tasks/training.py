@@ -1,4 +1,5 @@
-"""Training tasks: seed 004's network and the k-NN and MLP embedding baselines.
+"""Training tasks: seed 004's network, the k-NN and MLP embedding baselines and the classical
+pixel-logistic baseline.
 
 The work is :mod:`cxrmodel.training` (prepare the data, train the network, save what the run
 leaves, fit a baseline); the rows are :mod:`db.training` and :mod:`db.registry`. The helpers
@@ -16,9 +17,10 @@ import torch
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from cxrmodel.config import DataConfig, HomeLayout, TrainConfig
+from cxrmodel.config import ClassicalConfig, DataConfig, HomeLayout, TrainConfig
 from cxrmodel.models.loading import load_model_version
 from cxrmodel.training.baselines import FittedBaseline, embed_training_split, fit_knn_baseline, fit_mlp_baseline
+from cxrmodel.training.classical import fit_classical_baseline
 from cxrmodel.training.data import TrainingData, prepare_training_data, version_name
 from cxrmodel.training.loop import EpochResult, FitResult, resolve_device, seed_everything
 from cxrmodel.training.network import resumed_history
@@ -194,17 +196,9 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
     return version_id
 
 
-def _fit_baseline(
-    database_url: str, home: Path, parent_version_id: int, fit: Callable[..., FittedBaseline]
-) -> tuple[int, FittedBaseline]:
-    """Embed the training split with the parent network, fit the baseline, register it."""
+def _register_baseline(database_url: str, baseline: FittedBaseline, parent_version_id: int | None = None) -> int:
     with session_scope(database_url) as session:
-        parent_files = registry.model_version_files(session, parent_version_id)
-    parent = load_model_version(parent_files)
-    embeddings, labels = embed_training_split(parent, labelled_frame(database_url), HomeLayout(Path(home)).cache)
-    baseline = fit(parent, parent_files.name, embeddings, labels, HomeLayout(Path(home)).models)
-    with session_scope(database_url) as session:
-        version = registry.register_model_version(
+        return registry.register_model_version(
             session,
             name=baseline.name,
             kind=baseline.kind,
@@ -214,8 +208,19 @@ def _fit_baseline(
             status=ModelStatus.CANDIDATE,
             parent_id=parent_version_id,
             parameter_count=baseline.parameter_count,
-        )
-        return version.id, baseline
+        ).id
+
+
+def _fit_baseline(
+    database_url: str, home: Path, parent_version_id: int, fit: Callable[..., FittedBaseline]
+) -> tuple[int, FittedBaseline]:
+    """Embed the training split with the parent network, fit the baseline, register it."""
+    with session_scope(database_url) as session:
+        parent_files = registry.model_version_files(session, parent_version_id)
+    parent = load_model_version(parent_files)
+    embeddings, labels = embed_training_split(parent, labelled_frame(database_url), HomeLayout(Path(home)).cache)
+    baseline = fit(parent, parent_files.name, embeddings, labels, HomeLayout(Path(home)).models)
+    return _register_baseline(database_url, baseline, parent_version_id), baseline
 
 
 @task(name="train-knn-baseline")
@@ -239,5 +244,25 @@ def train_mlp_baseline(database_url: str, home: Path, parent_version_id: int) ->
         config["best_epoch"],
         config["epochs_run"],
         config["held_out_bce"] or float("nan"),
+    )
+    return version_id
+
+
+@task(name="train-classical-baseline")
+def train_classical_baseline(database_url: str, home: Path, data: DataConfig, config: ClassicalConfig) -> int:
+    """The classical baseline: one logistic regression per finding on the training split's
+    cached images shrunk to ``config.side`` pixels plus age, sex and view; registered as a
+    candidate like every other model version. Returns its id."""
+    frame = labelled_frame(database_url)
+    baseline = fit_classical_baseline(frame, HomeLayout(Path(home)).cache, data, config, HomeLayout(Path(home)).models)
+    version_id = _register_baseline(database_url, baseline)
+    run_logger().info(
+        "classical baseline %s: %d training studies, %dx%d pixels, C=%g (%d findings without a model)",
+        baseline.name,
+        baseline.config["n_train"],
+        config.side,
+        config.side,
+        config.c,
+        baseline.config["findings_without_model"],
     )
     return version_id

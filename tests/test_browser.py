@@ -164,3 +164,35 @@ def test_dataset_report_in_browser(browser, tmp_path, shots):
     assert n_images >= 4
     _check_page(browser, path, shots, "dataset", n_images)
     _check_print(browser, shots, "dataset")
+
+
+def test_per_class_and_comparison_tables_show_every_column_at_1400_px(browser, tmp_path, shots):
+    """At a 1400 px window neither wide table scrolls sideways, with the small-sample and
+    below-chance flags in the per-class table and long version names in the comparison."""
+    ctx = full_context(n_examples=0)
+    for r in ctx["per_class"][:4]:
+        r["n_positive"] = 3
+    ctx["per_class"][5].update(auroc=0.31, auroc_ci_low=0.2, auroc_ci_high=0.45)
+    ctx["comparison"][0].update(
+        name="mlp_embedding-of-densenet121_fpn-20250101T120000123456", selection_score=0.81, selection_basis="cross_validation"
+    )
+    ctx["comparison"][1].update(
+        name="pixel_logistic-20250101T120000654321", selection_score=0.7, selection_basis="validation", macro_auroc_ci_high=0.45
+    )
+    path = render_evaluation_report(EvaluationContext(**ctx), tmp_path / "wide.html")
+    _open(browser, path)
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": False}
+    )
+    try:
+        widths = browser.execute_script(
+            "return ['per-class-table', 'comparison-table'].map(id => { const t = document.getElementById(id);"
+            " return [id, Math.round(t.parentElement.scrollWidth), Math.round(t.parentElement.clientWidth),"
+            " Math.round(t.getBoundingClientRect().right), document.documentElement.clientWidth]; });"
+        )
+        browser.find_element("id", "per-class-table").screenshot(str(shots / "per_class_1400.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    for table, scroll, client, right, page in widths:
+        assert scroll <= client + 1 and right <= page, f"{table} overflows at 1400 px: {scroll} > {client}"
+    assert len(browser.find_elements("css selector", "#per-class-table .small-sample")) == 8  # 4 findings x 2 intervals

@@ -197,3 +197,28 @@ def test_separable_validation_data_gives_finite_parameters():
     assert np.isfinite(platt.slope).all() and platt.slope[0] > 1.0  # C = 1e6 keeps it finite
     temp = ProbabilityCalibrator.fit(y, p, "temperature", findings=("x",))
     assert temp.temperature[0] == pytest.approx(0.01) and "search bound" in temp.notes["x"]
+
+
+def test_a_calibration_that_worsens_a_findings_validation_ece_is_not_applied_to_it():
+    """Finding A is calibrated already (labels drawn from its probabilities): the log-loss
+    temperature fitted on this sample makes its ECE worse, so A keeps identity and is listed;
+    B (probabilities cubed) is helped and keeps its fitted temperature."""
+    rng = np.random.default_rng(8)
+    p = rng.uniform(0.02, 0.98, size=(300, 2))
+    t = (rng.random((300, 2)) < p).astype(int)
+    p[:, 1] = np.clip(p[:, 1] ** 3, 0.001, 0.999)
+    unchecked = ProbabilityCalibrator.fit(t, p, "temperature", findings=("A", "B"), keep_if_worse=True)
+    raw_after = unchecked.transform(p)
+    ece = [(expected_calibration_error(t[:, j], p[:, j]), expected_calibration_error(t[:, j], raw_after[:, j])) for j in range(2)]
+    assert ece[0][1] > ece[0][0] and ece[1][1] < ece[1][0]  # the premise, by hand
+    checked = ProbabilityCalibrator.fit(t, p, "temperature", findings=("A", "B"))
+    assert set(checked.not_applied) == {"A"}
+    np.testing.assert_allclose(checked.not_applied["A"], ece[0])
+    assert checked.temperature[0] == 1.0 and checked.temperature[1] == pytest.approx(unchecked.temperature[1])
+    out = checked.transform(p)
+    np.testing.assert_allclose(out[:, 0], p[:, 0], atol=1e-9)  # identity for A
+    np.testing.assert_allclose(out[:, 1], raw_after[:, 1])
+    assert "worse" in checked.notes["A"] and "not applied" in checked.notes["A"]
+    again = ProbabilityCalibrator.from_dict(checked.to_dict())
+    assert set(again.not_applied) == {"A"} and again.not_applied["A"] == pytest.approx(checked.not_applied["A"])
+    np.testing.assert_allclose(again.transform(p), out)

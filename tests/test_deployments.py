@@ -40,6 +40,7 @@ def _production_parameters() -> dict:
         "thresholds": cfg.thresholds.model_dump(mode="json"),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
         "chexnet_baseline": None,
+        "classical_baseline": cfg.classical.model_dump(mode="json") if cfg.classical_baseline else None,
     }
 
 

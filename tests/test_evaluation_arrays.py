@@ -75,3 +75,30 @@ def test_two_evaluations_of_one_version_and_split_keep_two_array_files(migrated_
         assert set(stored.files) == {"y_true", "y_prob", "study_key", "y_prob_calibrated"}
         assert stored["y_prob"].shape == (second.n_studies, len(FINDINGS))
     assert not (artifact.parent / "predictions_test.npz").exists()
+
+
+def test_validation_predictions_are_reused_only_for_the_same_studies(tmp_path):
+    """What calibration, selection and evaluation share: the kept probabilities come back for the
+    same studies and images, and are recomputed when a study or its image changes."""
+    import pandas as pd
+
+    from cxrmodel.evaluation.evaluate import predict_split_reusing
+
+    class Counting:
+        calls = 0
+
+        def predict_frame(self, rows, cache_root):
+            Counting.calls += 1
+            return np.full((len(rows), 14), 0.1 * Counting.calls, dtype=np.float32)
+
+    frame = pd.DataFrame(
+        {"study_key": ["a", "b", "c"], "content_hash": ["1", "2", "3"], "split": ["val", "val", "test"]}
+        | {f: [0, 1, 0] for f in FINDINGS}
+    )
+    store = tmp_path / "val.npz"
+    first = predict_split_reusing(Counting(), frame, "val", tmp_path, store)
+    again = predict_split_reusing(Counting(), frame, "val", tmp_path, store)
+    assert Counting.calls == 1 and np.array_equal(first.probabilities, again.probabilities) and len(again.labels) == 2
+    changed = frame.assign(content_hash=["1", "9", "3"])  # b's image changed
+    assert predict_split_reusing(Counting(), changed, "val", tmp_path, store).probabilities[0, 0] == np.float32(0.2)
+    assert Counting.calls == 2

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from cxrmodel.config import DataConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, SynthConfig, ThresholdConfig, TrainConfig
 from cxrmodel.data.synth import generate_dataset
 from cxrmodel.findings import FINDINGS
+from cxrmodel.models.kinds import has_embedding_space
 from db.engine import session_scope
 from db.models import (
     ClassMetric,
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.slow
 
 TINY_DATA = DataConfig(image_size=32, balancing="none")
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0)
+#: Rank on the small validation split (about 10 studies) rather than retrain every network per fold.
+EVALUATION = EvaluationConfig(min_validation_studies=5)
 
 
 @pytest.fixture(scope="module")
@@ -112,13 +115,16 @@ def _run_pipeline(root: Path, home: Path, url: str):
         TINY_DATA,
         TINY_TRAIN,
         ThresholdConfig(),
+        EVALUATION,
         with_knn_baseline=True,
         chexnet_baseline=TINY_TRAIN,
+        classical_baseline=ClassicalConfig(side=8, c=0.05),
         home=str(home),
         database_url=url,
     )
 
 
+@pytest.mark.timeout(1200)  # five candidates trained, ranked, evaluated and each served once
 def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_root, database_url, tmp_path):
     from flows.stages import refresh_flow, score_flow
 
@@ -140,12 +146,19 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert result.refresh.quarantined == 4
 
         versions = {m.kind: m for m in s.scalars(select(ModelVersion))}
-        assert set(versions) == {"densenet121_fpn", "knn_embedding", "mlp_embedding", "densenet121"}
-        assert versions["densenet121"].status == "candidate"  # baselines are never promoted
+        assert set(versions) == {"densenet121_fpn", "knn_embedding", "mlp_embedding", "densenet121", "pixel_logistic"}
         assert versions["mlp_embedding"].parent_id == versions["densenet121_fpn"].id
         assert Path(versions["densenet121_fpn"].config["embedding_index"]).is_file()
-        assert versions["densenet121_fpn"].status == "champion"
         assert Path(versions["densenet121_fpn"].artifact_path).is_file()
+        # every kind is a candidate ranked on validation; the best one is the champion
+        assert {m.selection_basis for m in versions.values()} == {"validation"}
+        best = max(versions.values(), key=lambda m: (m.selection_score, -m.id))
+        assert [m.kind for m in versions.values() if m.status == "champion"] == [best.kind]
+        assert result.candidates.selection.chosen_id == best.id and result.promoted
+        assert result.candidates.chosen == {
+            "densenet121_fpn": "network", "knn_embedding": "knn", "mlp_embedding": "mlp", "densenet121": "chexnet",
+            "pixel_logistic": "classical",
+        }[best.kind]  # fmt: skip
         model_dir = Path(versions["densenet121_fpn"].artifact_path).parent
         for name in (
             "model.safetensors",
@@ -159,7 +172,7 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert s.scalar(select(func.count()).select_from(EpochMetric)) == 2  # one epoch of each network
 
         evaluations = s.scalars(select(Evaluation)).all()
-        assert len(evaluations) == 4
+        assert len(evaluations) == 5 and {e.split for e in evaluations} == {"test"}  # the test split once per version
         for ev in evaluations:
             assert s.scalar(select(func.count()).select_from(ClassMetric).where(ClassMetric.evaluation_id == ev.id)) == 14
             metrics = {m.finding: m for m in ev.class_metrics}
@@ -180,8 +193,9 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     report = Path(result.report)
     assert report.is_file()
     html = report.read_text()
-    assert versions["densenet121_fpn"].name in html and "knn_embedding" in html and "mlp_embedding" in html
-    assert 'class="similar' in Path(result.scoring.report).read_text()
+    assert best.name in html and all(kind in html for kind in versions) and "Chosen on" in html
+    # similar cases need an embedding space: a classical champion has none
+    assert ('class="similar' in Path(result.scoring.report).read_text()) == has_embedding_space(best.kind)
     dataset_html = Path(result.refresh.dataset_report).read_text()
     assert "missing image file" in dataset_html and "Co-occurrence" in dataset_html
 
@@ -221,11 +235,10 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     } <= keys
     # ... the champion's under the stable keys, each baseline's under its own.
     latest = _latest_artifacts()
-    champion = versions["densenet121_fpn"].name
     for base in ("cxr-per-class-metrics", "cxr-subgroup-metrics", "cxr-evaluation-summary", "cxr-thresholds"):
-        assert champion in latest[base].description, (base, latest[base].description)
-        for kind in ("knn-embedding", "mlp-embedding", "densenet121"):
-            assert versions[kind.replace("-", "_")].name in latest[f"{base}-{kind}"].description
+        assert best.name in latest[base].description, (base, latest[base].description)
+        for kind in set(versions) - {best.kind}:
+            assert versions[kind].name in latest[f"{base}-{kind.replace('_', '-')}"].description
     assert (
         "macro AUROC" in latest["cxr-evaluation-summary"].data
         and "| metric | value | 95% CI |" in latest["cxr-evaluation-summary"].data
@@ -269,6 +282,19 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         assert s.scalar(select(func.count()).select_from(Prediction)) == 12 * len(FINDINGS)
         latest = s.scalars(select(ScoringRun).order_by(ScoringRun.id.desc())).first()
         assert (latest.n_candidates, latest.n_scored, latest.n_failed) == (3, 0, 3)
+
+    # Every candidate kind can be champion and be served by nightly scoring.
+    from db import registry
+
+    for kind in sorted(set(versions) - {best.kind}):
+        with session_scope(database_url) as s:
+            registry.pin(s, versions[kind].name, f"serve the {kind} candidate")
+        night = score_flow(render_report=False, home=str(tmp_path / "home"), database_url=database_url)
+        with session_scope(database_url) as s:
+            run = s.get(ScoringRun, night.scoring_run_id)
+            assert (run.model_version_id, run.n_scored, run.n_failed) == (versions[kind].id, 12, 3), kind
+            served = select(func.count()).select_from(Prediction).where(Prediction.model_version_id == versions[kind].id)
+            assert s.scalar(served) == 12 * len(FINDINGS), kind
 
 
 def test_refresh_from_hugging_face_cache_offline(prefect_server, tmp_path, monkeypatch, database_url):

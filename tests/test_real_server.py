@@ -33,7 +33,7 @@ TINY = {
     "data": DataConfig(image_size=32, balancing="none"),
     "train": TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0),
     "thresholds": ThresholdConfig(),
-    "evaluation": EvaluationConfig(n_bootstrap=50, embedding_map=False),
+    "evaluation": EvaluationConfig(n_bootstrap=50, embedding_map=False, min_validation_studies=5),
 }
 
 

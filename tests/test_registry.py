@@ -14,7 +14,11 @@ from db import evaluations, registry, thresholds
 from db.engine import session_scope
 from db.lookup import NotFound
 from db.models import ModelVersion, Promotion
-from tasks.evaluation import promote_if_better
+from tasks.selection import promote_selected
+
+
+def promote_if_better(url: str, version_id: int, metric: str = "macro_auroc", margin: float = 0.0) -> bool:
+    return promote_selected.fn(url, [version_id], metric, margin)
 
 
 def _version(session, name: str, kind: str = "densenet121_fpn", calibrated: bool = True) -> int:
@@ -24,6 +28,11 @@ def _version(session, name: str, kind: str = "densenet121_fpn", calibrated: bool
     if calibrated:
         thresholds.save_threshold_set(session, version.id, "youden", {}, {f: 0.5 for f in FINDINGS}, {})
     return version.id
+
+
+def _select(session, version_id: int, macro_auroc: float, basis: str = "validation") -> None:
+    """The figure the registry ranks by (what the selection records)."""
+    registry.record_selection(session, {version_id: macro_auroc}, basis)
 
 
 def _evaluate(session, version_id: int, macro_auroc: float, split: str = "test") -> None:
@@ -57,13 +66,13 @@ def two_versions(migrated_url):
     with session_scope(migrated_url) as s:
         old = _version(s, "old")
         new = _version(s, "new")
-        _evaluate(s, old, 0.80)
+        _select(s, old, 0.80)
     return migrated_url, old, new
 
 
 def test_first_evaluated_version_becomes_champion(two_versions):
     url, old, _ = two_versions
-    assert promote_if_better.fn(url, old) is True
+    assert promote_if_better(url, old) is True
     assert _statuses(url)["old"] == ("champion", False)
 
 
@@ -72,10 +81,10 @@ def test_first_evaluated_version_becomes_champion(two_versions):
 )
 def test_challenger_is_promoted_only_when_it_beats_the_champion_by_the_margin(two_versions, challenger_auroc, margin, promoted):
     url, old, new = two_versions
-    promote_if_better.fn(url, old)
+    promote_if_better(url, old)
     with session_scope(url) as s:
-        _evaluate(s, new, challenger_auroc)
-    assert promote_if_better.fn(url, new, "macro_auroc", margin) is promoted
+        _select(s, new, challenger_auroc)
+    assert promote_if_better(url, new, "macro_auroc", margin) is promoted
     expected = (
         {"old": ("retired", False), "new": ("champion", False)}
         if promoted
@@ -86,19 +95,19 @@ def test_challenger_is_promoted_only_when_it_beats_the_champion_by_the_margin(tw
         reasons = [p.reason for p in s.scalars(select(Promotion).order_by(Promotion.id))]
     assert len(reasons) == (2 if promoted else 1)
     if promoted:
-        assert "0.8500 beats champion old (0.8000)" in reasons[-1]
+        assert "0.8500 beats champion old (0.8000)" in reasons[-1] and "on validation" in reasons[-1]
 
 
 def test_pinned_champion_is_not_replaced_automatically_until_unpinned(two_versions):
     url, old, new = two_versions
     with session_scope(url) as s:
         registry.pin(s, "old", "audit in progress")
-        _evaluate(s, new, 0.95)
-    assert promote_if_better.fn(url, new) is False
+        _select(s, new, 0.95)
+    assert promote_if_better(url, new) is False
     assert _statuses(url) == {"old": ("champion", True), "new": ("candidate", False)}
     with session_scope(url) as s:
         registry.unpin(s, "audit done")
-    assert promote_if_better.fn(url, new) is True
+    assert promote_if_better(url, new) is True
     assert _statuses(url) == {"old": ("retired", False), "new": ("champion", False)}
 
 
@@ -121,7 +130,7 @@ def test_rollback_restores_the_replaced_champion_pinned_and_toggles(two_versions
     assert log[0]["reason"] == "false alarm"
 
 
-def test_registry_refuses_what_scoring_could_not_use(migrated_url):
+def test_registry_refuses_only_what_scoring_could_not_use(migrated_url):
     with session_scope(migrated_url) as s:
         _version(s, "uncalibrated", calibrated=False)
         _version(s, "knn", kind="knn_embedding")
@@ -129,7 +138,6 @@ def test_registry_refuses_what_scoring_could_not_use(migrated_url):
         registry.promote(s, only, "first")
     for name, message in [
         ("uncalibrated", "no active threshold set"),
-        ("knn", "embedding baseline"),
         ("missing", "no model version named"),
     ]:
         with pytest.raises(registry.RegistryError, match=message), session_scope(migrated_url) as s:
@@ -137,6 +145,8 @@ def test_registry_refuses_what_scoring_could_not_use(migrated_url):
     with pytest.raises(registry.RegistryError, match="nothing to roll back"), session_scope(migrated_url) as s:
         registry.rollback(s, "try")
     assert _statuses(migrated_url)["only"] == ("champion", False)
+    with session_scope(migrated_url) as s:  # every kind can be champion, an embedding baseline too
+        assert registry.pin(s, "knn", "the best on validation").status == "champion"
 
 
 def test_models_cli_pins_lists_and_rolls_back(two_versions, monkeypatch):
@@ -153,6 +163,8 @@ def test_models_cli_pins_lists_and_rolls_back(two_versions, monkeypatch):
     listing = {row["name"]: row for row in json.loads(runner.invoke(app, ["models", "list", "--json"]).output)}
     assert listing["new"]["status"] == "champion" and listing["new"]["pinned"]
     assert listing["old"]["test_macro_auroc"] == pytest.approx(0.8)
+    assert listing["old"]["selection_score"] == pytest.approx(0.8)
+    assert listing["old"]["selection_basis"] == "validation"
     assert runner.invoke(app, ["models", "rollback"]).exit_code == 0
     assert _statuses(url) == {"old": ("champion", True), "new": ("retired", False)}
     history = runner.invoke(app, ["models", "history"]).output.splitlines()

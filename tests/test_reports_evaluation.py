@@ -167,8 +167,9 @@ def test_per_class_intervals_and_ece_are_shown(full_report):
     assert [r[0] for r in rows] == list(FINDINGS)
     for r in rows:
         src = by_name[r[0]]
-        assert r[COL["AUROC 95% CI"]] == f"{src['auroc_ci_low']:.3f}–{src['auroc_ci_high']:.3f}"
-        assert r[COL["F1 95% CI"]] == f"{src['f1_ci_low']:.3f}–{src['f1_ci_high']:.3f}"
+        few = " n+ < 10" if src["n_positive"] < 10 else ""  # a small sample is flagged, never bare
+        assert r[COL["AUROC 95% CI"]] == f"{src['auroc_ci_low']:.3f}–{src['auroc_ci_high']:.3f}{few}"
+        assert r[COL["F1 95% CI"]] == f"{src['f1_ci_low']:.3f}–{src['f1_ci_high']:.3f}{few}"
         assert r[COL["ECE"]] == f"{src['ece']:.3f}"
         assert r[COL["Threshold"]] == f"{src['threshold']:.3f}"
 
@@ -248,9 +249,57 @@ def test_no_subgroup_warning_below_the_gap():
 def test_comparison_has_auroc_interval_column(full_report):
     _, _, parsed = full_report
     comp = parsed.tables["comparison-table"]
-    # Model, Kind, Status, Macro AUROC, AUROC 95% CI, ...
-    assert comp[0][3:5] == ["0.810", "0.781–0.842"]
-    assert comp[1][3:5] == ["0.660", "—"]
+    # Model, Kind, Status, Chosen on, Selection figure, Macro AUROC, AUROC 95% CI, ...
+    assert comp[0][5:7] == ["0.810", "0.781–0.842"]
+    assert comp[1][5:7] == ["0.660", "—"]
+
+
+def test_comparison_shows_what_each_version_was_chosen_on_beside_its_test_figure():
+    ctx = make_context()
+    ctx["comparison"][0].update(selection_score=0.7712, selection_basis="cross_validation")
+    ctx["comparison"][1].update(
+        selection_score=0.69, selection_basis="validation", macro_auroc_ci_low=0.31, macro_auroc_ci_high=0.48
+    )
+    parsed = parse(render_evaluation_html(EvaluationContext(**ctx)))
+    comp = parsed.tables["comparison-table"]
+    assert comp[0][3:6] == ["cross-validation", "0.771", "0.810"]
+    assert comp[1][3:7] == ["validation", "0.690", "0.660", "0.310–0.480 below 0.5"]
+    assert "never by a test figure" in parsed.text
+
+
+def test_small_samples_and_auroc_below_chance_are_flagged():
+    ctx = full_context(n_examples=0)
+    by_name = {r["finding"]: r for r in ctx["per_class"]}
+    by_name["Hernia"].update(n_positive=2, auroc_ci_low=1.0, auroc_ci_high=1.0)
+    by_name["Mass"].update(n_positive=40, auroc=0.41, auroc_ci_low=0.33, auroc_ci_high=0.49)
+    by_name["Nodule"].update(n_positive=40, auroc=0.45, auroc_ci_low=0.38, auroc_ci_high=0.52)  # touches 0.5: not flagged
+    for r in ctx["per_class"]:
+        if r["finding"] not in ("Hernia",):
+            r["n_positive"] = max(r["n_positive"], 10)
+    parsed = parse(render_evaluation_html(EvaluationContext(**ctx)))
+    rows = {r[0]: r for r in parsed.tables["per-class-table"]}
+    assert rows["Hernia"][COL["AUROC 95% CI"]] == "1.000–1.000 n+ < 10"
+    assert rows["Mass"][COL["AUROC"]] == "0.410 below 0.5"
+    assert rows["Nodule"][COL["AUROC"]] == "0.450"
+    flagged = [name for name, r in rows.items() if "n+ < 10" in r[COL["AUROC 95% CI"]]]
+    assert flagged == ["Hernia"]
+    assert {"small-sample-warning", "below-chance-warning"} <= parsed.ids
+    assert "Small samples. Hernia:" in parsed.text and "Worse than chance. Mass:" in parsed.text
+
+
+def test_a_calibration_that_worsened_validation_ece_is_flagged_as_not_applied():
+    ctx = full_context(n_examples=0)
+    ctx["aggregates"]["calibration"] = {
+        "method": "temperature",
+        "parameters": {},
+        "notes": {},
+        "not_applied": {"Pneumonia": {"ece_before": 0.0123, "ece_after": 0.0456}},
+    }
+    parsed = parse(render_evaluation_html(EvaluationContext(**ctx)))
+    rows = {r[0]: r for r in parsed.tables["calibration-table"]}
+    assert rows["Pneumonia"][-1] == "not applied 0.0123 → 0.0456"
+    assert rows["Mass"][-1] == ""
+    assert "calibration-not-applied" in parsed.ids and "Calibration not applied to Pneumonia" in parsed.text
 
 
 def test_missing_new_fields_say_not_available():

@@ -92,6 +92,7 @@ def calibrate_evaluate_promote(url: str, home: Path, version_id: int) -> None:
 
     from cxrmodel.config import EvaluationConfig, ThresholdConfig
     from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, save_arrays
+    from cxrmodel.evaluation.metrics import evaluate_multilabel
     from cxrmodel.evaluation.thresholds import calibrate_thresholds
     from cxrmodel.findings import FINDINGS
     from cxrmodel.models.loading import load_model_version
@@ -104,6 +105,7 @@ def calibrate_evaluate_promote(url: str, home: Path, version_id: int) -> None:
     model = load_model_version(files)
     val = predict_split(model, frame, "val", home / "cache")
     fitted = calibrate_thresholds(val.labels, val.probabilities, ThresholdConfig())
+    fitted_val_auroc = evaluate_multilabel(val.labels, val.probabilities, fitted.thresholds).aggregates["macro_auroc"]
     with session_scope(url) as s:
         tset = thresholds.save_threshold_set(s, version_id, fitted.method, {}, fitted.as_dict(), fitted.notes)
     test = predict_split(model, frame, "test", home / "cache")
@@ -124,6 +126,7 @@ def calibrate_evaluate_promote(url: str, home: Path, version_id: int) -> None:
         evaluations.set_paths(
             s, stored.id, arrays_path=str(save_arrays(arrays_path(Path(files.artifact_path).parent, stored.id), result.arrays))
         )
+        registry.record_selection(s, {version_id: fitted_val_auroc}, "validation")
         decision = registry.promote_if_better(s, version_id)
         record = evaluations.evaluation_record(s, stored.id)
     assert decision.promote and decision.champion and record.model_status == "champion"

@@ -132,7 +132,9 @@ class ProbabilityCalibrator:
 
     ``"temperature"``: ``f(z) = z / temperature[c]``; ``"platt"``: ``f(z) = slope[c] * z +
     intercept[c]``. Parameters of the other method stay at identity. ``notes`` says, per
-    finding, why a class was left at identity (or hit a search bound).
+    finding, why a class was left at identity (or hit a search bound). ``not_applied``: the
+    findings whose fitted map made the ECE on the fitting (validation) data worse, with
+    ``(ece_before, ece_after)``; they keep identity, so the calibration never worsens a finding.
     """
 
     method: str
@@ -141,6 +143,7 @@ class ProbabilityCalibrator:
     slope: np.ndarray
     intercept: np.ndarray
     notes: dict[str, str] = field(default_factory=dict)
+    not_applied: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -149,6 +152,8 @@ class ProbabilityCalibrator:
         y_prob: ArrayLike,
         method: Literal["temperature", "platt"],
         findings: Sequence[str] = FINDINGS,
+        n_bins: int = 15,
+        keep_if_worse: bool = False,
     ) -> ProbabilityCalibrator:
         """Fit one calibration per column of ``y_prob`` ``[N, C]`` against ``y_true`` ``[N, C]``.
 
@@ -156,7 +161,9 @@ class ProbabilityCalibrator:
         ``log T``). Platt: :class:`~sklearn.linear_model.LogisticRegression` on ``logit(p)``
         with ``C = 1e6`` (effectively unpenalised). A class with a single label value keeps
         identity (``T = 1``; slope 1, intercept 0), as does a Platt fit whose slope is not
-        positive (it would reverse the ranking); both leave a note.
+        positive (it would reverse the ranking); both leave a note. A fitted map that makes the
+        class's ECE (``n_bins`` bins) on the fitting data worse is not applied (identity, listed
+        in :attr:`not_applied` with a note) unless ``keep_if_worse``.
         """
         if method not in CALIBRATION_METHODS:
             raise ValueError(f"method must be one of {CALIBRATION_METHODS}; got {method!r}")
@@ -172,7 +179,20 @@ class ProbabilityCalibrator:
                 temperature[j], slope[j], intercept[j], note = _fit_one(method, t[:, j], z[:, j])
                 if note:
                     notes[name] = note
-        return cls(method, names, temperature, slope, intercept, notes)
+        fitted = cls(method, names, temperature, slope, intercept, notes)
+        if keep_if_worse:
+            return fitted
+        after = fitted.transform(p)
+        for j, name in enumerate(names):
+            before_ece = expected_calibration_error(t[:, j], p[:, j], n_bins)
+            after_ece = expected_calibration_error(t[:, j], after[:, j], n_bins)
+            if after_ece > before_ece + 1e-12:
+                temperature[j], slope[j], intercept[j] = 1.0, 1.0, 0.0
+                fitted.not_applied[name] = (before_ece, after_ece)
+                notes[name] = (
+                    f"{method} scaling made the ECE on validation worse ({before_ece:.4f} -> {after_ece:.4f}): not applied"
+                )
+        return fitted
 
     def transform(self, y_prob: ArrayLike) -> np.ndarray:
         """Calibrated probabilities ``[N, C]`` (float64) for ``y_prob`` ``[N, C]``."""
@@ -182,7 +202,7 @@ class ProbabilityCalibrator:
         return expit(z * self.slope[None, :] + self.intercept[None, :])
 
     def to_dict(self) -> dict:
-        """JSON-able ``{"method", "parameters": {finding: {...}}, "notes"}``; temperature scaling
+        """JSON-able ``{"method", "parameters": {finding: {...}}, "notes", "not_applied"}``; temperature scaling
         stores ``{"temperature": T}`` per finding, Platt ``{"slope": a, "intercept": b}``."""
         if self.method == "temperature":
             params = {name: {"temperature": float(v)} for name, v in zip(self.findings, self.temperature, strict=True)}
@@ -191,7 +211,8 @@ class ProbabilityCalibrator:
                 name: {"slope": float(a), "intercept": float(b)}
                 for name, a, b in zip(self.findings, self.slope, self.intercept, strict=True)
             }
-        return {"method": self.method, "parameters": params, "notes": dict(self.notes)}
+        not_applied = {name: {"ece_before": float(b), "ece_after": float(a)} for name, (b, a) in self.not_applied.items()}
+        return {"method": self.method, "parameters": params, "notes": dict(self.notes), "not_applied": not_applied}
 
     @classmethod
     def from_dict(cls, data: Mapping) -> ProbabilityCalibrator:
@@ -221,6 +242,7 @@ class ProbabilityCalibrator:
             np.asarray(values.get("slope", np.ones(n_classes)), dtype=np.float64),
             np.asarray(values.get("intercept", np.zeros(n_classes)), dtype=np.float64),
             dict(data.get("notes") or {}),
+            {name: (float(row["ece_before"]), float(row["ece_after"])) for name, row in (data.get("not_applied") or {}).items()},
         )
 
 

@@ -66,6 +66,23 @@ def predict_split(model: LoadedModel, frame: pd.DataFrame, split: str, cache_roo
     return SplitPredictions(rows, labels_matrix(rows), probabilities, ms)
 
 
+def predict_split_reusing(model: LoadedModel, frame: pd.DataFrame, split: str, cache_root: Path, store: Path) -> SplitPredictions:
+    """:func:`predict_split`, reusing the probabilities kept in ``store`` (an ``.npz`` written
+    by an earlier call for the same model version) when they cover exactly the same studies,
+    with the same image content, in the same order; otherwise predict and keep them there. Calibration, selection and the
+    evaluation's probability calibration all read the validation split of the same version."""
+    rows = frame[frame["split"] == split].reset_index(drop=True)
+    hashes = rows["content_hash"] if "content_hash" in rows else pd.Series([""] * len(rows))
+    keys = (rows["study_key"].astype(str) + ":" + hashes.fillna("").astype(str)).to_numpy(dtype=str)
+    if Path(store).is_file() and not rows.empty:
+        with np.load(store, allow_pickle=False) as kept:
+            if kept["study_key"].shape == keys.shape and (kept["study_key"] == keys).all():
+                return SplitPredictions(rows, labels_matrix(rows), kept["probabilities"], float(kept["ms_per_image"]))
+    result = predict_split(model, frame, split, cache_root)
+    save_arrays(store, {"study_key": keys, "probabilities": result.probabilities, "ms_per_image": np.array(result.ms_per_image)})
+    return result
+
+
 def _finite_or_none(value: float | None) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
@@ -89,8 +106,10 @@ def _add_intervals(result: ModelEvaluation, labels, probs, thresholds, patients,
 
 
 def _add_probability_calibration(result: ModelEvaluation, labels, probs, val_labels, val_probs, config: EvaluationConfig) -> None:
-    """Per-class calibration fitted on validation; Brier and ECE after it on ``probs``."""
-    calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration)
+    """Per-class calibration fitted on validation (a finding whose validation ECE it would worsen
+    keeps its raw probabilities, listed in ``aggregates["calibration"]["not_applied"]``); Brier and
+    ECE after it on ``probs``."""
+    calibrator = ProbabilityCalibrator.fit(val_labels, val_probs, config.calibration, n_bins=config.ece_bins)
     calibrated = calibrator.transform(probs)
     for row, after in zip(result.per_class, calibration_summary(labels, probs, calibrated, n_bins=config.ece_bins), strict=True):
         row["brier_calibrated"], row["ece_calibrated"] = after["brier_after"], after["ece_after"]

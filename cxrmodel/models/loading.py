@@ -6,7 +6,7 @@ one from its registry row); every artefact's sha256 is checked before its weight
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -21,12 +21,14 @@ from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.data.imaging import read_grayscale, resize_square
 from cxrmodel.data.metadata import AgeScaler, patient_features
 from cxrmodel.data.transforms import eval_transform
+from cxrmodel.findings import NUM_FINDINGS
 from cxrmodel.models.artifacts import load_state_dict
+from cxrmodel.models.classical import PixelLogisticModel
 from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
-from cxrmodel.models.kinds import NETWORK_KINDS, ModelKind
+from cxrmodel.models.kinds import CLASSICAL_KINDS, NETWORK_KINDS, ModelKind
 from cxrmodel.models.networks import build_model
 from cxrmodel.models.version_files import ModelVersionFiles
-from cxrmodel.training.loop import predict_loader, resolve_device
+from cxrmodel.training.loop import resolve_device
 
 __all__ = [
     "EMBEDDING_HEADS",
@@ -36,6 +38,7 @@ __all__ = [
     "embed_image_files",
     "embed_loader",
     "load_model_version",
+    "raw_pixels",
 ]
 
 
@@ -52,42 +55,80 @@ EMBEDDING_HEADS = {
 }
 
 
+def raw_pixels(image: torch.Tensor) -> torch.Tensor:
+    """The classical model's input transform: the uint8 ``[1, S, S]`` image as it is."""
+    return image
+
+
 @dataclass
 class LoadedModel:
-    """A model version ready to predict: the network, and for embedding baselines the fitted
-    head (k-NN, MLP) that turns the network's embeddings into probabilities."""
+    """A model version ready to predict, whatever its kind, through one path:
+    :attr:`input_transform` turns the uint8 ``[1, S, S]`` image (image cache or decoded file at
+    :attr:`image_size`) into the model's input, and :meth:`predict_batch` turns a batch of
+    inputs and patient features into probabilities ``[B, 14]``. A network scores itself; an
+    embedding baseline is its parent ``network`` plus the fitted ``embedding_head``; a
+    classical model (``classical``) has no network."""
 
     version_id: int
     kind: str
-    network: torch.nn.Module
+    network: torch.nn.Module | None
     image_size: int
     age_scaler: AgeScaler
     embedding_head: EmbeddingHead | None = None
+    classical: PixelLogisticModel | None = None
 
     @property
     def knn(self) -> EmbeddingHead | None:
         """Old name of :attr:`embedding_head` (any embedding head, not only k-NN)."""
         return self.embedding_head
 
-    def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int) -> DataLoader:
+    @property
+    def has_embeddings(self) -> bool:
+        """Whether there is a network whose image embeddings can be read (map, similar cases)."""
+        return self.network is not None
+
+    @property
+    def input_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return raw_pixels if self.classical is not None else eval_transform(self.image_size)
+
+    def prepare(self, device: torch.device) -> LoadedModel:
+        """Move the network (if any) to ``device`` in eval mode; returns self."""
+        if self.network is not None:
+            self.network.eval().to(device)
+        return self
+
+    @torch.no_grad()
+    def predict_batch(self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device) -> np.ndarray:
+        """Probabilities ``[B, 14]`` (float32) of a batch of :attr:`input_transform` outputs."""
+        if self.classical is not None:
+            return self.classical.predict_proba(inputs[:, 0].numpy(), patient.numpy())
+        images = inputs.to(device, non_blocking=True)
+        if self.embedding_head is not None:
+            return self.embedding_head.predict_proba(self.network.embed(images).float().cpu().numpy()).astype(np.float32)
+        logits = self.network(images, patient.to(device, non_blocking=True))
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int, transform=None) -> DataLoader:
         dataset = StudyDataset(
             cached_loader(ImageCache(cache_root, self.image_size), frame),
             patient_features(frame, self.age_scaler),
-            transform=eval_transform(self.image_size),
+            transform=transform or self.input_transform,
         )
         return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
     def embed_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
         """The network's image embeddings ``[N, d]`` for labelled studies read through the image cache."""
-        return embed_loader(self.network, self._frame_loader(frame, cache_root, batch_size), resolve_device(device))
+        if self.network is None:
+            raise ValueError(f"a {self.kind} model has no network, so no image embeddings")
+        loader = self._frame_loader(frame, cache_root, batch_size, eval_transform(self.image_size))
+        return embed_loader(self.network, loader, resolve_device(device))
 
     def predict_frame(self, frame: pd.DataFrame, cache_root: Path, batch_size: int = 64, device: str = "auto") -> np.ndarray:
         """Probabilities ``[N, 14]`` for labelled studies read through the image cache."""
-        if self.embedding_head is not None:
-            return self.embedding_head.predict_proba(self.embed_frame(frame, cache_root, batch_size, device))
         dev = resolve_device(device)
-        probs, _, _ = predict_loader(self.network.to(dev), self._frame_loader(frame, cache_root, batch_size), dev)
-        return probs
+        self.prepare(dev)
+        chunks = [self.predict_batch(batch[0], batch[1], dev) for batch in self._frame_loader(frame, cache_root, batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, NUM_FINDINGS), dtype=np.float32)
 
 
 @torch.no_grad()
@@ -115,8 +156,19 @@ def embed_image_files(loaded: LoadedModel, paths: Sequence[str], batch_size: int
 
 
 def load_model_version(files: ModelVersionFiles) -> LoadedModel:
-    """Build the network of ``files`` (or of its parent for embedding baselines) and load the
-    weights after checking their sha256 against the registry's."""
+    """Build the network of ``files`` (or of its parent for embedding baselines; nothing for a
+    classical model) and load the weights after checking their sha256 against the registry's."""
+    if files.kind in CLASSICAL_KINDS:
+        config = files.config
+        classical = PixelLogisticModel.load(files.artifact_path, files.sha256)
+        return LoadedModel(
+            files.version_id,
+            files.kind,
+            None,
+            config["image_size"],
+            AgeScaler.from_dict(config["age_scaler"]),
+            classical=classical,
+        )
     if files.kind in NETWORK_KINDS:
         network = build_model(files.kind)
         network.load_state_dict(load_state_dict(files.artifact_path, files.sha256))

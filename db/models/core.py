@@ -118,6 +118,9 @@ class ModelVersion(Base):
     parameter_count: Mapped[int | None]
     # A champion pinned by hand stays champion: automatic promotion leaves it alone until unpinned.
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The figure the registry ranked it by, and on what: never the test split (db.registry).
+    selection_score: Mapped[float | None] = mapped_column(Float)
+    selection_basis: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

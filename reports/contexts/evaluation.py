@@ -85,12 +85,15 @@ class SubgroupMetrics(StoredRow):
 
 class ComparisonRow(StoredRow):
     """One model version with its latest evaluation on the same split; ``is_current`` marks the
-    model of the report."""
+    model of the report. ``selection_score``: the figure the registry ranked it by, measured on
+    ``selection_basis`` ('validation' or 'cross_validation', never the test split)."""
 
     name: str
     kind: str | None = None
     status: str | None = None
     is_current: bool = False
+    selection_score: float | None = None
+    selection_basis: str | None = None
     macro_auroc: float | None = None
     macro_auroc_ci_low: float | None = None
     macro_auroc_ci_high: float | None = None
