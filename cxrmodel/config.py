@@ -146,14 +146,33 @@ class TrainConfig(_Frozen):
     """Seed 004's training recipe; every number here is a parameter, not a constant."""
 
     architecture: Literal[ModelKind.DENSENET121_FPN, ModelKind.DENSENET121] = ModelKind.DENSENET121_FPN
+    backbone: Literal["densenet121", "densenet_small"] = Field(
+        "densenet121", description="The DenseNet under the network; 'densenet_small' (3 blocks, ~0.5 M) for small sets."
+    )
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="'adamw': decoupled weight decay.")
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["plateau", "cosine"] = Field(
+        "plateau", description="'plateau': ReduceLROnPlateau on validation loss, per epoch; 'cosine': per batch."
+    )
+    warmup_epochs: int = Field(0, ge=0, description="cosine: linear warm-up from 1 % of the rate over these epochs.")
     scheduler_patience: int = Field(2, ge=0)
     scheduler_factor: float = Field(0.5, gt=0, lt=1)
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Exponential moving average of the weights (validated and saved); None: off."
+    )
     early_stopping_patience: int | None = Field(None, ge=1)
-    selection_metric: Literal["macro_f1", "mean_auroc"] = "macro_f1"
+    selection_metric: Literal["macro_f1", "mean_auroc"] = Field(
+        "macro_f1", description="Older name of checkpoint_selection (macro_f1 or val_auroc), used when that is unset."
+    )
+    checkpoint_selection: Literal["last", "val_loss", "val_auroc", "macro_f1"] | None = Field(
+        None,
+        description="Which epoch is kept: 'last', lowest validation loss, highest validation mean AUROC or macro-F1. "
+        "On a small validation split the per-epoch AUROC and F1 are noisy and their maximum is a chance peak: "
+        "keep 'last' (with a cosine schedule and EMA) or 'val_loss'.",
+    )
     dropout: float = Field(0.3, ge=0, lt=1)
     pos_weight_overrides: dict[str, float] = Field(
         default_factory=dict, description="Manual positive weights, e.g. Pneumonia: 4.5"
@@ -167,7 +186,13 @@ class TrainConfig(_Frozen):
     weights_hub_file: str = Field("densenet121.pth", description="weights='hub': state-dict file in that repo.")
     weights_hub_revision: str | None = None
     weights_hub_cache_dir: str | None = Field(None, description="Defaults to huggingface_hub's cache.")
-    augment: bool = True
+    augment: bool = Field(True, description="Older switch: True = augmentation 'seed004', False = 'none'.")
+    augmentation: Literal["none", "light", "seed004"] | None = Field(
+        None, description="Training augmentation strength (cxrmodel.data.transforms); unset: from augment."
+    )
+    tta_hflip: bool = Field(
+        False, description="Predict as the mean of the image and its mirror (validation, evaluation, scoring)."
+    )
     num_workers: int = Field(0, ge=0)
     prefetch_factor: int | None = Field(None, ge=1, description="Batches each loader worker prepares ahead.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
@@ -178,6 +203,20 @@ class TrainConfig(_Frozen):
     resume_checkpoint: Path | None = Field(None, description="checkpoint.pt of an earlier run to continue.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _derived_choices(self) -> TrainConfig:
+        # Older recipes name the kept epoch and the augmentation with selection_metric and augment.
+        if self.checkpoint_selection is None:
+            legacy = "macro_f1" if self.selection_metric == "macro_f1" else "val_auroc"
+            object.__setattr__(self, "checkpoint_selection", legacy)
+        if self.augmentation is None:
+            object.__setattr__(self, "augmentation", "seed004" if self.augment else "none")
+        else:
+            object.__setattr__(self, "augment", self.augmentation != "none")
+        if self.backbone != "densenet121" and self.weights in ("imagenet", "hub"):
+            raise ValueError(f"weights={self.weights!r} exist for the densenet121 backbone only, not {self.backbone!r}")
+        return self
 
     @model_validator(mode="after")
     def _weights_source(self) -> TrainConfig:

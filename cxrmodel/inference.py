@@ -21,6 +21,7 @@ from cxrmodel.data.imaging import ImageDecodeError, read_grayscale, resize_squar
 from cxrmodel.data.metadata import AgeScaler, patient_features
 from cxrmodel.data.transforms import eval_transform
 from cxrmodel.models.loading import LoadedModel
+from cxrmodel.models.networks import network_probabilities
 from cxrmodel.training.loop import resolve_device
 
 
@@ -102,12 +103,12 @@ def _submit_batch(pool: ThreadPoolExecutor, dataset: ScoringDataset, start: int,
     return [pool.submit(dataset.__getitem__, i) for i in range(start, min(start + batch_size, len(dataset)))]
 
 
-def _score(model: torch.nn.Module, batch, device: torch.device) -> ScoredBatch:
+def _score(model: torch.nn.Module, batch, device: torch.device, tta_hflip: bool = False) -> ScoredBatch:
     images, patient, ids, failed = batch
     if images is None:
         return ScoredBatch([], np.zeros((0, 14), np.float32), failed)
-    logits = model(images.to(device, non_blocking=True), patient.to(device, non_blocking=True))
-    return ScoredBatch(ids, torch.sigmoid(logits.float()).cpu().numpy(), failed)
+    probs = network_probabilities(model, images.to(device, non_blocking=True), patient.to(device, non_blocking=True), tta_hflip)
+    return ScoredBatch(ids, probs.cpu().numpy(), failed)
 
 
 @torch.no_grad()
@@ -120,8 +121,10 @@ def score_batches(
     *,
     decode_threads: int | None = None,
     prefetch_factor: int = 2,
+    tta_hflip: bool = False,
 ) -> Iterator[ScoredBatch]:
-    """Yield probabilities batch by batch (so the caller can commit each batch).
+    """Yield probabilities batch by batch (so the caller can commit each batch); with
+    ``tta_hflip`` each is the mean of the image's and its mirror's.
 
     ``num_workers == 0`` (the default) decodes in this process with ``decode_threads`` threads
     (default ``torch.get_num_threads()``, the cores the model itself uses; PIL's decoders and
@@ -151,7 +154,7 @@ def score_batches(
             prefetch_factor=prefetch_factor,
         )
         for batch in loader:
-            yield _score(model, batch, device)
+            yield _score(model, batch, device, tta_hflip)
         return
     n = len(dataset)
     # On an accelerator the cores are free while the model runs: decode the next batch then.
@@ -163,7 +166,7 @@ def score_batches(
             batch = _collate([f.result() for f in pending])
             if decode_beside_model:
                 pending = _submit_batch(pool, dataset, start + batch_size, batch_size)  # [] after the last
-            scored = _score(model, batch, device)
+            scored = _score(model, batch, device, tta_hflip)
             if not decode_beside_model:
                 pending = _submit_batch(pool, dataset, start + batch_size, batch_size)
             yield scored
@@ -174,6 +177,9 @@ def score_batches(
 def score_studies(
     model: LoadedModel, studies: Sequence[PendingStudy], batch_size: int = 64, device: str = "auto", num_workers: int = 0
 ) -> Iterator[ScoredBatch]:
-    """:func:`score_batches` of a loaded network over ``studies``, decoded from their files."""
+    """:func:`score_batches` of a loaded network over ``studies``, decoded from their files
+    (flip-averaged when the version's recipe says ``tta_hflip``)."""
     dataset = ScoringDataset(scoring_items(studies, model.age_scaler), model.image_size, eval_transform(model.image_size))
-    yield from score_batches(model.network, dataset, batch_size, resolve_device(device), num_workers=num_workers)
+    yield from score_batches(
+        model.network, dataset, batch_size, resolve_device(device), num_workers=num_workers, tta_hflip=model.tta_hflip
+    )

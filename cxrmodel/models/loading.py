@@ -55,7 +55,9 @@ EMBEDDING_HEADS = {
 @dataclass
 class LoadedModel:
     """A model version ready to predict: the network, and for embedding baselines the fitted
-    head (k-NN, MLP) that turns the network's embeddings into probabilities."""
+    head (k-NN, MLP) that turns the network's embeddings into probabilities. ``tta_hflip``
+    (from the version's recipe) makes a network predict the mean of each image and its mirror,
+    in evaluation and in scoring alike."""
 
     version_id: int
     kind: str
@@ -63,6 +65,7 @@ class LoadedModel:
     image_size: int
     age_scaler: AgeScaler
     embedding_head: EmbeddingHead | None = None
+    tta_hflip: bool = False
 
     @property
     def knn(self) -> EmbeddingHead | None:
@@ -86,7 +89,8 @@ class LoadedModel:
         if self.embedding_head is not None:
             return self.embedding_head.predict_proba(self.embed_frame(frame, cache_root, batch_size, device))
         dev = resolve_device(device)
-        probs, _, _ = predict_loader(self.network.to(dev), self._frame_loader(frame, cache_root, batch_size), dev)
+        loader = self._frame_loader(frame, cache_root, batch_size)
+        probs, _, _ = predict_loader(self.network.to(dev), loader, dev, tta_hflip=self.tta_hflip)
         return probs
 
 
@@ -118,11 +122,17 @@ def load_model_version(files: ModelVersionFiles) -> LoadedModel:
     """Build the network of ``files`` (or of its parent for embedding baselines) and load the
     weights after checking their sha256 against the registry's."""
     if files.kind in NETWORK_KINDS:
-        network = build_model(files.kind)
-        network.load_state_dict(load_state_dict(files.artifact_path, files.sha256))
         config = files.config
+        recipe = config.get("train") or {}  # versions trained before these options: DenseNet121, no TTA
+        network = build_model(files.kind, backbone=recipe.get("backbone", "densenet121"))
+        network.load_state_dict(load_state_dict(files.artifact_path, files.sha256))
         return LoadedModel(
-            files.version_id, files.kind, network.eval(), config["image_size"], AgeScaler.from_dict(config["age_scaler"])
+            files.version_id,
+            files.kind,
+            network.eval(),
+            config["image_size"],
+            AgeScaler.from_dict(config["age_scaler"]),
+            tta_hflip=bool(recipe.get("tta_hflip", False)),
         )
     if files.kind not in EMBEDDING_HEADS:
         raise ValueError(f"model version {files.name} has unknown kind {files.kind!r}")
