@@ -16,6 +16,7 @@ SCRIPTS = [
     "calibration_speed.py",
     "evaluation_speed.py",
     "demo_run.py",
+    "real_data.py",
 ]
 
 
