@@ -20,8 +20,11 @@ network's embeddings), ``pixel_logistic`` (the reference). Also retrieval precis
 held-out studies against the training studies, raw and whitened embeddings, against random
 retrieval and the prevalence list.
 
-    python bench/real_data.py                        # the full run (about 25 min on 2 cores)
-    python bench/real_data.py --folds 2 --epochs 2   # a quick look
+    python bench/real_data.py                        # the full run
+    python bench/real_data.py --folds 2 --epochs 2   # a quick look (about 6 min on one busy core)
+
+On a machine whose cores are shared with other work, pass ``--threads 1``: two OpenMP threads
+that wait for each other on an overloaded machine run many times slower than one.
 """
 
 from __future__ import annotations
