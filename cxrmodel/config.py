@@ -1,163 +1,24 @@
 """Configuration models: one validated place for every knob.
 
-``Settings`` reads ``CXR_*`` environment variables (where things live); the other models
+``Settings`` reads ``CXR_*`` environment variables (where things live; :mod:`cxrmodel.settings`,
+re-exported here); the other models
 are plain pydantic models that flows take as typed parameters (what to do), loadable from
 ``configs/*.yaml``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxrmodel.findings import FINDINGS
 from cxrmodel.io import MissingInputError
 from cxrmodel.models.kinds import ModelKind
-
-#: The repository's configuration folder (``configs/``), beside the installed packages.
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-#: The production recipe the shipped deployments run unless ``CXR_CONFIG`` names another.
-DEFAULT_CONFIG = CONFIGS_DIR / "seed004.yaml"
-
-
-@dataclass(frozen=True)
-class HomeLayout:
-    """The one place that names the folders under a home (``CXR_HOME``): every task and flow
-    builds its paths from here."""
-
-    home: Path
-
-    @property
-    def models(self) -> Path:
-        """Model versions' artefacts, one folder per version name."""
-        return self.home / "models"
-
-    @property
-    def reports(self) -> Path:
-        """HTML reports and bundles (what ``cxr reports serve`` serves)."""
-        return self.home / "reports"
-
-    @property
-    def cache(self) -> Path:
-        """The resized image cache, one folder per image size."""
-        return self.home / "cache"
-
-    @property
-    def synthetic_data(self) -> Path:
-        """Where ``cxr demo`` writes its synthetic dataset."""
-        return self.home / "data" / "synthetic"
-
-    def model_dir(self, name: str) -> Path:
-        """``models/<name>``, created: one model version's folder."""
-        path = self.models / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-
-class Settings(BaseSettings):
-    """Where the system keeps its state and when it runs. Every field maps to a ``CXR_<NAME>``
-    environment variable (``CXR_HOME``, ``CXR_DATABASE_URL``, ``CXR_SOURCE_DIR``, ...)."""
-
-    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore")
-
-    home: Path = Field(default=Path(".cxr"), description="Root folder for data, artefacts and reports.")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; defaults to sqlite:///<home>/cxr.db")
-    config: Path = Field(DEFAULT_CONFIG, description="Pipeline YAML the deployments run (data, train, thresholds, evaluation).")
-    # The nightly run's inputs: folders on the host that runs it (a worker reads its own environment).
-    source_dir: Path | None = Field(
-        None, description="NIH-layout folder the nightly refresh reads (Data_Entry_2017*.csv, images/)."
-    )
-    source: Literal["nih-local", "synthetic"] = Field("nih-local", description="How the nightly refresh reads source_dir.")
-    incoming_dir: Path | None = Field(None, description="Folder of new PNG/DICOM studies the nightly run registers and scores.")
-    # Schedules (cron, in ``timezone``) and work pools of the shipped deployments.
-    timezone: str = "UTC"
-    nightly_cron: str = Field("0 1 * * *", description="The night: refresh, then score what is registered.")
-    retrain_cron: str = Field("0 3 * * 0", description="Weekly: train, calibrate, evaluate, promote.")
-    cpu_pool: str = "cxr-cpu"
-    gpu_pool: str = "cxr-gpu"
-    dask_address: str | None = Field(
-        None, description="Scheduler of a Dask cluster (tcp://host:8786) for nightly scoring; unset: score in the flow's process."
-    )
-    # The read-only report server (``cxr reports serve``) and the address the UI's links use.
-    reports_host: str = "127.0.0.1"
-    reports_port: int = Field(8000, ge=1, le=65535)
-    reports_base_url: str | None = Field(
-        None,
-        description="Public URL of the reports folder, e.g. https://cxr.example.org/reports; default http://<host>:<port>/reports.",
-    )
-
-    # The on-demand scoring service (``cxr api``).
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(8080, ge=1, le=65535)
-    api_workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes (each loads the champion once).")
-    api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Accepted X-API-Key values (CXR_API_KEYS='[\"k1\", \"k2\"]' or 'k1,k2'); none: every call but the health checks is refused.",
-        repr=False,
-    )
-    api_max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted by POST /v1/score.")
-    api_max_pixels: int = Field(
-        50_000_000, ge=32 * 32, description="Largest image (width x height) decoded; checked from the header before decoding."
-    )
-    api_cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Origins allowed by CORS; empty: CORS off."
-    )
-    api_batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="How long the micro-batcher waits for more requests.")
-    api_batch_size: int = Field(8, ge=1, le=256, description="Most images the micro-batcher gives the model at once.")
-    api_champion_ttl_s: float = Field(2.0, ge=0, description="How often the registry is asked whether the champion changed.")
-    api_public_reports: bool = Field(False, description="Serve /reports/ without an API key (a trusted network only).")
-
-    @field_validator("api_keys", "api_cors_origins", mode="before")
-    @classmethod
-    def _comma_list(cls, value: object) -> object:
-        """A JSON list, or comma-separated values."""
-        if isinstance(value, str):
-            if value.lstrip().startswith("["):
-                return json.loads(value)
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @property
-    def resolved_home(self) -> Path:
-        return self.home.expanduser().resolve()
-
-    @property
-    def resolved_database_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        return f"sqlite:///{self.resolved_home / 'cxr.db'}"
-
-    @property
-    def layout(self) -> HomeLayout:
-        return HomeLayout(self.resolved_home)
-
-    @property
-    def models_dir(self) -> Path:
-        return self.layout.models
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.layout.reports
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.layout.cache
-
-    @property
-    def public_reports_url(self) -> str:
-        """Base URL under which ``reports_dir`` is served, without a trailing slash."""
-        return (self.reports_base_url or f"http://{self.reports_host}:{self.reports_port}/reports").rstrip("/")
-
-    def pipeline_config(self) -> PipelineConfig:
-        """The validated pipeline configuration named by ``config`` (a missing file is an error)."""
-        return load_pipeline_config(self.config)
+from cxrmodel.settings import CONFIGS_DIR, DEFAULT_CONFIG, HomeLayout, Settings  # noqa: F401 (re-exported)
 
 
 class _Frozen(BaseModel):
@@ -218,14 +79,33 @@ class TrainConfig(_Frozen):
     """Seed 004's training recipe; every number here is a parameter, not a constant."""
 
     architecture: Literal[ModelKind.DENSENET121_FPN, ModelKind.DENSENET121] = ModelKind.DENSENET121_FPN
+    backbone: Literal["densenet121", "densenet_small"] = Field(
+        "densenet121", description="The DenseNet under the network; 'densenet_small' (3 blocks, ~0.5 M) for small sets."
+    )
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="'adamw': decoupled weight decay.")
     learning_rate: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["plateau", "cosine"] = Field(
+        "plateau", description="'plateau': ReduceLROnPlateau on validation loss, per epoch; 'cosine': per batch."
+    )
+    warmup_epochs: int = Field(0, ge=0, description="cosine: linear warm-up from 1 % of the rate over these epochs.")
     scheduler_patience: int = Field(2, ge=0)
     scheduler_factor: float = Field(0.5, gt=0, lt=1)
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Exponential moving average of the weights (validated and saved); None: off."
+    )
     early_stopping_patience: int | None = Field(None, ge=1)
-    selection_metric: Literal["macro_f1", "mean_auroc"] = "macro_f1"
+    selection_metric: Literal["macro_f1", "mean_auroc"] = Field(
+        "macro_f1", description="Older name of checkpoint_selection (macro_f1 or val_auroc), used when that is unset."
+    )
+    checkpoint_selection: Literal["last", "val_loss", "val_auroc", "macro_f1"] | None = Field(
+        None,
+        description="Which epoch is kept: 'last', lowest validation loss, highest validation mean AUROC or macro-F1. "
+        "On a small validation split the per-epoch AUROC and F1 are noisy and their maximum is a chance peak: "
+        "keep 'last' (with a cosine schedule and EMA) or 'val_loss'.",
+    )
     dropout: float = Field(0.3, ge=0, lt=1)
     pos_weight_overrides: dict[str, float] = Field(
         default_factory=dict, description="Manual positive weights, e.g. Pneumonia: 4.5"
@@ -239,7 +119,13 @@ class TrainConfig(_Frozen):
     weights_hub_file: str = Field("densenet121.pth", description="weights='hub': state-dict file in that repo.")
     weights_hub_revision: str | None = None
     weights_hub_cache_dir: str | None = Field(None, description="Defaults to huggingface_hub's cache.")
-    augment: bool = True
+    augment: bool = Field(True, description="Older switch: True = augmentation 'seed004', False = 'none'.")
+    augmentation: Literal["none", "light", "seed004"] | None = Field(
+        None, description="Training augmentation strength (cxrmodel.data.transforms); unset: from augment."
+    )
+    tta_hflip: bool = Field(
+        False, description="Predict as the mean of the image and its mirror (validation, evaluation, scoring)."
+    )
     num_workers: int = Field(0, ge=0)
     prefetch_factor: int | None = Field(None, ge=1, description="Batches each loader worker prepares ahead.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
@@ -250,6 +136,20 @@ class TrainConfig(_Frozen):
     resume_checkpoint: Path | None = Field(None, description="checkpoint.pt of an earlier run to continue.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _derived_choices(self) -> TrainConfig:
+        # Older recipes name the kept epoch and the augmentation with selection_metric and augment.
+        if self.checkpoint_selection is None:
+            legacy = "macro_f1" if self.selection_metric == "macro_f1" else "val_auroc"
+            object.__setattr__(self, "checkpoint_selection", legacy)
+        if self.augmentation is None:
+            object.__setattr__(self, "augmentation", "seed004" if self.augment else "none")
+        else:
+            object.__setattr__(self, "augment", self.augmentation != "none")
+        if self.backbone != "densenet121" and self.weights in ("imagenet", "hub"):
+            raise ValueError(f"weights={self.weights!r} exist for the densenet121 backbone only, not {self.backbone!r}")
+        return self
 
     @model_validator(mode="after")
     def _weights_source(self) -> TrainConfig:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrmodel.data.imaging import ImageDecodeError, read_grayscale, resize_square
 from cxrmodel.data.metadata import AgeScaler, patient_features
 from cxrmodel.models.loading import LoadedModel
+from cxrmodel.models.networks import network_probabilities
 from cxrmodel.training.loop import resolve_device
 
 
@@ -115,18 +116,21 @@ class NetworkPredictor:
     """A bare network (``forward(images, patient) -> logits``) as a :class:`BatchPredictor`."""
 
     network: torch.nn.Module
+    tta_hflip: bool = False
 
     def prepare(self, device: torch.device) -> NetworkPredictor:
         self.network.eval().to(device)
         return self
 
     def predict_batch(self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device) -> np.ndarray:
-        logits = self.network(inputs.to(device, non_blocking=True), patient.to(device, non_blocking=True))
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        images, patient = inputs.to(device, non_blocking=True), patient.to(device, non_blocking=True)
+        return network_probabilities(self.network, images, patient, self.tta_hflip).float().cpu().numpy()
 
 
-def as_predictor(model: BatchPredictor | torch.nn.Module) -> BatchPredictor:
-    return NetworkPredictor(model) if isinstance(model, torch.nn.Module) else model
+def as_predictor(model: BatchPredictor | torch.nn.Module, tta_hflip: bool = False) -> BatchPredictor:
+    """``model`` itself, or a bare network wrapped (``tta_hflip``: flip-averaged; a loaded
+    version carries its own recipe's choice)."""
+    return NetworkPredictor(model, tta_hflip) if isinstance(model, torch.nn.Module) else model
 
 
 def _score(model: BatchPredictor, batch, device: torch.device) -> ScoredBatch:
@@ -146,9 +150,11 @@ def score_batches(
     *,
     decode_threads: int | None = None,
     prefetch_factor: int = 2,
+    tta_hflip: bool = False,
 ) -> Iterator[ScoredBatch]:
     """Yield probabilities batch by batch (so the caller can commit each batch). ``model`` is a
-    :class:`BatchPredictor` (a loaded model version of any kind) or a bare network.
+    :class:`BatchPredictor` (a loaded model version of any kind) or a bare network (flip-averaged
+    with ``tta_hflip``).
 
     ``num_workers == 0`` (the default) decodes in this process with ``decode_threads`` threads
     (default ``torch.get_num_threads()``, the cores the model itself uses; PIL's decoders and
@@ -163,7 +169,7 @@ def score_batches(
     thread each, ``prefetch_factor`` batches ahead each): seconds of start-up, and decoding
     then runs beside the model, which pays on a GPU host or where cores are spare.
     """
-    model = as_predictor(model)
+    model = as_predictor(model, tta_hflip)
     model.prepare(device)
     if num_workers > 0:
         loader = DataLoader(

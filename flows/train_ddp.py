@@ -102,7 +102,7 @@ def train_distributed(
     seed_everything(train.seed)
     prepared = prepare_training_data(frame, HomeLayout(home_path).cache, data, train)
     backbone = train.backbone_kwargs() if ctx.is_main else {}  # the others get rank 0's weights from DDP
-    model = build_model(train.architecture, dropout=train.dropout, **backbone)
+    model = build_model(train.architecture, backbone=train.backbone, dropout=train.dropout, **backbone)
     seed_everything(train.seed + ctx.rank)  # each rank its own augmentation and dropout stream
     ddp_model = wrap_ddp(model, ctx)
 
@@ -183,7 +183,7 @@ def train_distributed(
         name,
         version_id,
         result.best_epoch,
-        train.selection_metric,
+        train.checkpoint_selection,
         result.best_metric,
         ctx.describe(),
     )

@@ -63,6 +63,7 @@ def scoring_view(ctx: ScoringContext) -> dict[str, Any]:
         "drift_min_count": DRIFT_MIN_COUNT,
         "top_studies": top_studies,
         "has_similar": any(s["similar"] for group in top_studies for s in group["studies"]),
+        "retrieval": None if ctx.retrieval is None else ctx.retrieval.model_dump(),
         "flag_fig": flag_fig,
     }
 

@@ -251,7 +251,28 @@ def scoring_context(database_url: str, scoring_run_id: int) -> ScoringContext:
         failures=[{"study_key": key, "reason": reason} for key, reason in data.failures],
         flags=flags,
         top_studies=_with_similar_cases(database_url, data.run.model_version_id, data.top_studies),
+        retrieval=_retrieval_note(database_url, data.run.model_version_id),
     )
+
+
+def _retrieval_note(database_url: str, version_id: int) -> dict | None:
+    """The precision@k stored with the embedding index serving ``version_id`` (None without one)."""
+    from db.registry import indexed_network
+
+    try:
+        with session_scope(database_url) as session:
+            config = indexed_network(session, version_id).config or {}
+    except (RuntimeError, ValueError):
+        return None
+    if "retrieval_precision_at_k" not in config:
+        return None
+    return {
+        "k": config["retrieval_k"],
+        "precision": config["retrieval_precision_at_k"],
+        "random": config["retrieval_random_precision_at_k"],
+        "prevalence": config["retrieval_prevalence_precision_at_k"],
+        "n": config["retrieval_n"],
+    }
 
 
 @task(name="render-scoring-report")

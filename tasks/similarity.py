@@ -14,7 +14,8 @@ from pathlib import Path
 from prefect import task
 
 from cxrmodel.config import HomeLayout
-from cxrmodel.explain.similarity import EmbeddingIndex
+from cxrmodel.data.metadata import labels_matrix
+from cxrmodel.explain.similarity import EmbeddingIndex, build_retrieval_index
 from cxrmodel.findings import format_finding_labels
 from cxrmodel.models.kinds import NETWORK_KINDS
 from cxrmodel.models.loading import LoadedModel, embed_image_files, load_model_version
@@ -30,8 +31,10 @@ INDEX_FILE = "embeddings.npz"
 @task(name="index-embeddings")
 def index_embeddings(database_url: str, home: Path, version_id: int) -> str:
     """Embed every active labelled study (train, val and test) with the network of ``version_id``
-    through the image cache; save ``embeddings.npz`` beside the model and record its path (and
-    sha256) in the version's config. Returns the index path."""
+    through the image cache, whitened by a transform fitted on the training split
+    (:func:`cxrmodel.explain.similarity.build_retrieval_index`); save ``embeddings.npz`` beside
+    the model and record its path, sha256 and leave-one-out precision@5 (with the random and
+    prevalence baselines) in the version's config. Returns the index path."""
     with session_scope(database_url) as session:
         version = registry.model_version(session, version_id)
     if version.kind not in NETWORK_KINDS:
@@ -40,15 +43,33 @@ def index_embeddings(database_url: str, home: Path, version_id: int) -> str:
     frame = labelled_frame(database_url)
     embeddings = loaded.embed_frame(frame, HomeLayout(Path(home)).cache)
     path = Path(version.artifact_path).parent / INDEX_FILE
-    sha = EmbeddingIndex(embeddings, frame["study_key"].tolist()).save(path)
+    index, quality = build_retrieval_index(
+        embeddings, frame["study_key"].tolist(), labels_matrix(frame), (frame["split"] == "train").to_numpy()
+    )
+    sha = index.save(path)
+    retrieval = quality.as_config() if quality is not None else {}
     with session_scope(database_url) as session:
         updated = registry.update_model_config(
-            session, version_id, embedding_index=str(path), embedding_index_sha256=sha, embedding_index_size=int(len(frame))
+            session,
+            version_id,
+            embedding_index=str(path),
+            embedding_index_sha256=sha,
+            embedding_index_size=int(len(frame)),
+            embedding_index_whitened=True,
+            **retrieval,
         )
     config_file = path.parent / "config.json"
     if config_file.is_file():
         config_file.write_text(json.dumps(updated.config, indent=2))
-    run_logger().info("embedding index of %d labelled studies (%d dims): %s", len(frame), embeddings.shape[1], path)
+    run_logger().info("embedding index of %d labelled studies (%d dims, whitened): %s", len(frame), embeddings.shape[1], path)
+    if quality is not None:
+        run_logger().info(
+            "retrieval precision@%d (leave-one-out) %.3f; random %.3f, prevalence list %.3f",
+            quality.k,
+            quality.precision,
+            quality.random,
+            quality.prevalence,
+        )
     return str(path)
 
 

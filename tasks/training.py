@@ -190,7 +190,7 @@ def train_network(database_url: str, home: Path, data: DataConfig, train: TrainC
         name,
         version_id,
         result.best_epoch,
-        train.selection_metric,
+        train.checkpoint_selection,
         result.best_metric,
     )
     return version_id

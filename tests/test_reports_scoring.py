@@ -116,3 +116,16 @@ def test_fmt_ci():
     assert fmt_ci(0.12345, 0.5) == "0.123–0.500"
     assert fmt_ci(None, 0.5) == fmt_ci(0.1, float("nan")) == "—"
     assert env.from_string("{{ a | ci(b) }}").render(a=0.1, b=0.2) == "0.100–0.200"
+
+
+def test_scoring_report_says_how_much_the_similar_cases_mean():
+    ctx = scoring_context()
+    ctx["top_studies"] = {"Effusion": [("00000001_000", 0.97, [("00000009_000", 0.71, "Effusion")])]}
+    parsed = parse(render_scoring_html(ScoringContext(**ctx)))
+    assert "retrieval-quality" not in parsed.ids  # an index without stored figures: no claim
+    ctx["retrieval"] = {"k": 5, "precision": 0.46, "random": 0.385, "prevalence": 0.402, "n": 690}
+    parsed = parse(render_scoring_html(ScoringContext(**ctx)))
+    assert "retrieval-quality" in parsed.ids
+    text = " ".join(parsed.text.split())
+    assert "of the 5 most similar labelled studies, 0.460 share at least one finding" in text
+    assert "690 labelled studies" in text and "0.385 for random retrieval" in text and "0.402" in text

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrmodel.explain.similarity import EmbeddingIndex, l2_normalise
+from cxrmodel.explain.similarity import EmbeddingIndex
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -140,6 +140,22 @@ def test_index_embeddings_covers_active_labelled_studies(registry, indexed):
     # a pixel copy embeds identically
     assert float(index.vector("s00.png") @ index.vector("dup.png")) == pytest.approx(1.0, abs=1e-5)
 
+    # whitened, with its leave-one-out precision@5 and the baselines stored for the scoring report
+    from cxrmodel.data.metadata import labels_matrix
+    from cxrmodel.explain.retrieval import precision_at_k, random_precision_at_k
+    from tasks.common import labelled_frame
+    from tasks.reporting import _retrieval_note
+
+    assert index.whitening is not None and config["embedding_index_whitened"] is True
+    frame = labelled_frame(registry["url"]).set_index("study_key").loc[index.keys]
+    labels = labels_matrix(frame)
+    assert config["retrieval_precision_at_k"] == pytest.approx(precision_at_k(index.vectors, labels, 5), abs=1e-4)
+    assert config["retrieval_random_precision_at_k"] == pytest.approx(random_precision_at_k(labels), abs=1e-4)
+    assert config["retrieval_k"] == 5 and config["retrieval_n"] == 23
+    note = _retrieval_note(registry["url"], registry["version_id"])
+    assert note == {"k": 5, "precision": config["retrieval_precision_at_k"], "random": config["retrieval_random_precision_at_k"],
+                    "prevalence": config["retrieval_prevalence_precision_at_k"], "n": 23}  # fmt: skip
+
 
 def test_similar_cases_for_labelled_and_incoming_studies(registry, indexed):
     from cxrmodel.findings import FINDINGS
@@ -157,7 +173,7 @@ def test_similar_cases_for_labelled_and_incoming_studies(registry, indexed):
 
     # the query decoded from its file gives the same cosines as the cached pixels in the index
     loaded, index, _ = load_index(url)
-    query = l2_normalise(embed_image_files(loaded, [str(registry["root"] / "images" / "s00.png")]))[0]
+    query = index.encode(embed_image_files(loaded, [str(registry["root"] / "images" / "s00.png")]))[0]
     for h in hits:
         assert h["cosine"] == pytest.approx(float(index.vector(h["study_key"]) @ query), abs=1e-5)
 

@@ -66,6 +66,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "records": ["STUDY_FIELDS", "StudyBatch", "study_record"],
         "sidecar": ["SidecarRow", "parse_sidecar_row", "read_sidecar"],
         "splits": ["read_official_lists", "stratification_labels", "assign_splits", "assert_no_patient_leak", "patient_folds"],
-        "transforms": ["grey_to_rgb", "train_transform", "eval_transform"],
+        "transforms": ["grey_to_rgb", "train_transform", "light_train_transform", "augmentation_transform", "eval_transform"],
     },
 )

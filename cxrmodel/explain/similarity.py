@@ -3,6 +3,11 @@
 :class:`EmbeddingIndex` keeps L2-normalised float32 vectors with one string key each (the study
 key). A query is one matrix product and an ``argpartition`` per query row; it is exact, and fast
 enough for the NIH set (112k x 256 floats is about 115 MB). Saved as a plain ``.npz`` (no pickle).
+
+With a :class:`~cxrmodel.explain.retrieval.EmbeddingWhitening` (:meth:`EmbeddingIndex.whitened`)
+every vector, stored or queried, is centred and whitened before it is normalised: raw network
+embeddings all have cosines of 0.90-1.00 with each other, whitened ones spread out, and the
+ranking means more (see :mod:`cxrmodel.explain.retrieval`). The whitening is stored in the file.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrmodel.explain.retrieval import DEFAULT_SHRINKAGE, EmbeddingWhitening, RetrievalQuality, retrieval_quality
 from cxrmodel.io import atomic_write, sha256_file
 from cxrmodel.models.artifacts import ArtifactIntegrityError
 
@@ -29,10 +35,21 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class EmbeddingIndex:
-    """Exact cosine-similarity index over ``embeddings [N, d]`` labelled by ``keys`` (unique)."""
+    """Exact cosine-similarity index over ``embeddings [N, d]`` labelled by ``keys`` (unique).
 
-    def __init__(self, embeddings: np.ndarray, keys: Sequence[str], *, normalised: bool = False) -> None:
-        vectors = np.asarray(embeddings, dtype=np.float32) if normalised else l2_normalise(embeddings)
+    With ``whitening`` the embeddings (and every query) are whitened before they are
+    normalised; ``normalised=True`` takes vectors already transformed and unit-length."""
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        keys: Sequence[str],
+        *,
+        normalised: bool = False,
+        whitening: EmbeddingWhitening | None = None,
+    ) -> None:
+        self.whitening = whitening
+        vectors = np.asarray(embeddings, dtype=np.float32) if normalised else self.encode(embeddings)
         if vectors.ndim != 2:
             raise ValueError(f"expected a 2-D array [N, d], got shape {vectors.shape}")
         keys = [str(k) for k in keys]
@@ -43,6 +60,26 @@ class EmbeddingIndex:
         self.vectors = np.ascontiguousarray(vectors)
         self.keys = keys
         self._position = {k: i for i, k in enumerate(keys)}
+
+    @classmethod
+    def whitened(
+        cls,
+        embeddings: np.ndarray,
+        keys: Sequence[str],
+        fit_on: np.ndarray | None = None,
+        shrinkage: float = DEFAULT_SHRINKAGE,
+    ) -> EmbeddingIndex:
+        """An index whose vectors are whitened by a transform fitted on ``fit_on`` (the training
+        split's embeddings; default: ``embeddings`` themselves)."""
+        whitening = EmbeddingWhitening.fit(embeddings if fit_on is None else fit_on, shrinkage)
+        return cls(embeddings, keys, whitening=whitening)
+
+    def encode(self, embeddings: np.ndarray) -> np.ndarray:
+        """Raw embeddings ``[M, d]`` as the index compares them: whitened (if it whitens), unit length."""
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        if self.whitening is not None and vectors.size:
+            vectors = self.whitening.transform(vectors)
+        return l2_normalise(vectors)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -55,7 +92,7 @@ class EmbeddingIndex:
         return int(self.vectors.shape[1])
 
     def vector(self, key: str) -> np.ndarray:
-        """The stored (unit-length) vector of ``key``."""
+        """The stored vector of ``key`` (unit length, whitened when the index whitens)."""
         return self.vectors[self._position[key]]
 
     def query(
@@ -64,8 +101,8 @@ class EmbeddingIndex:
         k: int,
         exclude_keys: Iterable[str | None] | str | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """The ``k`` most similar stored keys for each query row, most similar first, as
-        ``(key, cosine)``. ``exclude_keys`` is one key per query row (``None`` for none; for
+        """The ``k`` most similar stored keys for each query row (raw embeddings: the index
+        whitens them as it whitened its own), most similar first, as ``(key, cosine)``. ``exclude_keys`` is one key per query row (``None`` for none; for
         instance the query study's own key) or a single key applied to every row; an excluded
         key absent from the index is ignored. Fewer than ``k`` results come back when the index
         is smaller. Ties are broken by index position."""
@@ -86,7 +123,7 @@ class EmbeddingIndex:
         n = len(self)
         if n == 0 or k == 0 or m == 0:
             return [[] for _ in range(m)]
-        sims = l2_normalise(q) @ self.vectors.T  # [M, N]
+        sims = self.encode(q) @ self.vectors.T  # [M, N]
         rows_to_drop = [(i, self._position[key]) for i, key in enumerate(excluded) if key is not None and key in self._position]
         for i, j in rows_to_drop:
             sims[i, j] = -np.inf
@@ -106,9 +143,11 @@ class EmbeddingIndex:
         return out
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        """Write ``keys`` and ``vectors`` to an ``.npz`` atomically; return the file's sha256."""
-        keys = np.asarray(self.keys, dtype=str)
-        return sha256_file(atomic_write(path, lambda fh: np.savez(fh, keys=keys, vectors=self.vectors)))
+        """Write ``keys``, ``vectors`` (and the whitening) to an ``.npz`` atomically; return the file's sha256."""
+        arrays = {"keys": np.asarray(self.keys, dtype=str), "vectors": self.vectors}
+        if self.whitening is not None:
+            arrays |= {"whitening_mean": self.whitening.mean, "whitening_matrix": self.whitening.matrix}
+        return sha256_file(atomic_write(path, lambda fh: np.savez(fh, **arrays)))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], expected_sha256: str | None = None) -> EmbeddingIndex:
@@ -122,4 +161,26 @@ class EmbeddingIndex:
         with np.load(path, allow_pickle=False) as data:
             keys = [str(k) for k in data["keys"]]
             vectors = np.asarray(data["vectors"], dtype=np.float32)
-        return cls(vectors, keys, normalised=True)  # stored unit-length: keep the exact bits
+            whitening = None
+            if "whitening_mean" in data.files:
+                whitening = EmbeddingWhitening(
+                    np.asarray(data["whitening_mean"], np.float32), np.asarray(data["whitening_matrix"], np.float32)
+                )
+        return cls(vectors, keys, normalised=True, whitening=whitening)  # stored unit-length: keep the exact bits
+
+
+def build_retrieval_index(
+    embeddings: np.ndarray,
+    keys: Sequence[str],
+    labels: np.ndarray,
+    fit_on: np.ndarray | None = None,
+    k: int = 5,
+) -> tuple[EmbeddingIndex, RetrievalQuality | None]:
+    """The whitened index of labelled studies (whitening fitted on the rows where ``fit_on`` is
+    true, the training split; on all rows when fewer than two are) and its leave-one-out
+    precision@k beside random retrieval and the prevalence list (``None`` under ``k + 1`` studies)."""
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    mask = np.ones(len(vectors), dtype=bool) if fit_on is None else np.asarray(fit_on, dtype=bool)
+    index = EmbeddingIndex.whitened(vectors, keys, fit_on=vectors[mask] if mask.sum() >= 2 else vectors)
+    quality = retrieval_quality(index.vectors, labels, k) if len(index) > k else None
+    return index, quality

@@ -26,7 +26,7 @@ from cxrmodel.models.artifacts import load_state_dict
 from cxrmodel.models.classical import PixelLogisticModel
 from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.models.kinds import CLASSICAL_KINDS, NETWORK_KINDS, ModelKind
-from cxrmodel.models.networks import build_model
+from cxrmodel.models.networks import build_model, network_probabilities
 from cxrmodel.models.version_files import ModelVersionFiles
 from cxrmodel.training.loop import resolve_device
 
@@ -67,7 +67,8 @@ class LoadedModel:
     :attr:`image_size`) into the model's input, and :meth:`predict_batch` turns a batch of
     inputs and patient features into probabilities ``[B, 14]``. A network scores itself; an
     embedding baseline is its parent ``network`` plus the fitted ``embedding_head``; a
-    classical model (``classical``) has no network."""
+    classical model (``classical``) has no network. ``tta_hflip`` (from the version's recipe)
+    makes a network predict the mean of each image and its mirror, in evaluation and scoring alike."""
 
     version_id: int
     kind: str
@@ -76,6 +77,7 @@ class LoadedModel:
     age_scaler: AgeScaler
     embedding_head: EmbeddingHead | None = None
     classical: PixelLogisticModel | None = None
+    tta_hflip: bool = False
 
     @property
     def knn(self) -> EmbeddingHead | None:
@@ -105,8 +107,8 @@ class LoadedModel:
         images = inputs.to(device, non_blocking=True)
         if self.embedding_head is not None:
             return self.embedding_head.predict_proba(self.network.embed(images).float().cpu().numpy()).astype(np.float32)
-        logits = self.network(images, patient.to(device, non_blocking=True))
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        probs = network_probabilities(self.network, images, patient.to(device, non_blocking=True), self.tta_hflip)
+        return probs.float().cpu().numpy()
 
     def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int, transform=None) -> DataLoader:
         dataset = StudyDataset(
@@ -170,11 +172,17 @@ def load_model_version(files: ModelVersionFiles) -> LoadedModel:
             classical=classical,
         )
     if files.kind in NETWORK_KINDS:
-        network = build_model(files.kind)
-        network.load_state_dict(load_state_dict(files.artifact_path, files.sha256))
         config = files.config
+        recipe = config.get("train") or {}  # versions trained before these options: DenseNet121, no TTA
+        network = build_model(files.kind, backbone=recipe.get("backbone", "densenet121"))
+        network.load_state_dict(load_state_dict(files.artifact_path, files.sha256))
         return LoadedModel(
-            files.version_id, files.kind, network.eval(), config["image_size"], AgeScaler.from_dict(config["age_scaler"])
+            files.version_id,
+            files.kind,
+            network.eval(),
+            config["image_size"],
+            AgeScaler.from_dict(config["age_scaler"]),
+            tta_hflip=bool(recipe.get("tta_hflip", False)),
         )
     if files.kind not in EMBEDDING_HEADS:
         raise ValueError(f"model version {files.name} has unknown kind {files.kind!r}")

@@ -4,6 +4,13 @@ patient features; plus the image-only CheXNet-style baseline.
 The seed lists c4 (after ``denseblock3``) as 512 channels; the real torchvision module gives
 1024 there (``denseblock3`` ends at 256 + 24 x 32 channels, and only ``transition3`` halves it).
 This module follows torchvision: c3 = 512, c4 = 1024, c5 = 1024, and a test pins it.
+
+Backbones come one builder function per variant, as in torchvision: :func:`densenet121_backbone`
+(the seed's) and :func:`densenet_small_backbone`, a three-block DenseNet (growth 16, blocks
+6/12/8, about 0.5 M parameters against 7 M) for small real sets, where the full DenseNet121
+trained from scratch overfits (see ``configs/small-real.yaml``). The pyramid taps the last
+three dense blocks of whichever backbone it gets, with their channel counts read from the
+module itself.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import densenet121
+from torchvision.models import DenseNet, densenet121
 from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
@@ -28,6 +35,8 @@ PYRAMID_LEVELS: OrderedDict[str, tuple[str, int]] = OrderedDict(
     c5=("features.denseblock4", 1024),
 )
 NUM_PATIENT_FEATURES = 3  # age scaled to [0, 1], sex (M=0, F=1), view (PA=0, AP=1)
+#: The small backbone's shape (torchvision ``DenseNet`` arguments).
+SMALL_DENSENET = {"growth_rate": 16, "block_config": (6, 12, 8), "num_init_features": 32}
 
 
 def densenet121_backbone(weights_path: str | Path | None = None, imagenet: bool = False) -> nn.Module:
@@ -45,16 +54,56 @@ def densenet121_backbone(weights_path: str | Path | None = None, imagenet: bool 
     return net
 
 
-class PyramidBackbone(nn.Module):
-    """DenseNet121 features tapped after denseblock2/3/4.
+def densenet_small_backbone(weights_path: str | Path | None = None, imagenet: bool = False) -> nn.Module:
+    """The small three-block DenseNet of :data:`SMALL_DENSENET`, randomly initialised (no
+    published weights exist for it; a local state-dict file of the same shape may be given)."""
+    if imagenet:
+        raise ValueError("no ImageNet weights exist for the densenet_small backbone; use weights='scratch'")
+    net = DenseNet(**SMALL_DENSENET)
+    if weights_path is not None:
+        load_state_dict_file(net, weights_path)
+    return net
 
-    Input ``[B, 3, H, W]``; output ``{'c3': [B, 512, H/8, W/8], 'c4': [B, 1024, H/16, W/16],
-    'c5': [B, 1024, H/32, W/32]}``.
+
+#: Backbone builders by the recipe's ``backbone`` name.
+BACKBONES = {"densenet121": densenet121_backbone, "densenet_small": densenet_small_backbone}
+#: FPN width per backbone: the small one's last blocks have 128-256 channels, not 512-1024.
+FPN_CHANNELS = {"densenet121": 256, "densenet_small": 128}
+
+
+def _block_channels(features: nn.Module) -> list[tuple[str, int]]:
+    """``(node, output channels)`` of every dense block of a torchvision DenseNet's ``features``:
+    a block's output is what the following transition (or ``norm5``) normalises."""
+    names = [name for name, _ in features.named_children()]
+    blocks = [name for name in names if name.startswith("denseblock")]
+    out = []
+    for block in blocks:
+        follower = features.get_submodule(names[names.index(block) + 1])
+        norm = follower.norm if hasattr(follower, "norm") else follower
+        out.append((f"features.{block}", int(norm.num_features)))
+    return out
+
+
+def pyramid_levels(densenet: nn.Module) -> OrderedDict[str, tuple[str, int]]:
+    """The last three dense blocks of ``densenet`` as ``c3, c4, c5 -> (node, channels)``
+    (for DenseNet121 exactly :data:`PYRAMID_LEVELS`)."""
+    blocks = _block_channels(densenet.features)
+    if len(blocks) < 3:
+        raise ValueError(f"the pyramid needs at least 3 dense blocks, this DenseNet has {len(blocks)}")
+    return OrderedDict(zip(("c3", "c4", "c5"), blocks[-3:], strict=True))
+
+
+class PyramidBackbone(nn.Module):
+    """A DenseNet's features tapped after its last three dense blocks.
+
+    DenseNet121 input ``[B, 3, H, W]``; output ``{'c3': [B, 512, H/8, W/8], 'c4': [B, 1024,
+    H/16, W/16], 'c5': [B, 1024, H/32, W/32]}`` (``levels`` gives the channels of any DenseNet).
     """
 
     def __init__(self, densenet: nn.Module) -> None:
         super().__init__()
-        return_nodes = {node: name for name, (node, _) in PYRAMID_LEVELS.items()}
+        self.levels = pyramid_levels(densenet)
+        return_nodes = {node: name for name, (node, _) in self.levels.items()}
         self.body = create_feature_extractor(densenet, return_nodes=return_nodes)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,9 +133,10 @@ class DenseNetFPNClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fpn = FeaturePyramidNetwork(in_channels_list=[ch for _, ch in PYRAMID_LEVELS.values()], out_channels=fpn_channels)
+        levels = getattr(backbone, "levels", PYRAMID_LEVELS)
+        self.fpn = FeaturePyramidNetwork(in_channels_list=[ch for _, ch in levels.values()], out_channels=fpn_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.image_proj = nn.Sequential(nn.Linear(fpn_channels * len(PYRAMID_LEVELS), embed_dim), nn.ReLU(inplace=True))
+        self.image_proj = nn.Sequential(nn.Linear(fpn_channels * len(levels), embed_dim), nn.ReLU(inplace=True))
         self.patient_proj = nn.Sequential(nn.Linear(NUM_PATIENT_FEATURES, patient_dim), nn.ReLU(inplace=True))
         self.head = nn.Sequential(
             nn.Linear(embed_dim + patient_dim, hidden_dim),
@@ -121,10 +171,10 @@ class DenseNetClassifier(nn.Module):
     def __init__(self, densenet: nn.Module, num_classes: int = NUM_FINDINGS) -> None:
         super().__init__()
         self.features = densenet.features
-        self.classifier = nn.Linear(1024, num_classes)
+        self.classifier = nn.Linear(densenet.classifier.in_features, num_classes)
 
     def embed(self, image: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W] -> [B, 1024]``."""
+        """``[B, 3, H, W] -> [B, 1024]`` (DenseNet121; the backbone's last width in general)."""
         x = torch.relu(self.features(image))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
@@ -145,6 +195,18 @@ def densenet121_fpn(
     )
 
 
+def densenet_small_fpn(
+    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.3, imagenet: bool = False
+) -> DenseNetFPNClassifier:
+    """Seed 004's model (pyramid, patient fusion, head) on the small DenseNet backbone."""
+    return DenseNetFPNClassifier(
+        PyramidBackbone(densenet_small_backbone(weights_path, imagenet)),
+        num_classes=num_classes,
+        fpn_channels=FPN_CHANNELS["densenet_small"],
+        dropout=dropout,
+    )
+
+
 def densenet121_chexnet(
     weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.0, imagenet: bool = False
 ) -> DenseNetClassifier:
@@ -152,16 +214,51 @@ def densenet121_chexnet(
     return DenseNetClassifier(densenet121_backbone(weights_path, imagenet), num_classes=num_classes)
 
 
-ARCHITECTURES = {ModelKind.DENSENET121_FPN: densenet121_fpn, ModelKind.DENSENET121: densenet121_chexnet}
+def densenet_small_chexnet(
+    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.0, imagenet: bool = False
+) -> DenseNetClassifier:
+    """The CheXNet-style image-only baseline on the small DenseNet backbone."""
+    return DenseNetClassifier(densenet_small_backbone(weights_path, imagenet), num_classes=num_classes)
 
 
-def build_model(architecture: str, **kwargs) -> nn.Module:
-    """Builder lookup by network kind (``'densenet121_fpn'`` or ``'densenet121'``)."""
+#: One builder per (network kind, backbone).
+ARCHITECTURES = {
+    (ModelKind.DENSENET121_FPN, "densenet121"): densenet121_fpn,
+    (ModelKind.DENSENET121_FPN, "densenet_small"): densenet_small_fpn,
+    (ModelKind.DENSENET121, "densenet121"): densenet121_chexnet,
+    (ModelKind.DENSENET121, "densenet_small"): densenet_small_chexnet,
+}
+
+
+def build_model(architecture: str, backbone: str = "densenet121", **kwargs) -> nn.Module:
+    """Builder lookup by network kind (``'densenet121_fpn'`` or ``'densenet121'``) and backbone
+    (``'densenet121'``, the default, or ``'densenet_small'``)."""
     try:
-        builder = ARCHITECTURES[architecture]
+        builder = ARCHITECTURES[(architecture, backbone)]
     except KeyError:
-        raise ValueError(f"unknown architecture {architecture!r}; choose from {sorted(ARCHITECTURES)}") from None
+        kinds = sorted({kind for kind, _ in ARCHITECTURES})
+        raise ValueError(
+            f"unknown architecture {architecture!r} with backbone {backbone!r}; choose from {kinds} and {sorted(BACKBONES)}"
+        ) from None
     return builder(**kwargs)
+
+
+def flip_averaged_probabilities(
+    model: nn.Module, image: torch.Tensor, patient: torch.Tensor, logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Test-time augmentation: the mean of the sigmoid probabilities of ``image [B, 3, H, W]``
+    and of its horizontal mirror; ``logits`` of the unflipped image when already computed."""
+    if logits is None:
+        logits = model(image, patient)
+    mirrored = model(torch.flip(image, dims=[-1]), patient)
+    return (torch.sigmoid(logits.float()) + torch.sigmoid(mirrored.float())) / 2
+
+
+def network_probabilities(model: nn.Module, image: torch.Tensor, patient: torch.Tensor, tta_hflip: bool = False) -> torch.Tensor:
+    """``[B, 14]`` sigmoid probabilities of a network, flip-averaged when ``tta_hflip``."""
+    if tta_hflip:
+        return flip_averaged_probabilities(model, image, patient)
+    return torch.sigmoid(model(image, patient).float())
 
 
 def count_parameters(model: nn.Module) -> int:

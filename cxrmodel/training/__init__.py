@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "distributed",
         "loop",
         "network",
+        "recipe",
         "saving",
     },
     submod_attrs={
@@ -34,6 +35,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "barrier",
             "cleanup",
         ],
+        "recipe": ["LearningRateSchedule", "make_optimizer", "make_ema", "selection_rule", "SELECTION_RULES"],
         "loop": [
             "EpochResult",
             "FitResult",

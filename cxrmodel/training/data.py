@@ -21,7 +21,7 @@ from cxrmodel.data.balancing import BalancingResult, apply_balancing, preset_ste
 from cxrmodel.data.cache import ImageCache, cached_loader
 from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.data.metadata import AgeScaler, labels_matrix, patient_features
-from cxrmodel.data.transforms import eval_transform, train_transform
+from cxrmodel.data.transforms import augmentation_transform, eval_transform
 from cxrmodel.training.loop import positive_weights
 
 
@@ -64,7 +64,7 @@ def prepare_training_data(frame: pd.DataFrame, cache_root: Path, data: DataConfi
         patient_features(train_rows, scaler),
         labels_matrix(train_rows),
         flips=train_rows["flip"].to_numpy(),
-        transform=train_transform(data.image_size) if train.augment else eval_transform(data.image_size),
+        transform=augmentation_transform(train.augmentation, data.image_size),
     )
     val_dataset = StudyDataset(
         cached_loader(cache, val_df),

@@ -1,5 +1,8 @@
 """The training loop of seed 004: weighted BCE, Adam, ReduceLROnPlateau on validation loss,
-best checkpoint by macro-F1 (or mean AUROC), optional early stopping, resumable checkpoints.
+best checkpoint by macro-F1 (or mean AUROC), optional early stopping, resumable checkpoints;
+and the options of :mod:`cxrmodel.training.recipe` (AdamW, a per-batch cosine schedule with
+warm-up, a weight average, other rules for the kept epoch). Validation predicts with the
+recipe's test-time augmentation (``tta_hflip``), as evaluation and scoring do.
 
 Framework-free: callers observe progress through ``on_epoch`` (the Prefect task writes each
 epoch to the database from there) and ``on_batch`` (its progress bar).
@@ -28,8 +31,10 @@ from cxrmodel.config import TrainConfig
 from cxrmodel.evaluation.metrics import epoch_summary
 from cxrmodel.findings import FINDINGS
 from cxrmodel.io import atomic_write
+from cxrmodel.models.networks import flip_averaged_probabilities
 from cxrmodel.progress import BatchCallback
 from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
+from cxrmodel.training.recipe import LearningRateSchedule, make_ema, make_optimizer, selection_rule
 
 
 @dataclass(frozen=True)
@@ -126,8 +131,16 @@ def _forward(model: nn.Module, batch, device: torch.device, accel: Acceleration 
 
 
 @torch.no_grad()
-def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module | None = None):
-    """Sigmoid probabilities ``[N, 14]``, labels ``[N, 14]`` and mean loss over a loader."""
+def predict_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    criterion: nn.Module | None = None,
+    tta_hflip: bool = False,
+):
+    """Sigmoid probabilities ``[N, 14]``, labels ``[N, 14]`` and mean loss over a loader. With
+    ``tta_hflip`` each probability is the mean of the image's and its mirror's (the loss stays
+    that of the image as given)."""
     model.eval()
     probs, labels, total, count = [], [], 0.0, 0
     for batch in loader:
@@ -135,7 +148,11 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, c
         if criterion is not None:
             total += float(criterion(logits, y)) * len(y)
             count += len(y)
-        probs.append(torch.sigmoid(logits.float()).cpu())
+        if tta_hflip:
+            image, patient = batch[0].to(device), batch[1].to(device)
+            probs.append(flip_averaged_probabilities(model, image, patient, logits).cpu())
+        else:
+            probs.append(torch.sigmoid(logits.float()).cpu())
         labels.append(y.cpu())
     p = torch.cat(probs).numpy() if probs else np.zeros((0, len(FINDINGS)), np.float32)
     t = torch.cat(labels).numpy() if labels else np.zeros((0, len(FINDINGS)), np.float32)
@@ -154,11 +171,14 @@ def fit(
     resume: bool = False,
     on_batch: BatchCallback | None = None,
 ) -> FitResult:
-    """Train ``model`` for ``config.epochs`` epochs and return the best state by
-    ``config.selection_metric``. With ``checkpoint_path`` a full checkpoint (model, optimiser,
-    scheduler, epoch, history, RNG state) is written after every epoch; ``resume=True``
-    continues from it. ``on_batch(epoch, batches_done, batches_per_epoch)`` follows the
-    training batches (a progress bar); ``on_epoch`` gets each epoch's result.
+    """Train ``model`` for ``config.epochs`` epochs and return the state of the epoch
+    ``config.checkpoint_selection`` keeps (with ``config.ema_decay``, of the weight average).
+    With ``checkpoint_path`` a full checkpoint (model, optimiser, scheduler, weight average,
+    epoch, history, RNG state) is written after every epoch; ``resume=True`` continues from it.
+    Early stopping counts epochs without a better selection score, so it never stops a
+    ``last`` run.
+    ``on_batch(epoch, batches_done, batches_per_epoch)`` follows the training batches (a
+    progress bar); ``on_epoch`` gets each epoch's result.
 
     Data-parallel training: call this on every rank with the DDP-wrapped ``model``. A
     ``DistributedSampler`` behind ``train_loader`` gets ``set_epoch(epoch)`` each epoch; the
@@ -176,20 +196,24 @@ def fit(
     step_model = torch.compile(model) if config.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=accel.scale_loss)
     criterion = nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=config.scheduler_factor, patience=config.scheduler_patience
-    )
+    optimizer = make_optimizer(model.parameters(), config)
+    scheduler = LearningRateSchedule(optimizer, config, len(train_loader))
+    ema = make_ema(core, config)
+    validated = ema.module if ema is not None else core  # the weights validated and kept
+    score_of, value_of = selection_rule(config)
     start_epoch, history = 1, []
-    best_metric, best_epoch, best_state = -float("inf"), 0, None
+    best_score, best_metric, best_epoch, best_state = -float("inf"), -float("inf"), 0, None
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         core.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
         start_epoch = ckpt["epoch"] + 1
         history = [EpochResult(**h) for h in ckpt["history"]]
         best_metric, best_epoch, best_state = ckpt["best_metric"], ckpt["best_epoch"], ckpt["best_state"]
+        best_score = score_of(history[best_epoch - 1]) if best_epoch else -float("inf")
         torch.set_rng_state(ckpt["torch_rng"])
         np.random.set_state(ckpt["numpy_rng"])
         random.setstate(ckpt["python_rng"])
@@ -209,6 +233,9 @@ def fit(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            scheduler.after_batch()
+            if ema is not None:
+                ema.update_parameters(core)
             running += float(loss.detach()) * len(y)
             seen += len(y)
             if on_batch is not None:
@@ -218,11 +245,13 @@ def fit(
             running, seen = all_reduce_sum([running, seen], device)
             seen = int(seen)
             broadcast_buffers(core)
-            validation = predict_loader(core, val_loader, device, criterion) if dist.get_rank() == 0 else None
+            validation = (
+                predict_loader(validated, val_loader, device, criterion, config.tta_hflip) if dist.get_rank() == 0 else None
+            )
             probs, labels, val_loss = broadcast_object(validation)
         else:
-            probs, labels, val_loss = predict_loader(core, val_loader, device, criterion)
-        scheduler.step(val_loss)
+            probs, labels, val_loss = predict_loader(validated, val_loader, device, criterion, config.tta_hflip)
+        scheduler.after_epoch(val_loss)
         summary = epoch_summary(labels.astype(int), probs)
         result = EpochResult(
             epoch=epoch,
@@ -237,14 +266,16 @@ def fit(
             images_per_second=seen / train_seconds if train_seconds > 0 else 0.0,
         )
         history.append(result)
-        metric = result.macro_f1 if config.selection_metric == "macro_f1" else (result.mean_auroc or 0.0)
-        if metric > best_metric:
-            best_metric, best_epoch, stale = metric, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        score = score_of(result)
+        if score > best_score:
+            best_score, best_metric, best_epoch, stale = score, value_of(result), epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in validated.state_dict().items()}
         else:
             stale += 1
         if checkpoint_path is not None:
-            _save_checkpoint(checkpoint_path, core, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state)
+            _save_checkpoint(
+                checkpoint_path, core, optimizer, scheduler, ema, epoch, history, best_metric, best_epoch, best_state
+            )
         if on_epoch is not None:
             on_epoch(result)
         if config.early_stopping_patience is not None and stale >= config.early_stopping_patience:
@@ -252,11 +283,12 @@ def fit(
     return FitResult(best_state, best_epoch, best_metric, history)
 
 
-def _save_checkpoint(path, model, optimizer, scheduler, epoch, history, best_metric, best_epoch, best_state) -> None:
+def _save_checkpoint(path, model, optimizer, scheduler, ema, epoch, history, best_metric, best_epoch, best_state) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
         "epoch": epoch,
         "history": [h.as_dict() for h in history],
         "best_metric": best_metric,

@@ -63,6 +63,17 @@ class TopStudy(NamedTuple):
     similar: tuple[SimilarStudy, ...] | None = None
 
 
+class RetrievalNote(Contract):
+    """How much the similar cases mean: the index's leave-one-out precision@k beside random
+    retrieval and the prevalence list (:mod:`cxrmodel.explain.retrieval`)."""
+
+    k: int
+    precision: float
+    random: float
+    prevalence: float
+    n: int
+
+
 class ScoringContext(Contract):
     """Everything the nightly scoring report shows; ``top_studies`` maps a finding to its
     studies, highest probability first."""
@@ -74,6 +85,7 @@ class ScoringContext(Contract):
     failures: tuple[FailedStudy, ...]
     flags: tuple[FindingFlags, ...]
     top_studies: dict[str, tuple[TopStudy, ...]]
+    retrieval: RetrievalNote | None = None
 
 
 class DatasetRefresh(Contract):
