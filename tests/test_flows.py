@@ -292,7 +292,10 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
         night = score_flow(render_report=False, home=str(tmp_path / "home"), database_url=database_url)
         with session_scope(database_url) as s:
             run = s.get(ScoringRun, night.scoring_run_id)
-            assert (run.model_version_id, run.n_scored, run.n_failed) == (versions[kind].id, 12, 3), kind
+            # the 3 broken studies fail until their attempts run out, then are skipped (bounded retries)
+            given_up = s.scalar(select(func.count()).select_from(Study).where(Study.status == "failed"))
+            assert (run.model_version_id, run.n_scored) == (versions[kind].id, 12), kind
+            assert (run.n_failed, given_up) in {(3, 0), (3, 3), (0, 3)}, kind
             served = select(func.count()).select_from(Prediction).where(Prediction.model_version_id == versions[kind].id)
             assert s.scalar(served) == 12 * len(FINDINGS), kind
 

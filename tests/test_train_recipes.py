@@ -96,13 +96,16 @@ def test_defaults_are_the_old_behaviour():
 
 
 def test_recipe_files_validate():
-    demo = load_pipeline_config(CONFIGS_DIR / "demo.yaml").train
+    demo_config = load_pipeline_config(CONFIGS_DIR / "demo.yaml")
+    demo = demo_config.train
+    # the demo's old selection_metric: mean_auroc maps onto the new field
     assert (demo.optimizer, demo.schedule, demo.checkpoint_selection, demo.backbone) == (
         "adam",
         "plateau",
-        "macro_f1",
+        "val_auroc",
         "densenet121",
     )
+    assert demo_config.synth.n_studies * (1 - demo_config.data.test_fraction) * 0.2 >= 200  # ranked on validation
     small = load_pipeline_config(CONFIGS_DIR / "small-real.yaml").train
     assert small.backbone == "densenet_small" and small.optimizer == "adamw" and small.schedule == "cosine"
     assert small.checkpoint_selection in ("last", "val_loss")  # never a chance peak of a small split
