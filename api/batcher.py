@@ -26,7 +26,7 @@ from cxrmodel.serving import predict_with_embeddings
 @dataclass
 class _Item:
     champion: Champion
-    image: torch.Tensor  # [3, S, S]
+    image: torch.Tensor  # the model's input: [3, S, S] (a network) or [1, S, S] (classical)
     patient: torch.Tensor  # [3]
     future: asyncio.Future = field(repr=False)
 
@@ -34,7 +34,7 @@ class _Item:
 @dataclass(frozen=True)
 class Prediction:
     probabilities: np.ndarray  # [14]
-    embedding: np.ndarray  # [d]
+    embedding: np.ndarray | None  # [d]; None for a model without a network (classical)
     batch_size: int  # how many requests shared the forward pass
 
 
@@ -102,10 +102,10 @@ class MicroBatcher:
                 self.batches_run += 1
                 for i, item in enumerate(items):
                     if not item.future.done():
-                        item.future.set_result(Prediction(probs[i], embeddings[i], len(items)))
+                        item.future.set_result(Prediction(probs[i], None if embeddings is None else embeddings[i], len(items)))
 
 
-def _forward(items: list[_Item]) -> tuple[np.ndarray, np.ndarray]:
+def _forward(items: list[_Item]) -> tuple[np.ndarray, np.ndarray | None]:
     images = torch.stack([item.image for item in items])
     patient = torch.stack([item.patient for item in items])
     return predict_with_embeddings(items[0].champion.model, images, patient)

@@ -138,19 +138,23 @@ async def score_upload(
         decoded = await asyncio.to_thread(_decode, staged, options)
         decoded_at = time.perf_counter()
         model = champion.model
-        image = prepare_image(decoded.pixels, model.image_size)
+        image = prepare_image(decoded.pixels, model)
         patient = patient_vector(model, decoded.patient.age, decoded.patient.sex, decoded.patient.view)
         prediction = await batcher.predict(champion, image, patient)
         predicted_at = time.perf_counter()
         ranked = ranked_findings(prediction.probabilities, champion.thresholds)
         notes: list[str] = []
         gradcam = None
-        if options.gradcam:
+        if options.gradcam and not model.has_embeddings:
+            notes.append(f"Grad-CAM unavailable: a {champion.kind} model has no network to explain")
+        elif options.gradcam:
             finding = options.gradcam_finding or ranked[0].finding
             gradcam = await batcher.run_exclusive(_gradcam, champion, image, patient, finding)
         similar = None
         if options.similar:
-            if champion.index is None:
+            if prediction.embedding is None:
+                notes.append(f"similar cases unavailable: a {champion.kind} model has no image embeddings")
+            elif champion.index is None:
                 notes.append(f"similar cases unavailable: {champion.index_reason}")
             else:
                 similar = await asyncio.to_thread(

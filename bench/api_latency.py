@@ -124,7 +124,7 @@ def main() -> None:
         paths = [phantom_png(work / f"q{i:03d}.png", seed=1000 + i) for i in range(2 * N_REQUESTS)]
         with session_scope(registry.url) as s:
             model = load_model_version(registry_db.model_version_files(s, registry.champion_id))
-        images = torch.stack([prepare_image(read_grayscale(p), IMAGE_SIZE) for p in paths[:N_REQUESTS]])
+        images = torch.stack([prepare_image(read_grayscale(p), model) for p in paths[:N_REQUESTS]])
         patient = torch.stack([patient_vector(model, 55.0, "F", "PA")] * len(images))
         bare = _bare(model, images, patient)
 

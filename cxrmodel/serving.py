@@ -2,10 +2,9 @@
 of the model, with the same preprocessing, patient features and thresholds as nightly scoring.
 
 :func:`prepare_image` turns decoded grey pixels into the model input exactly as
-:class:`cxrmodel.inference.ScoringDataset` does (``resize_square`` then ``eval_transform``);
-:func:`predict_with_embeddings` runs one forward pass that yields both the probabilities and the
-image embeddings (for similar cases), so a request that asks for similar cases costs no
-second pass.
+:class:`cxrmodel.inference.ScoringDataset` does (``resize_square`` then the version's
+``input_transform``); :func:`predict_with_embeddings` runs the version's own prediction path,
+which yields the image embeddings (for similar cases) from the same forward pass.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import torch
 
 from cxrmodel.data.imaging import resize_square
 from cxrmodel.data.metadata import patient_features
-from cxrmodel.data.transforms import eval_transform
 from cxrmodel.evaluation.metrics import apply_thresholds
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.loading import LoadedModel
@@ -26,9 +24,10 @@ from cxrmodel.models.loading import LoadedModel
 __all__ = ["Finding", "patient_vector", "predict_with_embeddings", "prepare_image", "ranked_findings"]
 
 
-def prepare_image(pixels: np.ndarray, size: int) -> torch.Tensor:
-    """``uint8 [H, W] -> float32 [3, size, size]``: the scoring preprocessing."""
-    return eval_transform(size)(torch.from_numpy(resize_square(pixels, size))[None])
+def prepare_image(pixels: np.ndarray, loaded: LoadedModel) -> torch.Tensor:
+    """``uint8 [H, W]`` -> the model's input (``float32 [3, S, S]`` for a network, the uint8
+    ``[1, S, S]`` image for a classical model): the scoring preprocessing of ``loaded``."""
+    return loaded.input_transform(torch.from_numpy(resize_square(pixels, loaded.image_size))[None])
 
 
 def patient_vector(loaded: LoadedModel, age: float | None, sex: str | None, view: str | None) -> torch.Tensor:
@@ -37,16 +36,14 @@ def patient_vector(loaded: LoadedModel, age: float | None, sex: str | None, view
     return torch.from_numpy(patient_features(frame, loaded.age_scaler)[0])
 
 
-@torch.no_grad()
-def predict_with_embeddings(loaded: LoadedModel, images: torch.Tensor, patient: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities ``[B, 14]`` and image embeddings ``[B, d]`` of a batch, in one forward pass
-    (an embedding baseline's head turns the embeddings into probabilities)."""
-    network = loaded.network.eval()
-    embeddings = network.embed(images)
-    if loaded.embedding_head is not None:
-        return loaded.embedding_head.predict_proba(embeddings.float().numpy()), embeddings.float().numpy()
-    logits = network.logits_from_embedding(embeddings, patient)
-    return torch.sigmoid(logits.float()).numpy(), embeddings.float().numpy()
+def predict_with_embeddings(
+    loaded: LoadedModel, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities ``[B, 14]`` and image embeddings ``[B, d]`` (``None`` for a classical
+    model) of a batch of :func:`prepare_image` outputs, through the same
+    :meth:`LoadedModel.predict_with_embeddings` that nightly scoring's ``predict_batch`` runs,
+    so on-demand and nightly probabilities agree (test-time mirroring included)."""
+    return loaded.predict_with_embeddings(inputs, patient, device or torch.device("cpu"))
 
 
 @dataclass(frozen=True)

@@ -46,16 +46,18 @@ def _network(seed: int):
     return build_model("densenet121_fpn").eval()
 
 
-def register_network(url: str, home: Path, name: str, seed: int, image_size: int, threshold: float, *, index_of=()) -> int:
-    """Register a DenseNet121-FPN with seeded random weights, an active threshold set (every
-    finding at ``threshold``) and a test evaluation, and promote it; with ``index_of`` (study
-    key, image path pairs) its embedding index too. Returns its version id."""
+def register_network(
+    url: str, home: Path, name: str, seed: int, image_size: int, threshold: float, *, index_of=(), tta_hflip: bool = False
+) -> int:
+    """Register a DenseNet121-FPN with seeded random weights (its recipe flip-averaging when
+    ``tta_hflip``), an active threshold set (every finding at ``threshold``) and a test
+    evaluation, and promote it; with ``index_of`` (study key, image path pairs) its embedding
+    index too. Returns its version id."""
     from cxrmodel.data.metadata import AgeScaler
     from cxrmodel.explain.similarity import EmbeddingIndex
-    from cxrmodel.findings import FINDINGS
     from cxrmodel.models.artifacts import save_state_dict
     from cxrmodel.models.loading import ModelVersionFiles, embed_image_files, load_model_version
-    from db import evaluations, registry, thresholds
+    from db import registry
     from db.engine import session_scope
 
     folder = home / "models" / name
@@ -63,17 +65,9 @@ def register_network(url: str, home: Path, name: str, seed: int, image_size: int
     artifact = folder / "model.safetensors"
     sha = save_state_dict(_network(seed).state_dict(), artifact)
     config = {"image_size": image_size, "age_scaler": AgeScaler.fit([20, 90]).to_dict(), "architecture": "densenet121_fpn"}
-    with session_scope(url) as s:
-        version = registry.register_model_version(
-            s, name=name, kind="densenet121_fpn", config=config, artifact_path=str(artifact), sha256=sha
-        )
-        tset = thresholds.save_threshold_set(s, version.id, "fixed", {}, dict.fromkeys(FINDINGS, threshold), {})
-        aggregates = dict(
-            n_studies=10, macro_auroc=0.61, micro_auroc=0.63, macro_f1=0.3, micro_f1=0.31, macro_precision=0.3,
-            micro_precision=0.3, macro_recall=0.3, micro_recall=0.3, exact_match=0.1, hamming_loss=0.2,
-            accuracy=0.8, mean_brier=0.15, macro_auroc_ci_low=0.55, macro_auroc_ci_high=0.67,
-        )  # fmt: skip
-        evaluations.save_evaluation(s, version.id, tset.id, "test", aggregates, [])
+    if tta_hflip:
+        config["train"] = {"tta_hflip": True}
+    version = _register_evaluated(url, name, "densenet121_fpn", config, artifact, sha, threshold)
     if index_of:
         keys = [k for k, _ in index_of]
         loaded = load_model_version(ModelVersionFiles(version.id, name, "densenet121_fpn", str(artifact), sha, config))
@@ -84,6 +78,49 @@ def register_network(url: str, home: Path, name: str, seed: int, image_size: int
     with session_scope(url) as s:
         registry.promote(s, version.id, "test champion")
     return version.id
+
+
+def register_pixel_logistic(url: str, home: Path, name: str, image_paths: list[str], image_size: int, threshold: float) -> int:
+    """Register and promote a classical pixel-logistic model fitted on the phantoms at
+    ``image_paths`` (every other one an Effusion, as :func:`build_registry` labels them), with
+    an active threshold set and a test evaluation. Returns its version id."""
+    from cxrmodel.data.imaging import read_grayscale, resize_square
+    from cxrmodel.data.metadata import AgeScaler
+    from cxrmodel.findings import FINDINGS
+    from cxrmodel.models.classical import PixelLogisticModel
+    from db import registry
+    from db.engine import session_scope
+
+    images = np.stack([resize_square(read_grayscale(Path(p)), image_size) for p in image_paths])
+    patient = np.tile(np.float32([0.5, 1.0, 0.0]), (len(images), 1))
+    labels = np.zeros((len(images), len(FINDINGS)), dtype=int)
+    labels[1::2, FINDINGS.index("Effusion")] = 1
+    folder = home / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    artifact = folder / "model.npz"
+    sha = PixelLogisticModel.fit(images, patient, labels, side=8).save(artifact)
+    config = {"image_size": image_size, "age_scaler": AgeScaler.fit([20, 90]).to_dict()}
+    version = _register_evaluated(url, name, "pixel_logistic", config, artifact, sha, threshold)
+    with session_scope(url) as s:
+        registry.promote(s, version.id, "test champion")
+    return version.id
+
+
+def _register_evaluated(url: str, name: str, kind: str, config: dict, artifact: Path, sha: str, threshold: float):
+    from cxrmodel.findings import FINDINGS
+    from db import evaluations, registry, thresholds
+    from db.engine import session_scope
+
+    with session_scope(url) as s:
+        version = registry.register_model_version(s, name=name, kind=kind, config=config, artifact_path=str(artifact), sha256=sha)
+        tset = thresholds.save_threshold_set(s, version.id, "fixed", {}, dict.fromkeys(FINDINGS, threshold), {})
+        aggregates = dict(
+            n_studies=10, macro_auroc=0.61, micro_auroc=0.63, macro_f1=0.3, micro_f1=0.31, macro_precision=0.3,
+            micro_precision=0.3, macro_recall=0.3, micro_recall=0.3, exact_match=0.1, hamming_loss=0.2,
+            accuracy=0.8, mean_brier=0.15, macro_auroc_ci_low=0.55, macro_auroc_ci_high=0.67,
+        )  # fmt: skip
+        evaluations.save_evaluation(s, version.id, tset.id, "test", aggregates, [])
+    return version
 
 
 def build_registry(work: Path, url: str | None = None, image_size: int = 64, n_labelled: int = 8) -> Registry:

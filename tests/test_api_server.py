@@ -2,7 +2,8 @@
 over a real registry (a tiny champion), on SQLite and PostgreSQL. Auth, every refusal (and that
 it leaves nothing behind), a PNG and the real DICOM fixture scored and stored, the same image
 twice as one study, the scores equal to the nightly path's, Grad-CAM and similar cases,
-micro-batching of concurrent requests, and the champion swapped while the process runs."""
+micro-batching of concurrent requests, the champion swapped while the process runs, and a
+flip-averaging (TTA) network and a classical champion scoring as nightly scoring does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from api_support import API_KEY, build_registry, phantom_png, register_network, server_env, uvicorn_args
+from api_support import (
+    API_KEY,
+    build_registry,
+    phantom_png,
+    register_network,
+    register_pixel_logistic,
+    server_env,
+    uvicorn_args,
+)
 from conftest import POSTGRES_URL, BackgroundProcess, _fresh_postgres_database, free_port, wait_for_http
 
 httpx = pytest.importorskip("httpx")
@@ -320,3 +329,66 @@ def test_models_endpoints_and_the_champion_swap(service, tmp_path):
     assert [p["model"]["name"] for p in history] == ["net-b", "net-a"]
     assert [p["model_status"] for p in history] == ["champion", "retired"]
     assert "champion swapped: net-a -> net-b" in service.process.output()
+
+
+def _nightly_probabilities(service, study_key: str, version_id: int) -> np.ndarray:
+    """The nightly path's probabilities ``[14]`` of a stored study: decoded from its file and
+    run through :func:`cxrmodel.inference.score_studies` with the version as loaded for scoring."""
+    import torch
+
+    from cxrmodel.inference import score_studies
+    from cxrmodel.models.loading import load_model_version
+    from db import registry, scoring
+    from db.engine import session_scope
+
+    torch.set_num_threads(1)
+    study_id = service.rows("SELECT id FROM studies WHERE study_key = :k", k=study_key)[0][0]
+    with session_scope(service.registry.url) as s:
+        model = load_model_version(registry.model_version_files(s, version_id))
+        (info,) = scoring.studies_by_id(s, [study_id])
+    (batch,) = list(score_studies(model, [info], batch_size=1, device="cpu"))
+    return batch.probabilities[0]
+
+
+def test_tta_and_classical_champions_score_as_nightly(service, tmp_path):
+    """Runs after the swap test (module order): each new champion is picked up by the running
+    process, and its on-demand scores equal the nightly path's for the same stored study."""
+    import time
+
+    from cxrmodel.findings import FINDINGS
+
+    image = phantom_png(tmp_path / "kinds.png", seed=11).read_bytes()
+    plain = service.score(image, age=64, sex="M", view="PA").json()
+
+    tta_id = register_network(
+        service.registry.url, service.registry.home, "net-tta", seed=1, image_size=48, threshold=0.5, tta_hflip=True
+    )
+    time.sleep(0.5)
+    tta = service.score(image, age=64, sex="M", view="PA", similar=2).json()
+    assert tta["model"] == {"id": tta_id, "name": "net-tta", "kind": "densenet121_fpn"}
+    mirrored = [tta["probabilities"][f] for f in FINDINGS]
+    assert mirrored == pytest.approx(_nightly_probabilities(service, tta["study_key"], tta_id), abs=1e-5)
+    # the same weights as net-b (seed 1, 48 px) without the mirror: flip-averaging did change the scores
+    assert max(abs(a - plain["probabilities"][f]) for a, f in zip(mirrored, FINDINGS, strict=True)) > 1e-4
+    assert "similar cases unavailable: model version net-tta has no embedding index" in " ".join(tta["notes"])
+
+    labelled = [str(service.registry.images / k) for k in service.registry.labelled_keys]
+    classical_id = register_pixel_logistic(service.registry.url, service.registry.home, "pixel-a", labelled, 64, 0.5)
+    time.sleep(0.5)
+    body = service.score(image, age=64, sex="M", view="PA", gradcam="true", similar=3)
+    assert body.status_code == 200, body.text
+    body = body.json()
+    assert body["model"] == {"id": classical_id, "name": "pixel-a", "kind": "pixel_logistic"}
+    probs = [body["probabilities"][f] for f in FINDINGS]
+    assert probs == pytest.approx(_nightly_probabilities(service, body["study_key"], classical_id), abs=1e-6)
+    assert len(set(probs)) > 1  # Effusion has a fitted model; the findings without positives a constant
+    assert body["gradcam"] is None and body["similar_cases"] is None
+    assert any("Grad-CAM unavailable: a pixel_logistic model" in n for n in body["notes"])
+    assert any("similar cases unavailable: a pixel_logistic model has no image embeddings" in n for n in body["notes"])
+    stored = service.rows(
+        "SELECT p.probability FROM predictions p JOIN studies s ON s.id = p.study_id JOIN scoring_runs r "
+        "ON r.id = p.scoring_run_id WHERE s.study_key = :k AND r.model_version_id = :m ORDER BY p.finding",
+        k=body["study_key"],
+        m=classical_id,
+    )
+    assert sorted(r[0] for r in stored) == pytest.approx(sorted(probs), abs=1e-6)

@@ -69,3 +69,12 @@ def test_one_pass_gives_the_forward_and_the_embedding(one_torch_thread):
     ranked = ranked_findings(probs[0], tuple([0.5] * 14))
     assert [r.probability for r in ranked] == sorted(probs[0].tolist(), reverse=True)
     assert all(r.decision == (r.probability >= 0.5) for r in ranked)
+
+    # a flip-averaging version: the mean over the image and its mirror, as nightly predict_batch
+    mirrored = LoadedModel(1, "densenet121_fpn", network, 32, AgeScaler(20.0, 80.0, 50.0), tta_hflip=True)
+    tta_probs, tta_embeddings = predict_with_embeddings(mirrored, images, patient)
+    with torch.no_grad():
+        flipped = torch.sigmoid(network(torch.flip(images, dims=[-1]), patient)).numpy()
+    assert tta_probs == pytest.approx((probs + flipped) / 2, abs=1e-6)
+    assert tta_probs == pytest.approx(mirrored.predict_batch(images, patient, torch.device("cpu")), abs=1e-7)
+    assert tta_embeddings == pytest.approx(embeddings, abs=1e-6)

@@ -26,7 +26,7 @@ from cxrmodel.models.artifacts import load_state_dict
 from cxrmodel.models.classical import PixelLogisticModel
 from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.models.kinds import CLASSICAL_KINDS, NETWORK_KINDS, ModelKind
-from cxrmodel.models.networks import build_model, network_probabilities
+from cxrmodel.models.networks import build_model, flip_averaged_probabilities
 from cxrmodel.models.version_files import ModelVersionFiles
 from cxrmodel.training.loop import resolve_device
 
@@ -102,13 +102,30 @@ class LoadedModel:
     @torch.no_grad()
     def predict_batch(self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device) -> np.ndarray:
         """Probabilities ``[B, 14]`` (float32) of a batch of :attr:`input_transform` outputs."""
+        return self.predict_with_embeddings(inputs, patient, device, embeddings=False)[0]
+
+    @torch.no_grad()
+    def predict_with_embeddings(
+        self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device, embeddings: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``[B, 14]`` and, when asked and :attr:`has_embeddings`, the image
+        embeddings ``[B, d]`` of the unmirrored images, from the same forward pass (the mirror
+        pass of ``tta_hflip`` is the only extra one). A classical model gives ``None``."""
         if self.classical is not None:
-            return self.classical.predict_proba(inputs[:, 0].numpy(), patient.numpy())
+            return self.classical.predict_proba(inputs[:, 0].numpy(), patient.numpy()).astype(np.float32), None
         images = inputs.to(device, non_blocking=True)
+        embedded = self.network.embed(images)
         if self.embedding_head is not None:
-            return self.embedding_head.predict_proba(self.network.embed(images).float().cpu().numpy()).astype(np.float32)
-        probs = network_probabilities(self.network, images, patient.to(device, non_blocking=True), self.tta_hflip)
-        return probs.float().cpu().numpy()
+            probs = self.embedding_head.predict_proba(embedded.float().cpu().numpy()).astype(np.float32)
+        else:
+            patient = patient.to(device, non_blocking=True)
+            logits = self.network.logits_from_embedding(embedded, patient)
+            if self.tta_hflip:
+                probs = flip_averaged_probabilities(self.network, images, patient, logits)
+            else:
+                probs = torch.sigmoid(logits.float())
+            probs = probs.float().cpu().numpy()
+        return probs, embedded.float().cpu().numpy() if embeddings else None
 
     def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int, transform=None) -> DataLoader:
         dataset = StudyDataset(
