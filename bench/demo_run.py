@@ -50,16 +50,13 @@ def main() -> None:
         emit(f"demo: stage {stage}", seconds, "s", "part of the 300 s budget")
     emit("demo: total wall time", round(total, 1), "s", "<= 300 s", total <= 300)
     emit("demo: CPU seconds (user + system)", round(cpu_seconds(), 1), "s", "independent of other load")
-    main_evaluation = result.candidates.test_evaluations["network"]
+    candidates = result.candidates
+    chosen = candidates.chosen or "network"
     with get_engine(settings.resolved_database_url).connect() as conn:
-        auroc = conn.execute(text("SELECT macro_auroc FROM evaluations WHERE id = :id"), {"id": main_evaluation}).scalar_one()
-        by_model = conn.execute(
-            text(
-                "SELECT mv.kind, e.macro_auroc FROM evaluations e JOIN model_versions mv ON mv.id = e.model_version_id "
-                "WHERE e.split = :split AND e.id <> :main ORDER BY e.id"
-            ),
-            {"split": "test", "main": main_evaluation},
-        ).all()
+        by_candidate = {
+            name: conn.execute(text("SELECT macro_auroc FROM evaluations WHERE id = :id"), {"id": evaluation_id}).scalar_one()
+            for name, evaluation_id in candidates.test_evaluations.items()
+        }
         epoch_seconds = conn.execute(text("SELECT AVG(seconds), COUNT(*) FROM epoch_metrics")).one()
     emit(
         f"demo: seconds per training epoch (mean of {epoch_seconds[1]})",
@@ -67,10 +64,17 @@ def main() -> None:
         "s",
         "demo config, 2 CPU cores",
     )
-    emit("demo: macro AUROC, seed-004 model, synthetic test split", round(auroc, 4), "", ">= 0.90", auroc >= 0.90)
-    for kind, value in by_model:
-        emit(f"demo: macro AUROC, baseline {kind}", round(value, 4), "", "compare with the model above")
-    emit(f"demo: champion chosen on {result.candidates.selection.basis}", result.candidates.chosen, "", "best candidate")
+    auroc = by_candidate[chosen]
+    emit(
+        f"demo: macro AUROC of the champion ({chosen}, chosen on {candidates.selection.basis}), synthetic test split",
+        round(auroc, 4),
+        "",
+        ">= 0.90",
+        auroc >= 0.90,
+    )
+    for name, value in by_candidate.items():
+        if name != chosen:
+            emit(f"demo: macro AUROC, candidate {name}", round(value, 4), "", "compare with the champion above")
 
 
 if __name__ == "__main__":

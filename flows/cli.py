@@ -38,7 +38,11 @@ class CxrApp(typer.Typer):
     :func:`flows.cli_support.run_cli`, so a user's mistake is one line and exit status 2."""
 
     def __call__(self, *args, **kwargs):
-        return run_cli(lambda argv: super(CxrApp, self).__call__(args=argv, prog_name="cxr"), kwargs.get("args"))
+        status = run_cli(
+            lambda argv: super(CxrApp, self).__call__(args=argv, prog_name="cxr", standalone_mode=False), kwargs.get("args")
+        )
+        if isinstance(status, int) and status:  # typer.Exit(code) in a command
+            raise SystemExit(status)
 
 
 app = CxrApp(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)

@@ -146,11 +146,22 @@ def _debug_requested(argv: list[str]) -> tuple[list[str], bool]:
     return [arg for arg in argv if arg != "--debug"], debug
 
 
+def _click_exceptions():
+    """The exception classes of the click that typer runs on (typer 0.2x vendors its own)."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # older typer on the click package
+        from click import exceptions
+    return exceptions
+
+
 def run_cli(invoke, argv: list[str] | None = None):
-    """``invoke(args)`` (the typer app on the command line's arguments): a :class:`UserError` (a missing file or folder, an unknown name, no
-    champion) becomes one line on stderr and exit status 2; ``--debug`` (anywhere on the line)
-    or ``CXR_DEBUG=1`` shows the traceback instead. Usage mistakes (an unknown option, a value
-    outside its choices) are typer's: its message, exit status 2."""
+    """``invoke(args)`` (the typer app, not standalone, on the command line's arguments): a
+    :class:`UserError` (a missing file or folder, an unknown name, no champion) or a usage
+    mistake (an unknown option, a value outside its choices, which are listed) becomes one line
+    on stderr and exit status 2; ``--debug`` (anywhere on the line) or ``CXR_DEBUG=1`` shows the
+    traceback instead. Returns the exit status (``None`` for success)."""
+    exceptions = _click_exceptions()
     args, debug = _debug_requested(list(sys.argv[1:] if argv is None else argv))
     if debug:
         os.environ["CXR_DEBUG"] = "1"
@@ -161,3 +172,16 @@ def run_cli(invoke, argv: list[str] | None = None):
             raise
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except exceptions.NoArgsIsHelpError as exc:  # a group called bare: its help, as click does
+        text = exc.ctx.get_help() if exc.ctx else exc.format_message()  # typer's rich help prints itself
+        if text:
+            print(text, file=sys.stderr)
+        raise SystemExit(2) from None
+    except exceptions.ClickException as exc:
+        command = exc.ctx.command_path if isinstance(exc, exceptions.UsageError) and exc.ctx else None
+        hint = f" (see {command} --help)" if command else ""
+        print(f"error: {' '.join(exc.format_message().split())}{hint}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        raise SystemExit(1) from None

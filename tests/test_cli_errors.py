@@ -77,9 +77,26 @@ def test_an_invalid_configuration_names_the_key(home, tmp_path):
 
 def test_an_unknown_source_lists_the_choices(home):
     result = cxr(home, "refresh", ".", "--source", "bogus")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    for choice in ("nih-local", "synthetic", "huggingface"):
-        assert choice in result.stderr
+    assert_one_line_error(result, "--source", "'bogus'", "nih-local", "synthetic", "huggingface", "cxr refresh --help")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["models", "list", "--bogus"], ["No such option: --bogus", "cxr models list --help"]),
+        (["calibrate"], ["Missing argument", "cxr calibrate --help"]),
+        (["train", "--epochs", "many"], ["--epochs", "valid integer"]),
+    ],
+)
+def test_a_usage_mistake_is_one_line_too(home, args, fragments):
+    assert_one_line_error(cxr(home, *args), *fragments)
+
+
+def test_help_and_a_bare_group_still_print_help(home):
+    assert cxr(home, "--help").returncode == 0 and "Usage: cxr" in cxr(home, "--help").stdout
+    bare = cxr(home, "models")
+    assert bare.returncode == 2 and "Usage: cxr models" in bare.stdout + bare.stderr
+    assert "Traceback" not in bare.stdout + bare.stderr
 
 
 def test_debug_shows_the_traceback(home):
