@@ -5,29 +5,24 @@ on SQLite and PostgreSQL: every row is kept, existing runs become ``batch`` runs
 from __future__ import annotations
 
 import pytest
+from migration_rows import TABLES, VIEWS, counts, database_with_rows
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
-from test_migration_0006 import ROWS_0005, TABLES, VIEWS, _counts
 
 from db.engine import downgrade_database, get_engine, upgrade_database
 
 
 @pytest.fixture
 def url_at_0006(database_url) -> str:
-    upgrade_database(database_url, "0005")
-    with get_engine(database_url).begin() as conn:
-        for sql in ROWS_0005:
-            conn.execute(text(sql))
-    upgrade_database(database_url, "0006")
-    return database_url
+    return database_with_rows(database_url, "0006")
 
 
 def test_upgrade_marks_existing_runs_batch_and_refuses_unknown_triggers(url_at_0006):
     url = url_at_0006
-    before = _counts(url)
+    before = counts(url)
     assert before["latest_predictions"] == 1
     upgrade_database(url, "0009")
-    assert _counts(url) == before
+    assert counts(url) == before
     assert "ix_studies_content_hash" in {i["name"] for i in inspect(get_engine(url)).get_indexes("studies")}
     checks = {c["name"] for c in inspect(get_engine(url)).get_check_constraints("scoring_runs")}
     assert checks == {"ck_scoring_runs_status", "ck_scoring_runs_trigger"}
@@ -47,9 +42,9 @@ def test_upgrade_marks_existing_runs_batch_and_refuses_unknown_triggers(url_at_0
 
 def test_downgrade_to_0006_keeps_the_rows(url_at_0006):
     url = url_at_0006
-    before = _counts(url)
+    before = counts(url)
     upgrade_database(url, "0009")
     downgrade_database(url, "0006")
-    assert _counts(url) == before
+    assert counts(url) == before
     assert "trigger" not in {c["name"] for c in inspect(get_engine(url)).get_columns("scoring_runs")}
     assert set(TABLES) and set(VIEWS)
