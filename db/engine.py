@@ -96,5 +96,29 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
+class DowngradeRefused(RuntimeError):
+    """A downgrade that would lose rows the older schema cannot hold; nothing was changed."""
+
+
 def downgrade_database(url: str, revision: str) -> None:
-    command.downgrade(alembic_config(url), revision)
+    """Downgrade to ``revision`` after asking every revision to be undone whether it can be
+    (its module's ``downgrade_refusal(connection) -> str | None``), so a refusal comes before
+    any step runs: SQLite's batch rebuilds are not rolled back, a refusal midway would leave a
+    half-downgraded file."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = alembic_config(url)
+    script = ScriptDirectory.from_config(config)
+    with get_engine(url).connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+        if current is not None:
+            target = script.get_revision(revision)
+            for step in script.iterate_revisions(current, revision):
+                if target is not None and step.revision == target.revision:
+                    continue
+                refusal = getattr(step.module, "downgrade_refusal", None)
+                reason = refusal(connection) if refusal is not None else None
+                if reason:
+                    raise DowngradeRefused(f"cannot downgrade below {step.revision}: {reason}")
+    command.downgrade(config, revision)

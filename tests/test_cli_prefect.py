@@ -13,7 +13,7 @@ from test_cli_errors import cxr
 from cxrmodel.config import DataConfig, SynthConfig, TrainConfig
 from cxrmodel.data.synth import generate_dataset
 from db.engine import session_scope
-from db.models import RefreshRun
+from db.models import RefreshRun, ScoringRun
 
 pytestmark = pytest.mark.slow
 
@@ -72,17 +72,28 @@ def test_a_command_reuses_the_running_server_and_a_mistake_in_a_flow_is_one_line
         assert refresh_run.status == "failed" and "Data_Entry_2017" in refresh_run.error
 
 
-def test_refresh_and_training_publish_progress_artifacts(prefect_server, tmp_path, one_torch_thread):
-    from flows.stages import refresh_flow, train_flow
+def test_refresh_training_and_scoring_publish_progress_artifacts(prefect_server, tmp_path, one_torch_thread):
+    from db import registry
+    from flows.stages import calibrate_flow, refresh_flow, score_flow, train_flow
 
     root = tmp_path / "synthetic"
-    generate_dataset(root, SynthConfig(n_studies=60, n_incoming=0, image_size=32, seed=5), workers=1)
-    where = {"home": str(tmp_path / "home"), "database_url": f"sqlite:///{tmp_path / 'cxr.db'}"}
+    generate_dataset(root, SynthConfig(n_studies=60, n_incoming=5, image_size=32, seed=5), workers=1)
+    url = f"sqlite:///{tmp_path / 'cxr.db'}"
+    where = {"home": str(tmp_path / "home"), "database_url": url}
     data = DataConfig(image_size=32, balancing="none")
-    refresh_flow(str(root), "synthetic", None, data, dataset_report=False, **where)
+    refresh_flow(str(root), "synthetic", str(root / "incoming"), data, dataset_report=False, **where)
     trained = train_flow(data, TrainConfig(epochs=2, batch_size=16), False, False, with_embedding_index=False, **where)
-    assert trained.model_version_id
-    for key in ("cxr-progress-refresh", "cxr-progress-cache", "cxr-progress-training"):
+    calibrate_flow(trained.model_version_id, **where)
+    with session_scope(url) as session:
+        registry.promote(session, trained.model_version_id, "progress test")
+    scored = score_flow(render_report=False, **where)
+    with session_scope(url) as session:
+        run = session.get(ScoringRun, scored.scoring_run_id)
+        n_candidates, n_scored, n_failed = run.n_candidates, run.n_scored, run.n_failed
+    assert n_scored == 5 and n_candidates == n_scored + n_failed, (n_candidates, n_scored, n_failed)
+    for key in ("cxr-progress-refresh", "cxr-progress-cache", "cxr-progress-training", "cxr-progress-scoring"):
         newest = _artifacts(key)[0]
         assert newest.type == "progress" and float(newest.data) == 100.0, (key, newest.data)
     assert "epoch 2/2" in _artifacts("cxr-progress-training")[0].description
+    scoring = _artifacts("cxr-progress-scoring")[0].description
+    assert f"scoring run {scored.scoring_run_id}: {n_candidates}/{n_candidates} study" in scoring, scoring

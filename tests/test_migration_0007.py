@@ -75,6 +75,29 @@ def test_upgrade_keeps_the_rows_and_accepts_the_classical_kind_and_a_selection(u
             conn.execute(text(sql))
 
 
+def test_a_refused_downgrade_from_head_changes_nothing(url_at_0006):
+    """Refused before any step runs: from head, 0009 and 0008 are not undone either (SQLite
+    would keep their half-done batch rebuilds), and no temporary table is left behind."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from db.engine import DowngradeRefused, alembic_config
+
+    url = url_at_0006
+    upgrade_database(url)
+    with get_engine(url).begin() as conn:
+        conn.execute(text(CLASSICAL))
+    tables = set(inspect(get_engine(url)).get_table_names())
+    with pytest.raises(DowngradeRefused, match="below 0007: 1 model version"):
+        downgrade_database(url, "0006")
+    with get_engine(url).connect() as conn:
+        head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+        assert MigrationContext.configure(conn).get_current_revision() == head
+    assert set(inspect(get_engine(url)).get_table_names()) == tables
+    assert not [t for t in tables if "tmp" in t]
+    assert "trigger" in {c["name"] for c in inspect(get_engine(url)).get_columns("scoring_runs")}
+
+
 def test_downgrade_to_0006_keeps_the_rows_and_refuses_while_a_classical_version_exists(url_at_0006):
     url = url_at_0006
     before = _counts(url)

@@ -55,13 +55,18 @@ def upgrade() -> None:
         batch.create_check_constraint(op.f("ck_model_versions_selection_basis"), _in_sql("selection_basis", BASES))
 
 
-def downgrade() -> None:
-    connection = op.get_bind()
+def downgrade_refusal(connection) -> str | None:
+    """Why this revision cannot be undone now (``db.engine.downgrade_database`` asks first)."""
     classical = connection.execute(sa.text("SELECT COUNT(*) FROM model_versions WHERE kind = 'pixel_logistic'")).scalar_one()
     if classical:
-        raise RuntimeError(
-            f"cannot downgrade below 0007: {classical} model version(s) of kind 'pixel_logistic' exist (revision 0006 has no such kind)"
-        )
+        return f"{classical} model version(s) of kind 'pixel_logistic' exist (revision 0006 has no such kind)"
+    return None
+
+
+def downgrade() -> None:
+    connection = op.get_bind()
+    if reason := downgrade_refusal(connection):
+        raise RuntimeError(f"cannot downgrade below 0007: {reason}")
     with _views_set_aside(connection), op.batch_alter_table("model_versions") as batch:
         batch.drop_constraint(op.f("ck_model_versions_selection_basis"), type_="check")
         batch.drop_constraint(op.f("ck_model_versions_kind"), type_="check")
