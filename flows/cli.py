@@ -106,7 +106,7 @@ def synth(
 ) -> None:
     """Generate a synthetic dataset in the real NIH ChestX-ray14 layout."""
     _flows()
-    from flows.stages import synthesize_flow
+    from flows.refresh import synthesize_flow
 
     summary = synthesize_flow(str(out), SynthConfig(n_studies=studies, n_incoming=incoming, image_size=image_size, seed=seed))
     _echo_json(summary)
@@ -139,7 +139,7 @@ def refresh(
     incoming_dir = folder(incoming, "incoming folder")
     hub = HubConfig(repo_id=hub_repo, revision=hub_revision) if source == Source.huggingface else None
     _flows()
-    from flows.stages import refresh_flow
+    from flows.refresh import refresh_flow
 
     _echo_json(refresh_flow(str(source_dir), source.value, incoming_dir, cfg.data, hub))
 

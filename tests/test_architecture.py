@@ -56,3 +56,17 @@ def test_no_module_outside_the_migrations_exceeds_400_lines():
         if "migrations" not in path.parts and (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES
     }
     assert too_long == {}
+
+
+def test_the_data_stages_and_read_only_commands_import_no_torch():
+    """``cxr refresh``/``cxr synth`` (flows.refresh) and the registry commands load neither torch
+    nor the model code: half of a flow command's import time, and all of a listing's."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import sys, flows.refresh, flows.cli_registry; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
