@@ -7,6 +7,10 @@ event loop keeps accepting requests meanwhile). Items prepared for different cha
 in between) are run in separate groups. Grad-CAM and anything else that touches the network
 goes through :meth:`MicroBatcher.run_exclusive`, on the same thread: captum's hooks on a module
 would otherwise see another thread's forward pass.
+
+Requests hand over decoded pixels, not tensors: the preprocessing (``prepare_image``) runs on
+the model thread too, so every torch op of a request runs on one thread and one OpenMP pool
+(a second calling thread gets a pool of its own, whose workers compete for the same cores).
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import numpy as np
 import torch
 
 from api.champion import Champion
-from cxrmodel.serving import predict_with_embeddings
+from cxrmodel.serving import predict_with_embeddings, prepare_image
 
 
 @dataclass
 class _Item:
     champion: Champion
-    image: torch.Tensor  # the model's input: [3, S, S] (a network) or [1, S, S] (classical)
+    pixels: np.ndarray  # uint8 [H, W], decoded
     patient: torch.Tensor  # [3]
     future: asyncio.Future = field(repr=False)
 
@@ -36,6 +40,7 @@ class Prediction:
     probabilities: np.ndarray  # [14]
     embedding: np.ndarray | None  # [d]; None for a model without a network (classical)
     batch_size: int  # how many requests shared the forward pass
+    image: torch.Tensor  # the model's input it was computed from ([3, S, S] for a network)
 
 
 class MicroBatcher:
@@ -58,9 +63,10 @@ class MicroBatcher:
             self._task = None
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def predict(self, champion: Champion, image: torch.Tensor, patient: torch.Tensor) -> Prediction:
+    async def predict(self, champion: Champion, pixels: np.ndarray, patient: torch.Tensor) -> Prediction:
+        """Probabilities (and embedding) of decoded ``pixels`` with ``patient`` features."""
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Item(champion, image, patient, future))
+        await self._queue.put(_Item(champion, pixels, patient, future))
         return await future
 
     async def run_exclusive(self, fn, *args):
@@ -93,7 +99,7 @@ class MicroBatcher:
                 groups.setdefault(item.champion.identity, []).append(item)
             for items in groups.values():
                 try:
-                    probs, embeddings = await loop.run_in_executor(self._executor, _forward, items)
+                    images, probs, embeddings = await loop.run_in_executor(self._executor, _forward, items)
                 except Exception as exc:  # noqa: BLE001 - the requests get the error, the worker lives on
                     for item in items:
                         if not item.future.done():
@@ -102,10 +108,12 @@ class MicroBatcher:
                 self.batches_run += 1
                 for i, item in enumerate(items):
                     if not item.future.done():
-                        item.future.set_result(Prediction(probs[i], None if embeddings is None else embeddings[i], len(items)))
+                        embedding = None if embeddings is None else embeddings[i]
+                        item.future.set_result(Prediction(probs[i], embedding, len(items), images[i]))
 
 
-def _forward(items: list[_Item]) -> tuple[np.ndarray, np.ndarray | None]:
-    images = torch.stack([item.image for item in items])
+def _forward(items: list[_Item]) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+    model = items[0].champion.model
+    images = torch.stack([prepare_image(item.pixels, model) for item in items])
     patient = torch.stack([item.patient for item in items])
-    return predict_with_embeddings(items[0].champion.model, images, patient)
+    return (images, *predict_with_embeddings(model, images, patient))

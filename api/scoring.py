@@ -27,7 +27,7 @@ from cxrmodel.data.imaging import ImageDecodeError, read_dicom_metadata, read_gr
 from cxrmodel.evaluation.metrics import apply_thresholds
 from cxrmodel.explain.gradcam import grad_cam
 from cxrmodel.findings import FINDINGS
-from cxrmodel.serving import patient_vector, prepare_image, ranked_findings
+from cxrmodel.serving import patient_vector, ranked_findings
 from db.engine import session_scope
 from db.on_demand import record_on_demand_scoring, study_by_content, study_for_upload
 from db.studies import active_labelled_findings
@@ -138,9 +138,9 @@ async def score_upload(
         decoded = await asyncio.to_thread(_decode, staged, options)
         decoded_at = time.perf_counter()
         model = champion.model
-        image = prepare_image(decoded.pixels, model)
         patient = patient_vector(model, decoded.patient.age, decoded.patient.sex, decoded.patient.view)
-        prediction = await batcher.predict(champion, image, patient)
+        prediction = await batcher.predict(champion, decoded.pixels, patient)
+        image = prediction.image
         predicted_at = time.perf_counter()
         ranked = ranked_findings(prediction.probabilities, champion.thresholds)
         notes: list[str] = []

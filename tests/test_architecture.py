@@ -65,7 +65,9 @@ def test_the_data_stages_and_read_only_commands_import_no_torch():
     import subprocess
     import sys
 
-    probe = "import sys, flows.refresh, flows.cli_registry; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    probe = (
+        "import sys, flows.refresh, flows.cli_registry; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
