@@ -22,6 +22,7 @@ from cxrmodel.config import SynthConfig
 from flows.cli_registry import models_app, runs
 from flows.cli_support import (
     evaluation_id,
+    exit_process,
     folder,
     model_version_id,
     pipeline_config,
@@ -29,6 +30,7 @@ from flows.cli_support import (
     require_champion,
     run_cli,
     settings,
+    skip_interpreter_finalization,
     use_running_prefect_server,
 )
 
@@ -38,11 +40,15 @@ class CxrApp(typer.Typer):
     :func:`flows.cli_support.run_cli`, so a user's mistake is one line and exit status 2."""
 
     def __call__(self, *args, **kwargs):
-        status = run_cli(
-            lambda argv: super(CxrApp, self).__call__(args=argv, prog_name="cxr", standalone_mode=False), kwargs.get("args")
-        )
-        if isinstance(status, int) and status:  # typer.Exit(code) in a command
-            raise SystemExit(status)
+        try:
+            status = run_cli(
+                lambda argv: super(CxrApp, self).__call__(args=argv, prog_name="cxr", standalone_mode=False), kwargs.get("args")
+            )
+        except SystemExit as exc:
+            status = exc.code
+        # typer.Exit(code) in a command returns the code; only the script itself (no args given)
+        # may end the process without finalising it
+        exit_process(status if isinstance(status, int | str) else None, script=kwargs.get("args") is None)
 
 
 app = CxrApp(help="Chest X-ray pipeline (research tool, not a medical device).", no_args_is_help=True, add_completion=False)
@@ -73,9 +79,11 @@ def main_options(
 
 
 def _flows() -> None:
-    """Before the first Prefect import: reuse a running server when there is one."""
+    """Before the first Prefect import: reuse a running server when there is one; the process
+    ends without finalising the heavy modules a flow command loads."""
     use_running_prefect_server()
     quiet_user_error_tracebacks()
+    skip_interpreter_finalization()
 
 
 def _echo_json(result) -> None:
