@@ -199,14 +199,8 @@ def test_every_refusal_is_a_clear_4xx_and_leaves_nothing_behind(service, tmp_pat
 
 
 def test_png_is_scored_stored_and_matches_the_nightly_path(service, tmp_path):
-    import torch
-
     from cxrmodel.evaluation.metrics import apply_thresholds
     from cxrmodel.findings import FINDINGS
-    from cxrmodel.inference import score_studies
-    from cxrmodel.models.loading import load_model_version
-    from db import registry, scoring
-    from db.engine import session_scope
 
     image = phantom_png(tmp_path / "new.png", seed=7).read_bytes()
     first = service.score(image, name="../../etc/passwd", age=71, sex="F", view="AP")
@@ -239,15 +233,9 @@ def test_png_is_scored_stored_and_matches_the_nightly_path(service, tmp_path):
     assert study.content_hash == body["content_sha256"]
 
     # the nightly path (decode from the stored file, batch scoring) gives the same numbers
-    torch.set_num_threads(1)
-    with session_scope(service.registry.url) as s:
-        model = load_model_version(registry.model_version_files(s, body["model"]["id"]))
-        (info,) = scoring.studies_by_id(
-            s, [service.rows("SELECT id FROM studies WHERE study_key = :k", k=body["study_key"])[0][0]]
-        )
-    (batch,) = list(score_studies(model, [info], batch_size=1, device="cpu"))
-    assert batch.probabilities[0] == pytest.approx([body["probabilities"][f] for f in FINDINGS], abs=1e-5)
-    assert list(apply_thresholds(batch.probabilities, [0.5] * 14)[0]) == [int(body["decisions"][f]) for f in FINDINGS]
+    nightly = _nightly_probabilities(service, body["study_key"], body["model"]["id"])
+    assert nightly == pytest.approx([body["probabilities"][f] for f in FINDINGS], abs=1e-5)
+    assert list(apply_thresholds(nightly[None], [0.5] * 14)[0]) == [int(body["decisions"][f]) for f in FINDINGS]
 
     # the same image again: one study, its rows replaced by the newer run, two on-demand runs
     again = service.score(image, name="other-name.jpg", age=71, sex="F", view="AP").json()

@@ -26,7 +26,7 @@ from cxrmodel.models.artifacts import load_state_dict
 from cxrmodel.models.classical import PixelLogisticModel
 from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.models.kinds import CLASSICAL_KINDS, NETWORK_KINDS, ModelKind
-from cxrmodel.models.networks import build_model, flip_averaged_probabilities
+from cxrmodel.models.networks import build_model, network_probabilities
 from cxrmodel.models.version_files import ModelVersionFiles
 from cxrmodel.training.loop import resolve_device
 
@@ -112,7 +112,7 @@ class LoadedModel:
         embeddings ``[B, d]`` of the unmirrored images, from the same forward pass (the mirror
         pass of ``tta_hflip`` is the only extra one). A classical model gives ``None``."""
         if self.classical is not None:
-            return self.classical.predict_proba(inputs[:, 0].numpy(), patient.numpy()).astype(np.float32), None
+            return self.classical.predict_proba(inputs[:, 0].numpy(), patient.numpy()), None
         images = inputs.to(device, non_blocking=True)
         embedded = self.network.embed(images)
         if self.embedding_head is not None:
@@ -120,11 +120,7 @@ class LoadedModel:
         else:
             patient = patient.to(device, non_blocking=True)
             logits = self.network.logits_from_embedding(embedded, patient)
-            if self.tta_hflip:
-                probs = flip_averaged_probabilities(self.network, images, patient, logits)
-            else:
-                probs = torch.sigmoid(logits.float())
-            probs = probs.float().cpu().numpy()
+            probs = network_probabilities(self.network, images, patient, self.tta_hflip, logits).float().cpu().numpy()
         return probs, embedded.float().cpu().numpy() if embeddings else None
 
     def _frame_loader(self, frame: pd.DataFrame, cache_root: Path, batch_size: int, transform=None) -> DataLoader:

@@ -254,11 +254,14 @@ def flip_averaged_probabilities(
     return (torch.sigmoid(logits.float()) + torch.sigmoid(mirrored.float())) / 2
 
 
-def network_probabilities(model: nn.Module, image: torch.Tensor, patient: torch.Tensor, tta_hflip: bool = False) -> torch.Tensor:
-    """``[B, 14]`` sigmoid probabilities of a network, flip-averaged when ``tta_hflip``."""
+def network_probabilities(
+    model: nn.Module, image: torch.Tensor, patient: torch.Tensor, tta_hflip: bool = False, logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[B, 14]`` sigmoid probabilities of a network, flip-averaged when ``tta_hflip``;
+    ``logits`` of the unflipped image when already computed."""
     if tta_hflip:
-        return flip_averaged_probabilities(model, image, patient)
-    return torch.sigmoid(model(image, patient).float())
+        return flip_averaged_probabilities(model, image, patient, logits)
+    return torch.sigmoid((model(image, patient) if logits is None else logits).float())
 
 
 def count_parameters(model: nn.Module) -> int:
