@@ -16,6 +16,7 @@ SCRIPTS = [
     "prediction_writes.py",
     "calibration_speed.py",
     "evaluation_speed.py",
+    "command_overhead.py",
     "demo_run.py",
     "real_data.py",
 ]
