@@ -1,4 +1,7 @@
-"""Run every benchmark script in bench/ and print one table: figure, value, reference."""
+"""Run every benchmark script in bench/ and print one table: figure, value, reference.
+
+With ``--record``, each script's figures are also kept in ``docs/figures/<script>.json`` and the
+generated blocks of README and docs are rewritten from them (``bench/doc_blocks.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
 SCRIPTS = [
     "refresh_full_scale.py",
     "train_throughput.py",
@@ -23,13 +27,19 @@ SCRIPTS = [
 
 
 def main() -> int:
+    args = [a for a in sys.argv[1:] if a != "--record"]
+    keep = "--record" in sys.argv[1:]
     rows = []
-    for script in sys.argv[1:] or SCRIPTS:
+    for script in args or SCRIPTS:
         print(f"== running bench/{script}", flush=True)
         proc = subprocess.run([sys.executable, str(HERE / script)], capture_output=True, text=True, cwd=HERE.parent)
         for line in proc.stdout.splitlines():
             if line.startswith("BENCH "):
                 rows.append(json.loads(line[6:]))
+        if keep and proc.returncode == 0:
+            from bench import doc_blocks
+
+            doc_blocks.record(Path(script).stem, proc.stdout, f"python bench/{script}")
         if proc.returncode != 0:
             rows.append(
                 {
@@ -49,6 +59,10 @@ def main() -> int:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(rows, indent=2))
+    if keep:
+        from bench import doc_blocks
+
+        doc_blocks.sync()
     return 0
 
 
