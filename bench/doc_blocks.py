@@ -20,6 +20,7 @@ Commands::
 
     python bench/doc_blocks.py record demo_run     # run bench/demo_run.py, keep its figures, rewrite the blocks
     python bench/doc_blocks.py record demo_run --log out.txt   # the same from a captured run's stdout
+    python bench/doc_blocks.py record demo_run --log out.txt --note "..."   # with a sentence on the conditions
     python bench/doc_blocks.py                     # rewrite every block from its file
     python bench/doc_blocks.py --check             # exit 1 and name the stale blocks (tests/test_docs.py)
 """
@@ -55,8 +56,9 @@ def bench_rows(stdout: str) -> list[dict]:
     return [json.loads(line[6:]) for line in stdout.splitlines() if line.startswith("BENCH ")]
 
 
-def record(name: str, stdout: str, command: str) -> Path:
-    """Write ``docs/figures/NAME.json``: the rows, the command, the date and the machine."""
+def record(name: str, stdout: str, command: str, note: str | None = None) -> Path:
+    """Write ``docs/figures/NAME.json``: the rows, the command, the date, the machine and the
+    load on it when the record was made (a busy machine explains a slow wall time)."""
     rows = bench_rows(stdout)
     if not rows:
         raise SystemExit(f"{command}: printed no BENCH lines; nothing recorded")
@@ -65,6 +67,8 @@ def record(name: str, stdout: str, command: str) -> Path:
         "command": command,
         "recorded": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} CPU cores" + (f", {', '.join(f'{k}={v}' for k, v in threads.items())}" if threads else ""),
+        "load_average_1min": round(os.getloadavg()[0], 1),
+        "note": note,
         "rows": rows,
     }
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,8 @@ def render_figures(name: str, match: str | None = None) -> str:
         mark = {True: " (met)", False: " (**missed**)", None: ""}[r.get("ok")]
         lines.append(f"| {r['figure']} | {_value(r)} | {r['reference']}{mark} |")
     lines.append("")
-    lines.append(f"*From `docs/figures/{name}.json`: `{data['command']}`, {data['recorded']}, {data['machine']}.*")
+    note = f" {data['note']}" if data.get("note") else ""
+    lines.append(f"*From `docs/figures/{name}.json`: `{data['command']}`, {data['recorded']}, {data['machine']}.{note}*")
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("record", help="run bench/NAME.py (or read --log) and keep its figures")
     rec.add_argument("name")
     rec.add_argument("--log", type=Path, help="stdout of a run made earlier, instead of running it now")
+    rec.add_argument("--note", help="one sentence on the conditions, e.g. what else ran on the machine")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.command == "record":
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stdout = subprocess.run([sys.executable, str(ROOT / "bench" / f"{args.name}.py")], cwd=ROOT, check=True,
                                     capture_output=True, text=True).stdout  # fmt: skip
-        print(f"recorded {record(args.name, stdout, command).relative_to(ROOT)}")
+        print(f"recorded {record(args.name, stdout, command, args.note).relative_to(ROOT)}")
     stale = sync(check=args.check)
     for path in stale:
         print(f"{'stale' if args.check else 'rewrote'}: {path}")

@@ -70,7 +70,7 @@ def choice_summary(url: str, result: PipelineResult) -> str:
         )
     lines.append(
         "These figures are measured on synthetic phantoms, not radiographs: they show the system works end to end, "
-        "not how well any model reads a chest X-ray. Figures on real NIH images: README, section 'Real radiographs', "
+        "not how well any model reads a chest X-ray. Figures on real NIH images: docs/models.md, section 'Small real sets', "
         "and bench/real_data.py."
     )
     return "\n".join(lines)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT, VENV_BIN
 
 from bench import doc_blocks
-from conftest import REPO_ROOT, VENV_BIN
 
 PAGES = doc_blocks.doc_files()
 #: Pages other branches of this round add (configuration, threat model, PACS): a link to one of
@@ -243,7 +243,9 @@ def test_runnable_bash_blocks_run(page, real_prefect_server, tmp_path):
     proc = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode == 0, f"{page.relative_to(REPO_ROOT)}: exit {proc.returncode}\n{script}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{page.relative_to(REPO_ROOT)}: exit {proc.returncode}\n{script}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
 
 
 def test_the_bash_pages_run_something():
