@@ -157,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     rec = sub.add_parser("record", help="run bench/NAME.py (or read --log) and keep its figures")
     rec.add_argument("name")
     rec.add_argument("--log", type=Path, help="stdout of a run made earlier, instead of running it now")
+    rec.add_argument("--command", dest="what", help="what produced the log (default: python bench/NAME.py)")
     rec.add_argument("--note", help="one sentence on the conditions, e.g. what else ran on the machine")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.command == "record":
-        command = f"python bench/{args.name}.py"
+        command = args.what or f"python bench/{args.name}.py"
         if args.log:
             stdout = args.log.read_text()
         else:

@@ -111,6 +111,22 @@ def test_every_command_block_is_marked_runnable_or_not_with_a_reason():
 
 def test_generated_blocks_match_their_files():
     assert doc_blocks.sync(check=True) == [], "run `python bench/doc_blocks.py` and commit the result"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "<!-- generated: figures demo_run" in readme, "the README's demo figures come from docs/figures/demo_run.json"
+
+
+def test_a_figure_typed_over_is_caught_and_rewritten(tmp_path, monkeypatch):
+    """Editing a number inside a generated block makes the check fail; a sync puts it back."""
+    page = tmp_path / "page.md"
+    original = (REPO_ROOT / "README.md").read_text()
+    block = next(b for b in doc_blocks.blocks(REPO_ROOT / "README.md") if b.spec.startswith("figures"))
+    first_row = block.body.splitlines()[2]
+    page.write_text(original.replace(first_row, first_row.replace("|", "| 1 +", 2)))
+    monkeypatch.setattr(doc_blocks, "doc_files", lambda: [page])
+    monkeypatch.setattr(doc_blocks, "ROOT", tmp_path)
+    assert doc_blocks.sync(check=True) == ["page.md"]
+    assert doc_blocks.sync() == ["page.md"]
+    assert page.read_text() == original
 
 
 # --- links -------------------------------------------------------------------------------
