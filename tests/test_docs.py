@@ -109,6 +109,17 @@ def test_every_command_block_is_marked_runnable_or_not_with_a_reason():
     assert not problems, "\n".join(problems)
 
 
+def test_every_bash_block_parses():
+    """Not-runnable blocks cannot run here, but they can still be valid shell (``bash -n``)."""
+    problems = []
+    for block in ALL_BLOCKS:
+        if block.lang in {"bash", "sh", "shell"}:
+            proc = subprocess.run(["bash", "-n"], input=block.code, capture_output=True, text=True)
+            if proc.returncode != 0:
+                problems.append(f"{block.where}: {proc.stderr.strip()}")
+    assert not problems, "\n".join(problems)
+
+
 def test_generated_blocks_match_their_files():
     assert doc_blocks.sync(check=True) == [], "run `python bench/doc_blocks.py` and commit the result"
     readme = (REPO_ROOT / "README.md").read_text()
