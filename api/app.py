@@ -29,7 +29,7 @@ from api.routes import router
 from api.schemas import Health
 from api.security import KeyedApp, SecurityHeaders, require_api_key
 from api.uploads import BodyLimit
-from cxrmodel.config import Settings
+from deployments.settings import Settings
 from cxrmodel.findings import FINDINGS
 from db.engine import ping
 from reports.server import REPORT_CSP, reports_files

@@ -210,7 +210,7 @@ def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
 
 
 def test_nightly_deployment_scores_on_dask_when_an_address_is_set():
-    from cxrmodel.config import Settings
+    from deployments.settings import Settings
     from deployments.definitions import NIGHTLY, SCORE, deployment_specs
 
     def params(**settings):
