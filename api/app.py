@@ -29,9 +29,9 @@ from api.routes import router
 from api.schemas import Health
 from api.security import KeyedApp, SecurityHeaders, require_api_key
 from api.uploads import BodyLimit
-from deployments.settings import Settings
 from cxrmodel.findings import FINDINGS
 from db.engine import ping
+from deployments.settings import Settings
 from reports.server import REPORT_CSP, reports_files
 
 HERE = Path(__file__).parent

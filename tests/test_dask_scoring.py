@@ -210,8 +210,8 @@ def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
 
 
 def test_nightly_deployment_scores_on_dask_when_an_address_is_set():
-    from deployments.settings import Settings
     from deployments.definitions import NIGHTLY, SCORE, deployment_specs
+    from deployments.settings import Settings
 
     def params(**settings):
         return {d.name: d.parameters for d in deployment_specs(Settings(**settings))}
