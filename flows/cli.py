@@ -33,6 +33,7 @@ from flows.cli_support import (
     run_cli,
     settings,
     skip_interpreter_finalization,
+    stop_on_sigterm,
     use_running_prefect_server,
     workspace,
 )
@@ -336,6 +337,7 @@ def serve(config: ConfigOption = None) -> None:  # pragma: no cover - runs until
     _flows()
     from deployments.definitions import serve_all
 
+    stop_on_sigterm()
     serve_all(config=cfg)
 
 
@@ -350,6 +352,7 @@ def api(
     the champion, thresholds and database of the nightly run. Keys: $CXR_API_KEYS."""
     from api.app import serve
 
+    stop_on_sigterm()
     serve(settings(home), host, port, workers)
 
 

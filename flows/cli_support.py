@@ -200,7 +200,20 @@ def exit_process(code: int | str | None, script: bool = True) -> None:
     os._exit(code or 0)
 
 
-def _is_click_error(exc: BaseException) -> bool:
+def stop_on_sigterm() -> None:
+    """Let SIGTERM (what ``kill``, systemd and container runtimes send) end a long-running
+    command (``cxr serve``, ``cxr api``) as Ctrl-C does, then exit with status 0: a requested
+    stop is not a failure. uvicorn shuts down on its own handler and re-raises the signal once
+    it is done, which lands here; elsewhere the ``KeyboardInterrupt`` unwinds the server."""
+    import signal
+
+    def stop(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
     """A click error raised while typer parsed the command line (a usage mistake, a bad value).
     typer vendors click under a private module, so these are recognised by click's documented
     interface (``exit_code`` and ``format_message()``), never by a private class path."""
@@ -264,7 +277,7 @@ def run_cli(invoke, argv: list[str] | None = None):
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if _is_click_error(exc):
+        if _is_usage_error(exc):
             if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, as click does
                 exc.show()
                 return 2
