@@ -98,7 +98,9 @@ def test_a_missing_configuration_named_by_the_environment_is_refused_everywhere(
 def test_an_invalid_configuration_named_by_the_environment_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  image_size: 3\n")
-    assert_one_line_error(cxr(tmp_path, "nightly", extra_env={"CXR_CONFIG": str(bad)}), "invalid configuration", "data.image_size")
+    assert_one_line_error(
+        cxr(tmp_path, "nightly", extra_env={"CXR_CONFIG": str(bad)}), "invalid configuration", "data.image_size"
+    )
 
 
 def test_the_configuration_is_option_else_environment_else_demo(tmp_path):
@@ -110,7 +112,10 @@ def test_the_configuration_is_option_else_environment_else_demo(tmp_path):
         assert result.returncode == 0, result.stderr
         return yaml.safe_load(result.stdout)["deployments"][0]["parameters"]["data"]["image_size"]
 
-    shipped = {name: yaml.safe_load((REPO_ROOT / "configs" / f"{name}.yaml").read_text())["data"]["image_size"] for name in ("demo", "seed004")}
+    shipped = {
+        name: yaml.safe_load((REPO_ROOT / "configs" / f"{name}.yaml").read_text())["data"]["image_size"]
+        for name in ("demo", "seed004")
+    }
     assert shipped["demo"] != shipped["seed004"]
     assert image_size() == shipped["demo"]
     assert image_size(CXR_CONFIG="seed004") == shipped["seed004"]
