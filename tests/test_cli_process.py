@@ -208,3 +208,20 @@ def _served() -> bool:
             return [d.name for d in await client.read_deployments()]
 
     return any(name.endswith("-served") for name in asyncio.run(read()))
+
+
+def test_only_db_upgrade_migrates_other_commands_say_what_to_run(tmp_path):
+    from sqlalchemy import text
+
+    from db.engine import _head_revisions, get_engine
+
+    assert cxr(tmp_path, "db", "upgrade", "--revision", "0008").returncode == 0
+    url = f"sqlite:///{tmp_path.resolve() / 'cxr.db'}"
+    for args in (["models", "list"], ["runs"], ["report"], ["score"]):
+        assert_one_line_error(cxr(tmp_path, *args), "is at revision 0008", "run cxr db upgrade")
+    with get_engine(url).connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar_one() == "0008"  # untouched
+    assert cxr(tmp_path, "db", "upgrade").returncode == 0
+    assert cxr(tmp_path, "models", "list").returncode == 0
+    with get_engine(url).connect() as conn:
+        assert {conn.execute(text("select version_num from alembic_version")).scalar_one()} == set(_head_revisions())

@@ -206,6 +206,8 @@ def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
         "dask_address": "tcp://10.0.0.5:8786",
         "dask_workers": 2,
         "chunk_size": 100,
+        "home": str(tmp_path.resolve()),  # the workspace travels as parameters, not through the environment
+        "database_url": url,
     }
 
 
