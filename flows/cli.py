@@ -69,7 +69,7 @@ app.add_typer(reports_app, name="reports")
 
 #: What --help shows as the configuration that applies now (resolved for real by
 #: :func:`deployments.settings.resolve_config` when the command runs).
-_CONFIG_NOW = os.environ.get("CXR_CONFIG") or f"{configs.DEFAULT} (shipped)"
+_CONFIG_NOW = f"$CXR_CONFIG={os.environ['CXR_CONFIG']}" if os.environ.get("CXR_CONFIG") else configs.DEFAULT
 ConfigOption = Annotated[
     str | None,
     typer.Option(

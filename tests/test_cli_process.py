@@ -125,9 +125,9 @@ def test_the_configuration_is_option_else_environment_else_demo(tmp_path):
 
 def test_help_shows_the_configuration_that_applies(tmp_path):
     plain = cxr(tmp_path, "train", "--help", extra_env={"COLUMNS": "300"})
-    assert "demo (shipped)" in plain.stdout
+    assert "[default: (demo)]" in plain.stdout
     custom = cxr(tmp_path, "nightly", "--help", extra_env={"COLUMNS": "300", "CXR_CONFIG": "/etc/cxr/night.yaml"})
-    assert "/etc/cxr/night.yaml" in custom.stdout
+    assert "[default: ($CXR_CONFIG=/etc/cxr/night.yaml)]" in custom.stdout
 
 
 def _flow_runs(name: str) -> list:
