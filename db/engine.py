@@ -84,6 +84,13 @@ def schema_is_current(url: str) -> bool:
     return _current_revisions(url) == _head_revisions()
 
 
+def displayed_url(url: str) -> str:
+    """``url`` as it may be printed: its password masked."""
+    from sqlalchemy import make_url
+
+    return make_url(normalise_url(url)).render_as_string(hide_password=True)
+
+
 def _current_revisions(url: str) -> frozenset[str]:
     from alembic.runtime.migration import MigrationContext
 
@@ -95,8 +102,6 @@ def require_current_schema(url: str, create: bool = False) -> None:
     """Check that the schema at ``url`` is the newest one, without migrating it: only ``cxr db
     upgrade`` (and the first run, ``create``, on a database with no schema yet) changes a
     schema. Otherwise a :class:`~cxrmodel.errors.UserError` says what to run."""
-    from sqlalchemy import make_url
-
     from cxrmodel.errors import UserError
 
     current = _current_revisions(url)
@@ -105,7 +110,7 @@ def require_current_schema(url: str, create: bool = False) -> None:
     if not current and create:
         command.upgrade(alembic_config(url), "head")
         return
-    shown = make_url(normalise_url(url)).render_as_string(hide_password=True)
+    shown = displayed_url(url)
     state = f"at revision {', '.join(sorted(current))}" if current else "empty (no schema)"
     raise UserError(
         f"the database {shown} is {state}, this code needs {', '.join(sorted(_head_revisions()))}: run cxr db upgrade first"

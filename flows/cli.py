@@ -110,11 +110,11 @@ def db_upgrade(
     revision: Annotated[str, typer.Option(help="Alembic revision to go to.")] = "head",
 ) -> None:
     """Create or migrate the schema (Alembic) at $CXR_DATABASE_URL."""
-    from db.engine import upgrade_database
+    from db.engine import displayed_url, upgrade_database
 
     url = settings(home).resolved_database_url
     upgrade_database(url, revision)
-    typer.echo(f"database at {url} is at revision {revision}")
+    typer.echo(f"database at {displayed_url(url)} is at revision {revision}")
 
 
 @app.command()
