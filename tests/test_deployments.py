@@ -34,7 +34,7 @@ def clean_env(monkeypatch):
 
 
 def _production_parameters() -> dict:
-    cfg = load_pipeline_config(resolve_config())  # CXR_CONFIG unset: the one default
+    cfg = load_pipeline_config(resolve_config())  # --config, else CXR_CONFIG, else the shipped demo
     return {
         "data": cfg.data.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),
@@ -49,6 +49,7 @@ def test_served_deployments_register_with_schedules_and_the_production_config(pr
     from prefect.client.orchestration import get_client
 
     monkeypatch.setenv("CXR_TIMEZONE", "Europe/Madrid")
+    monkeypatch.setenv("CXR_CONFIG", "seed004")  # production names its recipe; unset, the shipped demo applies
     ids = {d.name: d.apply() for d in build_deployments()}
     assert set(ids) == {n + SERVED_SUFFIX for n in (NIGHTLY, RETRAIN, SCORE, REPORT)}
 
