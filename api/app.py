@@ -29,9 +29,9 @@ from api.routes import router
 from api.schemas import Health
 from api.security import KeyedApp, SecurityHeaders, require_api_key
 from api.uploads import BodyLimit
-from cxrmodel.config import Settings
 from cxrmodel.findings import FINDINGS
 from db.engine import ping
+from deployments.settings import Settings
 from reports.server import REPORT_CSP, reports_files
 
 HERE = Path(__file__).parent
@@ -155,15 +155,23 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
 def serve(
     settings: Settings, host: str | None = None, port: int | None = None, workers: int | None = None
 ) -> None:  # pragma: no cover
-    """Run the service under uvicorn until interrupted (each worker process loads the champion once)."""
+    """Run the service under uvicorn until interrupted (each worker process loads the champion
+    once). One worker serves the app built from ``settings`` here; several workers are separate
+    processes that build their own from the environment, so ``settings``' home and database
+    are handed to them there (the one place the service writes the environment)."""
+    import os
+
     import uvicorn
 
+    workers = workers or settings.api_workers
+    if workers > 1:
+        os.environ.update(CXR_HOME=str(settings.resolved_home), CXR_DATABASE_URL=settings.resolved_database_url)
     uvicorn.run(
-        "api.app:app_from_environment",
-        factory=True,
+        "api.app:app_from_environment" if workers > 1 else create_app(settings),
+        factory=workers > 1,
         host=host or settings.api_host,
         port=port or settings.api_port,
-        workers=workers or settings.api_workers,
+        workers=workers,
         log_level="info",
         server_header=False,
         proxy_headers=True,

@@ -27,14 +27,14 @@ def main() -> None:
     use_running_prefect_server()
     from sqlalchemy import text
 
-    from cxrmodel.config import Settings, SynthConfig
+    from cxrmodel.config import SynthConfig
     from db.engine import get_engine
-    from flows.cli import DEFAULT_CONFIG
+    from deployments.settings import Settings
     from flows.cli_support import pipeline_config
     from flows.demo import cpu_seconds, run_demo
 
     settings = Settings()
-    config = pipeline_config(DEFAULT_CONFIG)
+    config = pipeline_config(None)  # --config, else $CXR_CONFIG, else the shipped demo
     synth = config.synth or SynthConfig()
     started = time.perf_counter()
     result = run_demo(settings, config, synth)

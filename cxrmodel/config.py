@@ -1,9 +1,8 @@
-"""Configuration models: one validated place for every knob.
+"""Configuration models: one validated place for every recipe knob.
 
-``Settings`` reads ``CXR_*`` environment variables (where things live; :mod:`cxrmodel.settings`,
-re-exported here); the other models
-are plain pydantic models that flows take as typed parameters (what to do), loadable from
-``configs/*.yaml``.
+Plain pydantic models that flows take as typed parameters (what to do), loadable from a
+pipeline YAML (the shipped ones are in ``configs/``). Where things live and when they run (the
+``CXR_*`` operations settings) is :mod:`deployments.settings`, outside the ML library.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cxrmodel.findings import FINDINGS
 from cxrmodel.io import MissingInputError
 from cxrmodel.models.kinds import ModelKind
-from cxrmodel.settings import CONFIGS_DIR, DEFAULT_CONFIG, HomeLayout, Settings  # noqa: F401 (re-exported)
 
 
 class _Frozen(BaseModel):

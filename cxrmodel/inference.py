@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrmodel.data.imaging import ImageDecodeError, read_grayscale, resize_square
 from cxrmodel.data.metadata import AgeScaler, patient_features
+from cxrmodel.device import resolve_device
 from cxrmodel.models.loading import LoadedModel
 from cxrmodel.models.networks import network_probabilities
-from cxrmodel.training.loop import resolve_device
 
 
 class PendingStudy(Protocol):

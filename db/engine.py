@@ -81,11 +81,40 @@ def _head_revisions() -> frozenset[str]:
 
 def schema_is_current(url: str) -> bool:
     """True when the database at ``url`` is at the newest migration (one query, no Alembic run)."""
+    return _current_revisions(url) == _head_revisions()
+
+
+def displayed_url(url: str) -> str:
+    """``url`` as it may be printed: its password masked."""
+    from sqlalchemy import make_url
+
+    return make_url(normalise_url(url)).render_as_string(hide_password=True)
+
+
+def _current_revisions(url: str) -> frozenset[str]:
     from alembic.runtime.migration import MigrationContext
 
     with get_engine(url).connect() as conn:
-        current = frozenset(MigrationContext.configure(conn).get_current_heads())
-    return current == _head_revisions()
+        return frozenset(MigrationContext.configure(conn).get_current_heads())
+
+
+def require_current_schema(url: str, create: bool = False) -> None:
+    """Check that the schema at ``url`` is the newest one, without migrating it: only ``cxr db
+    upgrade`` (and the first run, ``create``, on a database with no schema yet) changes a
+    schema. Otherwise a :class:`~cxrmodel.errors.UserError` says what to run."""
+    from cxrmodel.errors import UserError
+
+    current = _current_revisions(url)
+    if current == _head_revisions():
+        return
+    if not current and create:
+        command.upgrade(alembic_config(url), "head")
+        return
+    shown = displayed_url(url)
+    state = f"at revision {', '.join(sorted(current))}" if current else "empty (no schema)"
+    raise UserError(
+        f"the database {shown} is {state}, this code needs {', '.join(sorted(_head_revisions()))}: run cxr db upgrade first"
+    )
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:

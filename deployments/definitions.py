@@ -10,8 +10,8 @@ Two ways to run them, which never collide:
   ``deployments/prefect.yaml`` is generated from :func:`deployment_specs` by
   ``cxr deployments yaml`` (a test keeps the committed file equal to it).
 
-Parameters come from one pipeline configuration, ``Settings.config`` (``CXR_CONFIG``, default
-``configs/seed004.yaml``): they are the deployment's parameters, so the UI's Run form shows
+Parameters come from one pipeline configuration (``CXR_CONFIG``, else the shipped ``demo``;
+:func:`deployments.settings.resolve_config`): they are the deployment's parameters, so the UI's Run form shows
 and edits them. Folders (``CXR_SOURCE_DIR``, ``CXR_INCOMING_DIR``) are not parameters: the
 night reads them from the environment of the host that runs it. Schedules are in
 ``CXR_TIMEZONE``; pools in ``CXR_CPU_POOL`` / ``CXR_GPU_POOL``; ``CXR_DASK_ADDRESS`` sends the
@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from cxrmodel.config import PipelineConfig, Settings
+from cxrmodel.config import PipelineConfig
+from deployments.settings import Settings
 
 NIGHTLY = "nightly"
 RETRAIN = "weekly-retrain"
@@ -175,8 +176,8 @@ def prefect_yaml(settings: Settings | None = None, config: PipelineConfig | None
     return PREFECT_YAML_HEADER + yaml.safe_dump(document, sort_keys=False, width=120)
 
 
-def serve_all(settings: Settings | None = None) -> None:  # pragma: no cover - blocks until interrupted
-    """Run the ``-served`` deployments in this process (``cxr serve``)."""
+def serve_all(settings: Settings | None = None, config: PipelineConfig | None = None) -> None:  # pragma: no cover
+    """Run the ``-served`` deployments in this process (``cxr serve``) until interrupted."""
     from prefect import serve
 
-    serve(*build_deployments(settings))
+    serve(*build_deployments(settings, config))

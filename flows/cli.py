@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+import configs
 from cxrmodel.config import SynthConfig
 from flows.cli_registry import models_app, runs
 from flows.cli_support import (
@@ -31,7 +33,9 @@ from flows.cli_support import (
     run_cli,
     settings,
     skip_interpreter_finalization,
+    stop_on_sigterm,
     use_running_prefect_server,
+    workspace,
 )
 
 
@@ -42,7 +46,7 @@ class CxrApp(typer.Typer):
     def __call__(self, *args, **kwargs):
         try:
             status = run_cli(
-                lambda argv: super(CxrApp, self).__call__(args=argv, prog_name="cxr", standalone_mode=False), kwargs.get("args")
+                lambda argv: typer.main.get_command(self).main(argv, "cxr", standalone_mode=False), kwargs.get("args")
             )
         except SystemExit as exc:
             status = exc.code
@@ -63,10 +67,19 @@ app.add_typer(deployments_app, name="deployments")
 reports_app = typer.Typer(help="The HTML reports.", no_args_is_help=True)
 app.add_typer(reports_app, name="reports")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-
-ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Pipeline YAML (data, train, thresholds, evaluation).")]
+#: What --help shows as the configuration that applies now (resolved for real by
+#: :func:`deployments.settings.resolve_config` when the command runs).
+_CONFIG_NOW = f"$CXR_CONFIG={os.environ['CXR_CONFIG']}" if os.environ.get("CXR_CONFIG") else configs.DEFAULT
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Pipeline YAML (data, train, thresholds, evaluation), or a shipped name: "
+        f"{', '.join(configs.names())}. Unset: $CXR_CONFIG, else {configs.DEFAULT}.",
+        show_default=_CONFIG_NOW,
+    ),
+]
 HomeOption = Annotated[Path | None, typer.Option("--home", help="State folder (default: $CXR_HOME or .cxr).")]
 VersionArgument = Annotated[str, typer.Argument(help="Model version: id, name, latest or champion (cxr models list).")]
 
@@ -97,11 +110,11 @@ def db_upgrade(
     revision: Annotated[str, typer.Option(help="Alembic revision to go to.")] = "head",
 ) -> None:
     """Create or migrate the schema (Alembic) at $CXR_DATABASE_URL."""
-    from db.engine import upgrade_database
+    from db.engine import displayed_url, upgrade_database
 
     url = settings(home).resolved_database_url
     upgrade_database(url, revision)
-    typer.echo(f"database at {url} is at revision {revision}")
+    typer.echo(f"database at {displayed_url(url)} is at revision {revision}")
 
 
 @app.command()
@@ -133,14 +146,14 @@ def refresh(
     source: Annotated[Source, typer.Option(help="How to read the folder.")] = Source.nih_local,
     hub_repo: Annotated[str | None, typer.Option(help="Hugging Face dataset repo id (source huggingface).")] = None,
     hub_revision: Annotated[str | None, typer.Option(help="Commit hash or tag to pin (source huggingface).")] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     home: HomeOption = None,
 ) -> None:
     """Refresh studies from a dataset folder (and register incoming studies). With the source
     huggingface the folder is first filled from the Hub (HF_HUB_OFFLINE honoured)."""
     from cxrmodel.config import HubConfig
 
-    settings(home)
+    ws = workspace(home)
     cfg = pipeline_config(config)
     if source != Source.huggingface:
         folder(source_dir, "source folder")
@@ -149,12 +162,12 @@ def refresh(
     _flows()
     from flows.refresh import refresh_flow
 
-    _echo_json(refresh_flow(str(source_dir), source.value, incoming_dir, cfg.data, hub))
+    _echo_json(refresh_flow(str(source_dir), source.value, incoming_dir, cfg.data, hub, **ws.flow_parameters()))
 
 
 @app.command()
 def train(
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the configuration's).")] = None,
     knn_baseline: Annotated[bool, typer.Option(help="Also fit the k-NN embedding baseline.")] = True,
     mlp_baseline: Annotated[bool, typer.Option(help="Also fit the MLP embedding baseline.")] = True,
@@ -166,7 +179,7 @@ def train(
     from db.engine import session_scope
     from flows.cli_support import database_url
 
-    settings(home)
+    ws = workspace(home)
     cfg = pipeline_config(config)
     with session_scope(database_url(home)) as session:
         lookup.require_labelled_studies(session)
@@ -174,25 +187,25 @@ def train(
     _flows()
     from flows.stages import train_flow
 
-    _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline))
+    _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline, **ws.flow_parameters()))
 
 
 @app.command()
-def calibrate(model: VersionArgument, config: ConfigOption = DEFAULT_CONFIG, home: HomeOption = None) -> None:
+def calibrate(model: VersionArgument, config: ConfigOption = None, home: HomeOption = None) -> None:
     """Fit per-finding thresholds of a model version on the validation split."""
     cfg = pipeline_config(config)
     version_id = model_version_id(home, model)
     _flows()
     from flows.stages import calibrate_flow
 
-    typer.echo(f"threshold set {calibrate_flow(version_id, cfg.thresholds)}")
+    typer.echo(f"threshold set {calibrate_flow(version_id, cfg.thresholds, **workspace(home).flow_parameters())}")
 
 
 @app.command()
 def evaluate(
     model: VersionArgument,
     promote: Annotated[bool, typer.Option(help="Promote it to champion if it beats the current one.")] = True,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     home: HomeOption = None,
 ) -> None:
     """Evaluate a model version on the test split; promote it if it beats the champion."""
@@ -201,7 +214,7 @@ def evaluate(
     _flows()
     from flows.stages import evaluate_flow
 
-    _echo_json(evaluate_flow(version_id, promote=promote, evaluation=cfg.evaluation))
+    _echo_json(evaluate_flow(version_id, promote=promote, evaluation=cfg.evaluation, **workspace(home).flow_parameters()))
 
 
 class TaskRunnerChoice(StrEnum):
@@ -234,6 +247,7 @@ def score(
             dask_address=dask_address,
             dask_workers=dask_workers,
             **({"chunk_size": chunk_size} if chunk_size else {}),
+            **workspace(home).flow_parameters(),
         )
     )
 
@@ -249,7 +263,7 @@ def similar(
     _flows()
     from flows.stages import similar_flow
 
-    rows = similar_flow(study_key, k)
+    rows = similar_flow(study_key, k, **workspace(home).flow_parameters())
     if not rows:
         typer.echo(f"no similar labelled studies found for {study_key}")
         return
@@ -273,12 +287,12 @@ def report(
     _flows()
     from flows.stages import report_flow
 
-    typer.echo(report_flow(chosen))
+    typer.echo(report_flow(chosen, **workspace(home).flow_parameters()))
 
 
 @app.command()
 def demo(
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     studies: Annotated[int | None, typer.Option(min=10, help="Labelled studies (default: the configuration's synth).")] = None,
     incoming: Annotated[int | None, typer.Option(min=0, help="Studies to score (default: the configuration's synth).")] = None,
     home: HomeOption = None,
@@ -301,28 +315,30 @@ def demo(
 def nightly(
     source_dir: Annotated[Path | None, typer.Option(help="NIH-layout folder to refresh (default: $CXR_SOURCE_DIR).")] = None,
     incoming: Annotated[Path | None, typer.Option(help="Folder of new studies to register (default: $CXR_INCOMING_DIR).")] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     home: HomeOption = None,
 ) -> None:
     """Run tonight's job now: refresh, then score every pending study (the nightly deployment's flow)."""
-    settings(home)
+    ws = workspace(home)
     cfg = pipeline_config(config)
     source, new = folder(source_dir, "source folder"), folder(incoming, "incoming folder")
     _flows()
     from flows.nightly import nightly_flow
 
-    _echo_json(nightly_flow(source, new, data=cfg.data))
+    _echo_json(nightly_flow(source, new, data=cfg.data, **ws.flow_parameters()))
 
 
 @app.command()
-def serve() -> None:  # pragma: no cover - runs until interrupted
+def serve(config: ConfigOption = None) -> None:  # pragma: no cover - runs until interrupted
     """Serve the deployments in this process (registered as <name>-served; stopping pauses only
-    those). Parameters come from $CXR_CONFIG (default configs/seed004.yaml); schedules, pools and
-    folders from CXR_* variables (see deployments/definitions.py)."""
+    those). Parameters come from the pipeline configuration; schedules, pools and folders from
+    CXR_* variables (see deployments/definitions.py)."""
+    cfg = pipeline_config(config)
     _flows()
     from deployments.definitions import serve_all
 
-    serve_all()
+    stop_on_sigterm()
+    serve_all(config=cfg)
 
 
 @app.command()
@@ -336,6 +352,7 @@ def api(
     the champion, thresholds and database of the nightly run. Keys: $CXR_API_KEYS."""
     from api.app import serve
 
+    stop_on_sigterm()
     serve(settings(home), host, port, workers)
 
 
@@ -344,11 +361,12 @@ def deployments_yaml(
     out: Annotated[
         Path | None, typer.Option(help="Write here (e.g. deployments/prefect.yaml) instead of standard output.")
     ] = None,
+    config: ConfigOption = None,
 ) -> None:
-    """Print deployments/prefect.yaml for `prefect deploy --all`, with the parameters of $CXR_CONFIG."""
+    """Print deployments/prefect.yaml for `prefect deploy --all`, with the configuration's parameters."""
     from deployments.definitions import prefect_yaml
 
-    text = prefect_yaml()
+    text = prefect_yaml(config=pipeline_config(config))
     if out is None:
         typer.echo(text, nl=False)
     else:

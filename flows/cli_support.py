@@ -14,9 +14,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from cxrmodel.config import PipelineConfig, Settings, load_pipeline_config
+import typer
+
+from cxrmodel.config import PipelineConfig, load_pipeline_config
 from cxrmodel.errors import UserError
 from cxrmodel.io import MissingInputError, require_folder
+from deployments.settings import Settings, Workspace, resolve_config
 
 #: Where ``prefect server start`` listens by default.
 DEFAULT_LOCAL_API = "http://127.0.0.1:4200/api"
@@ -24,18 +27,33 @@ DEFAULT_LOCAL_API = "http://127.0.0.1:4200/api"
 EPHEMERAL_STARTUP_TIMEOUT = "180"
 
 
+#: This process's command: ``--debug`` given, and the home it works in (where error logs go).
+_state: dict = {"debug": False, "home": None}
+
+
 def settings(home: Path | None) -> Settings:
-    """The ``CXR_*`` settings, with ``--home`` (when given) as the state folder for this process."""
-    if home is not None:
-        os.environ["CXR_HOME"] = str(home)
-    return Settings()
+    """The ``CXR_*`` settings, with ``--home`` (when given) as the state folder. Nothing is
+    written to the environment: the flows get the workspace as parameters
+    (:func:`workspace`)."""
+    state = Settings(home=home) if home is not None else Settings()
+    _state["home"] = state.resolved_home
+    return state
 
 
-def pipeline_config(path: Path) -> PipelineConfig:
-    """The validated configuration at ``path``; a missing or invalid file is a :class:`UserError`."""
+def workspace(home: Path | None) -> Workspace:
+    """The home folder and database URL this command works in (``--home``, else the ``CXR_*``
+    settings), as the value passed to every flow."""
+    return settings(home).workspace
+
+
+def pipeline_config(given: str | Path | None) -> PipelineConfig:
+    """The validated configuration that applies (``--config``, else ``CXR_CONFIG``, else the
+    shipped default: :func:`deployments.settings.resolve_config`); a missing or invalid file is
+    a :class:`UserError`."""
     import yaml
     from pydantic import ValidationError
 
+    path = resolve_config(given)
     try:
         return load_pipeline_config(path)
     except ValidationError as exc:
@@ -80,18 +98,19 @@ def use_running_prefect_server(probe_timeout: float = 0.5) -> str | None:
 
 
 class _OneLineUserErrors(logging.Filter):
-    """Drops the traceback from a console log record whose exception is a :class:`UserError`
-    (the command prints its one line; the Prefect UI still gets the traceback)."""
+    """Drops the traceback from a console log record (the command ends with its one line, and
+    the log file it names holds the traceback; the Prefect UI still gets it from the API log
+    handler, which this filter is not on)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], UserError):
+        if record.exc_info:
             record.exc_info, record.exc_text = None, None
         return True
 
 
 def quiet_user_error_tracebacks() -> None:
-    """Keep a user's mistake inside a flow run to one line on the terminal (not with ``--debug``)."""
-    if os.environ.get("CXR_DEBUG") == "1":
+    """Keep an error inside a flow run to one line on the terminal (not with ``--debug``)."""
+    if _state["debug"]:
         return
     import prefect.main  # noqa: F401 - configures Prefect's logging handlers
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -104,17 +123,18 @@ def quiet_user_error_tracebacks() -> None:
 
 
 def database_url(home: Path | None, must_exist: bool = True) -> str:
-    """The database URL, its schema brought to the newest revision (a no-op when it is there).
-    With ``must_exist``, a SQLite file that is not there yet is a :class:`UserError` (a command
-    that only reads should not create an empty database under a mistyped ``--home``)."""
-    from db.engine import upgrade_database
+    """The database URL, checked to be at the newest schema revision (never migrated here: only
+    ``cxr db upgrade`` does that; otherwise a :class:`UserError` says to run it). With
+    ``must_exist``, a SQLite file that is not there yet is a :class:`UserError` (a command that
+    only reads should not create an empty database under a mistyped ``--home``)."""
+    from db.engine import require_current_schema
 
     url = settings(home).resolved_database_url
     if must_exist and url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_file():
             raise UserError(f"no database at {path} yet: run cxr demo (or cxr db upgrade), or give --home")
-    upgrade_database(url)
+    require_current_schema(url)
     return url
 
 
@@ -154,7 +174,7 @@ def skip_interpreter_finalization() -> None:
     a flow command has loaded torch, torchvision and Prefect, finalising their thousands of
     modules takes about 2 s on 2 cores, every command. ``CXR_FAST_EXIT=0`` keeps the normal exit."""
     global _skip_finalization
-    _skip_finalization = os.environ.get("CXR_FAST_EXIT", "1") != "0" and os.environ.get("CXR_DEBUG") != "1"
+    _skip_finalization = os.environ.get("CXR_FAST_EXIT", "1") != "0" and not _state["debug"]
 
 
 def exit_process(code: int | str | None, script: bool = True) -> None:
@@ -180,42 +200,92 @@ def exit_process(code: int | str | None, script: bool = True) -> None:
     os._exit(code or 0)
 
 
-def _click_exceptions():
-    """The exception classes of the click that typer runs on (typer 0.2x vendors its own)."""
+def stop_on_sigterm() -> None:
+    """Let SIGTERM (what ``kill``, systemd and container runtimes send) end a long-running
+    command (``cxr serve``, ``cxr api``) as Ctrl-C does, then exit with status 0: a requested
+    stop is not a failure. uvicorn shuts down on its own handler and re-raises the signal once
+    it is done, which lands here; elsewhere the ``KeyboardInterrupt`` unwinds the server."""
+    import signal
+
+    def stop(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        raise typer.Exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """A click error raised while typer parsed the command line (a usage mistake, a bad value).
+    typer vendors click under a private module, so these are recognised by click's documented
+    interface (``exit_code`` and ``format_message()``), never by a private class path."""
+    return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "format_message", None))
+
+
+def _log_folder() -> Path:
+    """Where a full traceback is written: ``<home>/logs`` (``--home`` or ``CXR_HOME``), or the
+    temporary folder when the home cannot be read from the settings or written."""
     try:
-        from typer._click import exceptions
-    except ImportError:  # older typer on the click package
-        from click import exceptions
-    return exceptions
+        folder = (_state["home"] or Settings().resolved_home) / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    except Exception:  # noqa: BLE001 - invalid CXR_* settings or an unwritable home: still log somewhere
+        import tempfile
+
+        return Path(tempfile.gettempdir())
+
+
+def _write_traceback(exc: BaseException) -> Path:
+    """The full traceback of ``exc`` in a new log file; its path."""
+    import time
+    import traceback
+
+    path = _log_folder() / f"cxr-error-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    path.write_text(f"cxr {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(exc)), encoding="utf-8")
+    return path
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 def run_cli(invoke, argv: list[str] | None = None):
-    """``invoke(args)`` (the typer app, not standalone, on the command line's arguments): a
-    :class:`UserError` (a missing file or folder, an unknown name, no champion) or a usage
-    mistake (an unknown option, a value outside its choices, which are listed) becomes one line
-    on stderr and exit status 2; ``--debug`` (anywhere on the line) or ``CXR_DEBUG=1`` shows the
-    traceback instead. Returns the exit status (``None`` for success)."""
-    exceptions = _click_exceptions()
+    """``invoke(args)`` (the typer app, not standalone, on the command line's arguments), every
+    ending made one line on stderr:
+
+    - a :class:`UserError` (a missing file or folder, an unknown name, no champion) or a usage
+      mistake (an unknown option, a value outside its choices, which are listed): exit status 2;
+    - an unexpected error (an unreachable database, a tampered file): its type and message, and
+      the log file holding the full traceback; exit status 1;
+    - Ctrl-C: exit status 130 (typer turns ``KeyboardInterrupt`` into ``typer.Exit(130)``);
+    - a closed standard output (``cxr --help | head -1``): typer silences it.
+
+    ``--debug`` (anywhere on the line) or ``CXR_DEBUG=1`` shows the traceback instead. Returns
+    the exit status (``None`` for success)."""
     args, debug = _debug_requested(list(sys.argv[1:] if argv is None else argv))
-    if debug:
-        os.environ["CXR_DEBUG"] = "1"
+    _state["debug"] = debug
     try:
         return invoke(args)
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except exceptions.NoArgsIsHelpError as exc:  # a group called bare: its help, as click does
-        text = exc.ctx.get_help() if exc.ctx else exc.format_message()  # typer's rich help prints itself
-        if text:
-            print(text, file=sys.stderr)
-        raise SystemExit(2) from None
-    except exceptions.ClickException as exc:
-        command = exc.ctx.command_path if isinstance(exc, exceptions.UsageError) and exc.ctx else None
-        hint = f" (see {command} --help)" if command else ""
-        print(f"error: {' '.join(exc.format_message().split())}{hint}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None
-    except exceptions.Abort:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except typer.Abort:
         print("aborted", file=sys.stderr)
-        raise SystemExit(1) from None
+        return 1
+    except KeyboardInterrupt:  # raised outside typer's own handling (during start-up or shutdown)
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if _is_usage_error(exc):
+            if type(exc).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, as click does
+                exc.show()
+                return 2
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None and exc.exit_code == 2 else ""
+            print(f"error: {' '.join(exc.format_message().split())}{hint}", file=sys.stderr)
+            return exc.exit_code
+        if debug:
+            raise
+        print(f"error: {_one_line(exc)} (full traceback in {_write_traceback(exc)}; --debug shows it)", file=sys.stderr)
+        return 1

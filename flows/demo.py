@@ -7,10 +7,11 @@ import resource
 import time
 from pathlib import Path
 
-from cxrmodel.config import PipelineConfig, Settings, SynthConfig
+from cxrmodel.config import PipelineConfig, SynthConfig
 from db import registry
 from db.engine import session_scope, upgrade_database
 from db.queries import DEMO_QUERIES, EXAMPLE_QUERIES, LATEST_SCORING_RUN, MODEL_COMPARISON, run_query
+from deployments.settings import Settings
 from flows.pipeline import pipeline_flow
 from flows.results import PipelineResult
 from flows.stages import synthesize_flow

@@ -16,7 +16,8 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, Settings
+from cxrmodel.config import DataConfig
+from deployments.settings import Settings
 from flows.results import NightResult
 from flows.stages import refresh_flow, score_flow
 from tasks.nightly import publish_night_summary

@@ -12,10 +12,11 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, HomeLayout, HubConfig, SynthConfig
+from cxrmodel.config import DataConfig, HubConfig, SynthConfig
 from cxrmodel.data.synth.dataset import SynthSummary
 from cxrmodel.io import MissingInputError, require_folder
-from db.engine import upgrade_database
+from cxrmodel.layout import HomeLayout
+from db.engine import require_current_schema
 from flows.params import resolve
 from flows.results import RefreshResult
 from tasks import data as data_tasks
@@ -51,7 +52,7 @@ def refresh_flow(
     home_path, url = resolve(home, database_url)
     if source_dir is None and incoming_dir is None:
         raise MissingInputError("nothing to refresh: give source_dir and/or incoming_dir (CXR_SOURCE_DIR, CXR_INCOMING_DIR)")
-    upgrade_database(url)
+    require_current_schema(url, create=True)  # a fresh database is created; an older schema is refused
     run_id = data_tasks.start_refresh(url, source if source_dir else "incoming", str(source_dir or incoming_dir), flow_run_id())
     try:
         counts = []

@@ -53,7 +53,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from cxrmodel.config import DataConfig, HomeLayout, PipelineConfig, TrainConfig, load_pipeline_config
+from cxrmodel.config import DataConfig, TrainConfig, load_pipeline_config
+from cxrmodel.io import MissingInputError
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.networks import build_model
 from cxrmodel.training.data import prepare_training_data, version_name
 from cxrmodel.training.distributed import (
@@ -66,12 +68,10 @@ from cxrmodel.training.distributed import (
     wrap_ddp,
 )
 from cxrmodel.training.loop import fit, seed_everything
+from deployments.settings import resolve_config
 from flows.params import resolve
 from tasks.common import flow_run_id, labelled_frame, model_dir, run_logger
 from tasks.training import epoch_recorder, fail_training_run, open_training_run, register_trained_model
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 
 log = logging.getLogger("cxr.ddp")
 
@@ -211,7 +211,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="torchrun --nproc-per-node N -m flows.train_ddp",
         description="Data-parallel training of seed 004's network; rank 0 registers the model version.",
     )
-    parser.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG, help="Pipeline YAML (its data and train sections).")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help="Pipeline YAML or shipped name (default: $CXR_CONFIG, else demo); its data and train.",
+    )
     parser.add_argument("--home", default=None, help="State folder (default: $CXR_HOME or .cxr).")
     parser.add_argument("--database-url", default=None, help="SQLAlchemy URL (default: $CXR_DATABASE_URL or sqlite in home).")
     parser.add_argument("--epochs", type=int, default=None, help="Override train.epochs.")
@@ -225,11 +230,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int | None:
     """The torchrun entry point; returns the model version id on rank 0, None elsewhere."""
     args = parse_args(argv)
-    config = load_pipeline_config(args.config) if args.config.is_file() else None
-    if config is None:
-        if args.config != DEFAULT_CONFIG:
-            raise SystemExit(f"config file not found: {args.config}")
-        config = PipelineConfig()
+    try:
+        config = load_pipeline_config(resolve_config(args.config))
+    except MissingInputError as exc:
+        raise SystemExit(str(exc)) from None
     updates = {k: v for k, v in (("epochs", args.epochs), ("device", args.device)) if v is not None}
     train = TrainConfig.model_validate({**config.train.model_dump(), **updates})
     ctx = init_from_env(args.backend, device=train.device)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from cxrmodel.config import Settings
+from deployments.settings import Settings
 
 _KEY_PART = re.compile(r"[^a-z0-9]+")
 

@@ -10,8 +10,8 @@ import pandas as pd
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxrmodel.config import HomeLayout
 from cxrmodel.errors import UserError
+from cxrmodel.layout import HomeLayout
 from db import studies
 from db.engine import session_scope
 

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from cxrmodel.config import HomeLayout
 from cxrmodel.data.balancing import apply_balancing, label_counts, preset_steps
 from cxrmodel.findings import FINDINGS
+from cxrmodel.layout import HomeLayout
 from db import report_queries
 from db.engine import session_scope
 from db.entities import RefreshRunInfo

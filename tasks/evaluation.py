@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from cxrmodel.config import EvaluationConfig, HomeLayout, ThresholdConfig
+from cxrmodel.config import EvaluationConfig, ThresholdConfig
 from cxrmodel.evaluation.evaluate import arrays_path, evaluate, predict_split, predict_split_reusing, save_arrays
 from cxrmodel.evaluation.thresholds import calibrate_thresholds as fit_thresholds
 from cxrmodel.evaluation.thresholds import save_thresholds_json
 from cxrmodel.findings import FINDINGS
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.kinds import NETWORK_KINDS
 from cxrmodel.models.loading import LoadedModel, load_model_version
 from db import evaluations, registry, thresholds

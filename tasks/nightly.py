@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from prefect import task
 
-from cxrmodel.config import HomeLayout
 from cxrmodel.findings import FINDINGS
+from cxrmodel.layout import HomeLayout
 from db import scoring
 from db.engine import session_scope
 from db.scoring import ScoringSummary
-from flows.params import resolve
-from flows.results import RefreshResult
+from deployments.settings import workspace
 from tasks.artifacts import markdown_link, markdown_table, md, publish_markdown, report_url
 
 NIGHT_KEY = "cxr-nightly"
 
 
+class RefreshOutcome(Protocol):
+    """What the night's summary reads of a refresh (``flows.results.RefreshResult`` has it):
+    a protocol, so this task layer never imports the flows that call it."""
+
+    refresh_run_id: int
+    rows: int
+    added: int
+    updated: int
+    unchanged: int
+    quarantined: int
+    dataset_report: str | None
+
+
 def night_markdown(
-    summary: ScoringSummary, refresh: RefreshResult | None, refresh_error: str | None, links: dict[str, str]
+    summary: ScoringSummary, refresh: RefreshOutcome | None, refresh_error: str | None, links: dict[str, str]
 ) -> str:
     """The Markdown of :data:`NIGHT_KEY`: refresh outcome, scoring counts, flags per finding, report links."""
     lines = [f"## Night of {summary.started_at:%Y-%m-%d} (scoring run {summary.scoring_run_id})", ""]
@@ -75,7 +89,7 @@ def night_markdown(
 
 @task(name="publish-night-summary")
 def publish_night_summary(
-    refresh: RefreshResult | None,
+    refresh: RefreshOutcome | None,
     refresh_error: str | None,
     scoring_run_id: int,
     scoring_report: str | None = None,
@@ -83,7 +97,8 @@ def publish_night_summary(
     database_url: str | None = None,
 ) -> str:
     """Publish the night's Markdown artifact (key :data:`NIGHT_KEY`); return its Markdown."""
-    home_path, url = resolve(home, database_url)
+    ws = workspace(home, database_url)
+    home_path, url = ws.home, ws.database_url
     with session_scope(url) as session:
         summary = scoring.scoring_summary(session, scoring_run_id)
     reports = HomeLayout(home_path).reports

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from cxrmodel.config import HomeLayout
 from cxrmodel.data.imaging import read_grayscale
 from cxrmodel.findings import FINDINGS
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.kinds import is_embedding_head, is_network
 from db import report_queries
 from db.engine import session_scope

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, HomeLayout, TrainConfig
+from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, TrainConfig
 from cxrmodel.evaluation.evaluate import predict_split_reusing
 from cxrmodel.evaluation.metrics import evaluate_multilabel
 from cxrmodel.findings import FINDINGS
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.kinds import CLASSICAL_KINDS, EMBEDDING_KINDS, ModelKind
 from cxrmodel.models.loading import load_model_version
 from cxrmodel.models.version_files import ModelVersionFiles

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from prefect import task
 
-from cxrmodel.config import HomeLayout
 from cxrmodel.data.metadata import labels_matrix
 from cxrmodel.explain.similarity import EmbeddingIndex, build_retrieval_index
 from cxrmodel.findings import format_finding_labels
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.kinds import NETWORK_KINDS
 from cxrmodel.models.loading import LoadedModel, embed_image_files, load_model_version
 from db import registry, studies

@@ -17,12 +17,14 @@ import torch
 from prefect import task
 from prefect.artifacts import create_table_artifact
 
-from cxrmodel.config import ClassicalConfig, DataConfig, HomeLayout, TrainConfig
+from cxrmodel.config import ClassicalConfig, DataConfig, TrainConfig
+from cxrmodel.device import resolve_device
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.loading import load_model_version
 from cxrmodel.training.baselines import FittedBaseline, embed_training_split, fit_knn_baseline, fit_mlp_baseline
 from cxrmodel.training.classical import fit_classical_baseline
 from cxrmodel.training.data import TrainingData, prepare_training_data, version_name
-from cxrmodel.training.loop import EpochResult, FitResult, resolve_device, seed_everything
+from cxrmodel.training.loop import EpochResult, FitResult, seed_everything
 from cxrmodel.training.network import resumed_history
 from cxrmodel.training.network import train_network as fit_network
 from cxrmodel.training.saving import save_trained_model

@@ -39,7 +39,7 @@ def test_type_comes_from_the_magic_bytes():
 
 
 def test_settings_read_key_and_origin_lists(monkeypatch):
-    from cxrmodel.config import Settings
+    from deployments.settings import Settings
 
     monkeypatch.setenv("CXR_API_KEYS", "k1, k2,,")
     monkeypatch.setenv("CXR_API_CORS_ORIGINS", '["https://a.example"]')

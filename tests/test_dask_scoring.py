@@ -206,12 +206,14 @@ def test_cli_score_passes_the_runner_options(monkeypatch, tmp_path):
         "dask_address": "tcp://10.0.0.5:8786",
         "dask_workers": 2,
         "chunk_size": 100,
+        "home": str(tmp_path.resolve()),  # the workspace travels as parameters, not through the environment
+        "database_url": url,
     }
 
 
 def test_nightly_deployment_scores_on_dask_when_an_address_is_set():
-    from cxrmodel.config import Settings
     from deployments.definitions import NIGHTLY, SCORE, deployment_specs
+    from deployments.settings import Settings
 
     def params(**settings):
         return {d.name: d.parameters for d in deployment_specs(Settings(**settings))}

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 import yaml
 
-from cxrmodel.config import DEFAULT_CONFIG, PipelineConfig, Settings, load_pipeline_config
+from cxrmodel.config import PipelineConfig, load_pipeline_config
 from deployments.definitions import (
     NIGHTLY,
     PREFECT_YAML,
@@ -21,6 +21,7 @@ from deployments.definitions import (
     deployment_specs,
     prefect_yaml,
 )
+from deployments.settings import Settings, resolve_config
 
 
 @pytest.fixture
@@ -33,13 +34,13 @@ def clean_env(monkeypatch):
 
 
 def _production_parameters() -> dict:
-    cfg = load_pipeline_config(DEFAULT_CONFIG)
+    cfg = load_pipeline_config(resolve_config())  # --config, else CXR_CONFIG, else the shipped demo
     return {
         "data": cfg.data.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),
         "thresholds": cfg.thresholds.model_dump(mode="json"),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
-        "chexnet_baseline": None,
+        "chexnet_baseline": cfg.chexnet_baseline.model_dump(mode="json") if cfg.chexnet_baseline else None,
         "classical_baseline": cfg.classical.model_dump(mode="json") if cfg.classical_baseline else None,
     }
 
@@ -48,6 +49,7 @@ def test_served_deployments_register_with_schedules_and_the_production_config(pr
     from prefect.client.orchestration import get_client
 
     monkeypatch.setenv("CXR_TIMEZONE", "Europe/Madrid")
+    monkeypatch.setenv("CXR_CONFIG", "seed004")  # production names its recipe; unset, the shipped demo applies
     ids = {d.name: d.apply() for d in build_deployments()}
     assert set(ids) == {n + SERVED_SUFFIX for n in (NIGHTLY, RETRAIN, SCORE, REPORT)}
 

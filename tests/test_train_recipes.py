@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxrmodel.config import CONFIGS_DIR, TrainConfig, load_pipeline_config
+import configs
+from cxrmodel.config import TrainConfig, load_pipeline_config
 from cxrmodel.data.datasets import StudyDataset, array_loader
 from cxrmodel.data.metadata import AgeScaler
 from cxrmodel.data.transforms import augmentation_transform, eval_transform, light_train_transform, train_transform
@@ -96,7 +97,7 @@ def test_defaults_are_the_old_behaviour():
 
 
 def test_recipe_files_validate():
-    demo_config = load_pipeline_config(CONFIGS_DIR / "demo.yaml")
+    demo_config = load_pipeline_config(configs.shipped("demo"))
     demo = demo_config.train
     # the demo's old selection_metric: mean_auroc maps onto the new field
     assert (demo.optimizer, demo.schedule, demo.checkpoint_selection, demo.backbone) == (
@@ -106,7 +107,7 @@ def test_recipe_files_validate():
         "densenet121",
     )
     assert demo_config.synth.n_studies * (1 - demo_config.data.test_fraction) * 0.2 >= 200  # ranked on validation
-    small = load_pipeline_config(CONFIGS_DIR / "small-real.yaml").train
+    small = load_pipeline_config(configs.shipped("small-real")).train
     assert small.backbone == "densenet_small" and small.optimizer == "adamw" and small.schedule == "cosine"
     assert small.checkpoint_selection in ("last", "val_loss")  # never a chance peak of a small split
     assert small.ema_decay is not None and small.tta_hflip is True

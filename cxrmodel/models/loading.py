@@ -21,6 +21,7 @@ from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.data.imaging import read_grayscale, resize_square
 from cxrmodel.data.metadata import AgeScaler, patient_features
 from cxrmodel.data.transforms import eval_transform
+from cxrmodel.device import resolve_device
 from cxrmodel.findings import NUM_FINDINGS
 from cxrmodel.models.artifacts import load_state_dict
 from cxrmodel.models.classical import PixelLogisticModel
@@ -28,7 +29,6 @@ from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.models.kinds import CLASSICAL_KINDS, NETWORK_KINDS, ModelKind
 from cxrmodel.models.networks import build_model, network_probabilities
 from cxrmodel.models.version_files import ModelVersionFiles
-from cxrmodel.training.loop import resolve_device
 
 __all__ = [
     "EMBEDDING_HEADS",

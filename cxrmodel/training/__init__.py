@@ -39,7 +39,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "loop": [
             "EpochResult",
             "FitResult",
-            "resolve_device",
             "seed_everything",
             "positive_weights",
             "Acceleration",

@@ -25,13 +25,14 @@ import torch
 from cxrmodel.config import ClassicalConfig, DataConfig, TrainConfig
 from cxrmodel.data.metadata import labels_matrix
 from cxrmodel.data.splits import patient_folds
+from cxrmodel.device import resolve_device
 from cxrmodel.evaluation.crossval import CrossValidationResult, cross_validate
 from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.models.kinds import CLASSICAL_KINDS, EMBEDDING_KINDS, NETWORK_KINDS, ModelKind
 from cxrmodel.models.loading import LoadedModel
 from cxrmodel.training.classical import fit_pixel_logistic, predict_pixel_logistic
 from cxrmodel.training.data import prepare_training_data
-from cxrmodel.training.loop import resolve_device, seed_everything
+from cxrmodel.training.loop import seed_everything
 from cxrmodel.training.network import train_network
 
 #: Share of a fold's training part that picks the network's epoch.

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 
 from cxrmodel.config import TrainConfig
+from cxrmodel.device import resolve_device
 from cxrmodel.models.networks import build_model
 from cxrmodel.progress import BatchCallback
 from cxrmodel.training.data import TrainingData, training_loaders
-from cxrmodel.training.loop import EpochResult, FitResult, fit, resolve_device
+from cxrmodel.training.loop import EpochResult, FitResult, fit
 
 
 def train_network(

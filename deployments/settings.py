@@ -1,7 +1,10 @@
-"""Where the system keeps its state and when it runs: ``Settings`` (``CXR_*`` environment
-variables) and ``HomeLayout`` (the one place the folders under the home are named).
+"""Operations settings: where the system keeps its state and when it runs (``Settings``, the
+``CXR_*`` environment variables), the workspace a command works in (``Workspace``), and which
+pipeline configuration applies (:func:`resolve_config`).
 
-What to do (the pipeline's recipes) is :mod:`cxrmodel.config`, which re-exports both names.
+They live beside the deployments, not in :mod:`cxrmodel`: the ML library takes what it needs
+as arguments and never reads the environment. This module imports nothing heavy (pydantic
+alone), so the HTTP service and the command line read it cheaply.
 """
 
 from __future__ import annotations
@@ -14,47 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cxrmodel.layout import HomeLayout
+
 if TYPE_CHECKING:
     from cxrmodel.config import PipelineConfig
-
-#: The repository's configuration folder (``configs/``), beside the installed packages.
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
-#: The production recipe the shipped deployments run unless ``CXR_CONFIG`` names another.
-DEFAULT_CONFIG = CONFIGS_DIR / "seed004.yaml"
-
-
-@dataclass(frozen=True)
-class HomeLayout:
-    """The one place that names the folders under a home (``CXR_HOME``): every task and flow
-    builds its paths from here."""
-
-    home: Path
-
-    @property
-    def models(self) -> Path:
-        """Model versions' artefacts, one folder per version name."""
-        return self.home / "models"
-
-    @property
-    def reports(self) -> Path:
-        """HTML reports and bundles (what ``cxr reports serve`` serves)."""
-        return self.home / "reports"
-
-    @property
-    def cache(self) -> Path:
-        """The resized image cache, one folder per image size."""
-        return self.home / "cache"
-
-    @property
-    def synthetic_data(self) -> Path:
-        """Where ``cxr demo`` writes its synthetic dataset."""
-        return self.home / "data" / "synthetic"
-
-    def model_dir(self, name: str) -> Path:
-        """``models/<name>``, created: one model version's folder."""
-        path = self.models / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
 
 class Settings(BaseSettings):
@@ -65,7 +31,10 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".cxr"), description="Root folder for data, artefacts and reports.")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; defaults to sqlite:///<home>/cxr.db")
-    config: Path = Field(DEFAULT_CONFIG, description="Pipeline YAML the deployments run (data, train, thresholds, evaluation).")
+    config: str | None = Field(
+        None,
+        description="Pipeline configuration (a YAML path or a shipped name: demo, seed004, small-real); unset: demo.",
+    )
     # The nightly run's inputs: folders on the host that runs it (a worker reads its own environment).
     source_dir: Path | None = Field(
         None, description="NIH-layout folder the nightly refresh reads (Data_Entry_2017*.csv, images/)."
@@ -151,8 +120,60 @@ class Settings(BaseSettings):
         """Base URL under which ``reports_dir`` is served, without a trailing slash."""
         return (self.reports_base_url or f"http://{self.reports_host}:{self.reports_port}/reports").rstrip("/")
 
+    @property
+    def workspace(self) -> Workspace:
+        """The home folder and database URL these settings name."""
+        return Workspace(self.resolved_home, self.resolved_database_url)
+
     def pipeline_config(self) -> PipelineConfig:
-        """The validated pipeline configuration named by ``config`` (a missing file is an error)."""
+        """The validated pipeline configuration that applies (:func:`resolve_config`)."""
         from cxrmodel.config import load_pipeline_config
 
-        return load_pipeline_config(self.config)
+        return load_pipeline_config(resolve_config(None, self))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where one command works: its home folder and its database. The command line resolves it
+    once (``--home``, else ``CXR_HOME``) and passes it to the flows as parameters; nothing is
+    written to the environment."""
+
+    home: Path
+    database_url: str
+
+    @property
+    def layout(self) -> HomeLayout:
+        return HomeLayout(self.home)
+
+    def flow_parameters(self) -> dict[str, str]:
+        """``home`` and ``database_url`` as the flows take them (plain strings)."""
+        return {"home": str(self.home), "database_url": self.database_url}
+
+
+def workspace(home: str | Path | None = None, database_url: str | None = None) -> Workspace:
+    """The workspace from explicit values, each unset one from the ``CXR_*`` settings; the home
+    folder is created."""
+    settings = Settings(**({"home": Path(home)} if home else {}))
+    ws = Workspace(settings.resolved_home, database_url or settings.resolved_database_url)
+    ws.home.mkdir(parents=True, exist_ok=True)
+    return ws
+
+
+def resolve_config(given: str | Path | None = None, settings: Settings | None = None) -> Path:
+    """The one rule for which pipeline configuration applies: ``given`` (``--config``), else
+    ``CXR_CONFIG``, else the shipped :data:`configs.DEFAULT`. A value names a file, or a shipped
+    configuration by name (``small-real``), or by its checkout path (``configs/small-real.yaml``,
+    which also works outside the checkout). Anything else is a
+    :class:`~cxrmodel.io.MissingInputError` naming it."""
+    import configs
+    from cxrmodel.io import MissingInputError
+
+    value = given if given is not None else (settings or Settings()).config
+    if value is None or str(value) == "":
+        value = configs.DEFAULT
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")) and (shipped := configs.shipped(path.name)) is not None:
+        return shipped
+    raise MissingInputError(f"configuration file not found: {value} (a YAML file, or one of {', '.join(configs.names())})")
