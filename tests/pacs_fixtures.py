@@ -82,7 +82,13 @@ class OrthancServer:
             "StableAge": 1,
             "SaveJobs": False,
             "Plugins": [dicomweb_plugin()],
-            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+            "DicomWeb": {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": False,
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            },
         }
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -263,9 +269,17 @@ def make_instances(study_date: date) -> TestInstances:
     mixed = radiograph(nih_image(nih[2]), modality="DX", view="PA", accession="ACC0005", patient="P0005", study_date=study_date)
     frontal.append(mixed)
     lateral_beside = radiograph(
-        nih_image(nih[2], 200), modality="DX", view="LL", accession="ACC0005", patient="P0005", study_uid=mixed.StudyInstanceUID, study_date=study_date
+        nih_image(nih[2], 200),
+        modality="DX",
+        view="LL",
+        accession="ACC0005",
+        patient="P0005",
+        study_uid=mixed.StudyInstanceUID,
+        study_date=study_date,
     )
-    lateral_only = radiograph(nih_image(nih[0], 200), modality="CR", view="LL", accession="ACC0006", patient="P0006", study_date=study_date)
+    lateral_only = radiograph(
+        nih_image(nih[0], 200), modality="CR", view="LL", accession="ACC0006", patient="P0006", study_date=study_date
+    )
     ct = _pixels(_base(CT_CLASS, "CT", mixed.StudyInstanceUID, "ACC0005", "P0005", study_date), np.zeros((64, 64), np.uint8))
     ct_only = _pixels(_base(CT_CLASS, "CT", generate_uid(), "ACC0007", "P0007", study_date), np.zeros((64, 64), np.uint8))
     no_pixels = _base(DX_CLASS, "DX", generate_uid(), "ACC0008", "P0008", study_date)

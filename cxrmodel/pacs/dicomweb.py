@@ -131,6 +131,11 @@ class Pacs:
         except Exception as exc:  # noqa: BLE001 - every failure of a request becomes a PacsError
             raise _failure(exc, what, self.connection.display_url) from None
 
+    def check(self) -> None:
+        """One cheap QIDO-RS request: refused credentials or a PACS that is down show here."""
+        with self._call("a connection check (QIDO-RS)"):
+            self._client.search_for_studies(limit=1)
+
     def search_studies(self, modalities: Sequence[str], since: date | None) -> list[str]:
         """Study Instance UIDs of the studies holding any of ``modalities`` whose Study Date is
         ``since`` or later (every study without ``since``), by QIDO-RS, page by page."""

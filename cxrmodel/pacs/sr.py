@@ -25,13 +25,17 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from cxrmodel.findings import FINDINGS
 
 #: The private coding scheme of the findings with no concept in the bundled dictionaries.
 PRIVATE_SCHEME = "99CXR"
 PRIVATE_SCHEME_NAME = "cxr-pipeline NIH ChestX-ray14 findings"
+
+#: Root of the derived UIDs (pydicom's; with a prefix, ``generate_uid`` hashes its entropy
+#: sources, so the same sources give the same UID; without one it would be a random UUID).
+UID_ROOT = PYDICOM_ROOT_UID
 
 #: Shown in every report (and in its Comment item).
 NOT_A_DIAGNOSIS = (
@@ -103,13 +107,13 @@ class ReportUids:
 
 
 def report_uids(study_instance_uid: str, sop_instance_uid: str, model: ModelIdentity, threshold_set_id: int) -> ReportUids:
-    """UIDs derived from the prediction's identity (``2.25.<hash>``, :func:`pydicom.uid.generate_uid`
-    with entropy sources): the same source image, model weights and threshold set give the same
+    """UIDs derived from the prediction's identity (:func:`pydicom.uid.generate_uid` under
+    :data:`UID_ROOT` with entropy sources: a hash of them): the same source image, model weights and threshold set give the same
     report instance, so re-sending is a no-op. One series per study and model version."""
     return ReportUids(
-        series_instance_uid=generate_uid(None, ["cxr-sr-series", study_instance_uid, model.sha256]),
-        sop_instance_uid=generate_uid(None, ["cxr-sr", sop_instance_uid, model.sha256, str(threshold_set_id)]),
-        device_uid=generate_uid(None, ["cxr-device", model.sha256]),
+        series_instance_uid=generate_uid(UID_ROOT, ["cxr-sr-series", study_instance_uid, model.sha256]),
+        sop_instance_uid=generate_uid(UID_ROOT, ["cxr-sr", sop_instance_uid, model.sha256, str(threshold_set_id)]),
+        device_uid=generate_uid(UID_ROOT, ["cxr-device", model.sha256]),
     )
 
 
@@ -121,8 +125,12 @@ def _property(item: hd.sr.ContentItem, children: Sequence[hd.sr.ContentItem]) ->
 def _finding_item(result: FindingResult) -> hd.sr.CodeContentItem:
     unit = codes.UCUM.NoUnits
     children = [
-        hd.sr.NumContentItem(codes.DCM.Probability, round(float(result.probability), 6), unit, relationship_type="HAS PROPERTIES"),
-        hd.sr.NumContentItem(codes.DCM.ThresholdValue, round(float(result.threshold), 6), unit, relationship_type="HAS PROPERTIES"),
+        hd.sr.NumContentItem(
+            codes.DCM.Probability, round(float(result.probability), 6), unit, relationship_type="HAS PROPERTIES"
+        ),
+        hd.sr.NumContentItem(
+            codes.DCM.ThresholdValue, round(float(result.threshold), 6), unit, relationship_type="HAS PROPERTIES"
+        ),
         hd.sr.CodeContentItem(
             codes.DCM.PresenceOfProperty,
             codes.SCT.Present if result.positive else codes.SCT.Absent,
@@ -181,9 +189,7 @@ def build_report(
         hd.sr.TextContentItem(codes.DCM.AlgorithmName, model.name, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(codes.DCM.AlgorithmVersion, f"sha256:{model.sha256}", relationship_type="CONTAINS"),
         hd.sr.TextContentItem(codes.DCM.Comment, NOT_A_DIAGNOSIS, relationship_type="CONTAINS"),
-        hd.sr.ImageContentItem(
-            codes.DCM.SourceImage, source.SOPClassUID, source.SOPInstanceUID, relationship_type="CONTAINS"
-        ),
+        hd.sr.ImageContentItem(codes.DCM.SourceImage, source.SOPClassUID, source.SOPInstanceUID, relationship_type="CONTAINS"),
     ]
     by_name = {r.finding: r for r in results}
     items += [_finding_item(by_name[f]) for f in FINDINGS]

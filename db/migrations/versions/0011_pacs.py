@@ -81,10 +81,17 @@ def upgrade() -> None:
         sa.CheckConstraint(_one_of("status", OBJECT_STATUSES), name=op.f("ck_pacs_objects_status")),
         sa.CheckConstraint(_one_of("kind", OBJECT_KINDS), name=op.f("ck_pacs_objects_kind")),
         sa.ForeignKeyConstraint(
-            ["pacs_instance_id"], ["pacs_instances.id"], name=op.f("fk_pacs_objects_pacs_instance_id_pacs_instances"), ondelete="CASCADE"
+            ["pacs_instance_id"],
+            ["pacs_instances.id"],
+            name=op.f("fk_pacs_objects_pacs_instance_id_pacs_instances"),
+            ondelete="CASCADE",
         ),
-        sa.ForeignKeyConstraint(["model_version_id"], ["model_versions.id"], name=op.f("fk_pacs_objects_model_version_id_model_versions")),
-        sa.ForeignKeyConstraint(["threshold_set_id"], ["threshold_sets.id"], name=op.f("fk_pacs_objects_threshold_set_id_threshold_sets")),
+        sa.ForeignKeyConstraint(
+            ["model_version_id"], ["model_versions.id"], name=op.f("fk_pacs_objects_model_version_id_model_versions")
+        ),
+        sa.ForeignKeyConstraint(
+            ["threshold_set_id"], ["threshold_sets.id"], name=op.f("fk_pacs_objects_threshold_set_id_threshold_sets")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_pacs_objects")),
         sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_pacs_objects_sop_instance_uid")),
     )
