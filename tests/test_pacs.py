@@ -152,6 +152,15 @@ def test_first_night_second_night_and_a_study_added_between(pacs, url):
     with session_scope(url) as session:
         objects = pacs_store.object_rows(session)
     assert len(objects) == 6 and {o["status"] for o in objects} == {"sent"} and {o["attempts"] for o in objects} == {1}
+    with get_engine(url).connect() as conn:  # the SQL view: PACS identifiers beside each prediction
+        from sqlalchemy import text
+
+        rows = conn.execute(
+            text("SELECT finding, probability FROM pacs_predictions WHERE accession_number = :a"), {"a": extra.AccessionNumber}
+        ).all()
+        assert len(rows) == len(FINDINGS) and {r.finding for r in rows} == set(FINDINGS)
+        n = conn.execute(text("SELECT count(DISTINCT study_instance_uid) FROM pacs_predictions")).scalar()
+        assert n == len(data.frontal) + 1
 
 
 def test_reports_read_back_field_by_field_and_pass_dciodvfy(pacs, url, tmp_path):

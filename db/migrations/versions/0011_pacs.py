@@ -20,6 +20,27 @@ OBJECT_STATUSES = ("failed", "pending", "sent")
 OBJECT_KINDS = ("heatmap", "sr")
 
 
+#: Each current prediction of a study pulled from a PACS, beside the PACS identifiers a
+#: radiologist searches by (accession number, Study Instance UID). Built on the tables only, so
+#: a later change of the other views never has to touch it.
+PACS_PREDICTIONS = """
+CREATE VIEW pacs_predictions AS
+SELECT i.accession_number, i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid,
+       p.study_id, s.study_key, p.finding, p.probability, p.decision,
+       mv.name AS model_version, p.threshold_set_id, p.scoring_run_id, p.created_at
+FROM predictions p
+JOIN studies s ON s.id = p.study_id
+JOIN pacs_instances i ON i.study_id = p.study_id
+JOIN model_versions mv ON mv.id = p.model_version_id
+WHERE p.id = (
+    SELECT p2.id FROM predictions p2
+    WHERE p2.study_id = p.study_id AND p2.finding = p.finding
+    ORDER BY p2.created_at DESC, p2.id DESC
+    LIMIT 1
+)
+"""
+
+
 def _one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -96,9 +117,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("sop_instance_uid", name=op.f("uq_pacs_objects_sop_instance_uid")),
     )
     op.create_index(op.f("ix_pacs_objects_pacs_instance_id"), "pacs_objects", ["pacs_instance_id"])
+    op.execute(PACS_PREDICTIONS)
 
 
 def downgrade() -> None:
+    op.execute("DROP VIEW IF EXISTS pacs_predictions")
     op.drop_table("pacs_objects")
     op.drop_table("pacs_instances")
     op.drop_table("pacs_cursors")
