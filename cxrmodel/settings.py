@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     )
     dicomweb_verify: str = Field("true", description="TLS verification: true, false, or the path of a CA bundle.")
     dicomweb_writeback: bool = Field(True, description="Write each scored PACS study's SR back to the PACS.")
-    dicomweb_heatmap: bool = Field(False, description="Also write a Grad-CAM secondary capture (not implemented yet).")
+    dicomweb_heatmap: bool = Field(False, description="Also write a Grad-CAM secondary capture in the report series.")
     dicomweb_modalities: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["CR", "DX"], description="Modalities the pull searches for (CR,DX)."
     )

@@ -23,7 +23,7 @@ from cxrmodel.errors import UserError
 from cxrmodel.findings import FINDINGS
 from cxrmodel.pacs.dicomweb import Pacs, PacsAuthError, PacsConnection, PacsRejectedError, PacsUnavailableError
 from cxrmodel.pacs.pull import UnusableInstanceError, candidates, store_instance, study_of
-from cxrmodel.pacs.sr import FindingResult, ModelIdentity, build_report
+from cxrmodel.pacs.sr import FindingResult, ModelIdentity, build_report, conformant_header
 from db import pacs as store
 from db.engine import session_scope
 from db.statuses import PacsInstanceStatus, PacsObjectKind, PacsObjectStatus
@@ -186,62 +186,99 @@ class PushResult:
 @task(name="pacs-push", cache_policy=NO_CACHE)
 def push_to_pacs(home: str | None = None, database_url: str | None = None, backoff_s: float = 2.0) -> PushResult:
     """Write back one Comprehensive SR per scored PACS instance and model version (STOW-RS) that
-    is not sent yet; each try is recorded. A PACS that does not answer after :data:`TRIES_NOW`
-    tries stops the step (the rest stays pending for the next night); an object the PACS refuses
-    is given up after ``CXR_DICOMWEB_MAX_ATTEMPTS`` tries."""
-    import pydicom
-
+    is not sent yet, and with ``CXR_DICOMWEB_HEATMAP`` its Grad-CAM secondary capture in the
+    same series; each try is recorded. A PACS that does not answer after :data:`TRIES_NOW` tries
+    stops the step (the rest stays pending for the next night); an object the PACS refuses is
+    given up after ``CXR_DICOMWEB_MAX_ATTEMPTS`` tries."""
     settings = Settings(**({"home": Path(home)} if home else {}))
     _, url = resolve(home, database_url)
     connection = _require(pacs_connection(settings))
-    logger = run_logger()
-    with session_scope(url) as session:
-        work = store.reports_to_send(session)
-    sent = refused = given_up = 0
+    kinds = [PacsObjectKind.SR, *([PacsObjectKind.HEATMAP] if settings.dicomweb_heatmap else [])]
+    pacs = Pacs(connection)
+    totals = {"to_send": 0, "sent": 0, "refused": 0, "given_up": 0}
     problems: list[str] = []
     error = None
-    pacs = Pacs(connection)
     try:
-        for item in work:
-            source = pydicom.dcmread(item.image_path, stop_before_pixels=True)
-            results = [
-                FindingResult(f, p, t, d)
-                for f, p, t, d in zip(FINDINGS, item.probabilities, item.thresholds, item.decisions, strict=True)
-            ]
-            report = build_report(source, results, ModelIdentity(item.model_name, item.model_sha256), item.threshold_set_id)
-            uids = (str(report.SeriesInstanceUID), str(report.SOPInstanceUID))
-            try:
-                _store_with_retries(pacs, report, item.study_instance_uid, backoff_s)
-            except PacsUnavailableError as exc:
-                error = str(exc)
-                with session_scope(url) as session:
-                    store.record_object(
-                        session, item, PacsObjectKind.SR, uids, error, settings.dicomweb_max_attempts, count_attempt=False
-                    )
-                break
-            except PacsRejectedError as exc:
-                with session_scope(url) as session:
-                    status = store.record_object(session, item, PacsObjectKind.SR, uids, str(exc), settings.dicomweb_max_attempts)
-                refused += 1
-                given_up += status == PacsObjectStatus.FAILED
-                problems.append(f"{item.sop_instance_uid}: {exc}")
-                continue
+        for kind in kinds:
             with session_scope(url) as session:
-                store.record_object(session, item, PacsObjectKind.SR, uids, None, settings.dicomweb_max_attempts)
-            sent += 1
+                work = store.reports_to_send(session, kind)
+            totals["to_send"] += len(work)
+            error = _send(pacs, url, work, kind, settings.dicomweb_max_attempts, backoff_s, totals, problems)
+            if error:
+                break
     finally:
         pacs.close()
-    result = PushResult(len(work), sent, refused, given_up, error, problems)
-    logger.info(
-        "PACS write-back to %s: %d of %d reports sent, %d refused (%d given up)%s",
+    result = PushResult(**totals, error=error, problems=problems)
+    run_logger().info(
+        "PACS write-back to %s: %d of %d objects sent, %d refused (%d given up)%s",
         connection.display_url,
-        sent,
-        len(work),
-        refused,
-        given_up,
+        result.sent,
+        result.to_send,
+        result.refused,
+        result.given_up,
         f"; stopped: {error}" if error else "",
     )
     return result
+
+
+def _build(item: store.ReportWork, kind: PacsObjectKind, models: dict):
+    """The DICOM object of ``kind`` for one prediction (``models``: loaded networks, by version id)."""
+    import numpy as np
+    import pydicom
+
+    source = conformant_header(pydicom.dcmread(item.image_path, stop_before_pixels=True))
+    model = ModelIdentity(item.model_name, item.model_sha256)
+    if kind == PacsObjectKind.SR:
+        results = [
+            FindingResult(f, p, t, d)
+            for f, p, t, d in zip(FINDINGS, item.probabilities, item.thresholds, item.decisions, strict=True)
+        ]
+        return build_report(source, results, model, item.threshold_set_id)
+    from cxrmodel.pacs.heatmap import build_heatmap, compute_overlay
+
+    if item.model_version_id not in models:
+        from cxrmodel.models.loading import load_model_version
+        from db import registry
+
+        with session_scope(models["url"]) as session:
+            models[item.model_version_id] = load_model_version(registry.model_version_files(session, item.model_version_id))
+    rgb, finding = compute_overlay(models[item.model_version_id], item.image_path, np.asarray(item.probabilities))
+    return build_heatmap(source, rgb, finding, model, item.threshold_set_id)
+
+
+def _send(
+    pacs: Pacs, url: str, work, kind: PacsObjectKind, max_attempts: int, backoff_s: float, totals: dict, problems: list
+) -> str | None:
+    """Send each object of ``work``; record every try; the error that stopped it (PACS down), if any."""
+    models: dict = {"url": url}
+    for item in work:
+        try:
+            dataset = _build(item, kind, models)
+        except (OSError, ValueError, RuntimeError) as exc:  # a source file gone or unreadable: recorded, counted
+            uids = (f"unbuilt-{kind}-{item.pacs_instance_id}", f"unbuilt-{kind}-{item.pacs_instance_id}-{item.threshold_set_id}")
+            with session_scope(url) as session:
+                store.record_object(session, item, kind, uids, f"could not build the {kind}: {exc}", max_attempts)
+            totals["refused"] += 1
+            problems.append(f"{item.sop_instance_uid}: could not build the {kind}: {exc}")
+            continue
+        uids = (str(dataset.SeriesInstanceUID), str(dataset.SOPInstanceUID))
+        try:
+            _store_with_retries(pacs, dataset, item.study_instance_uid, backoff_s)
+        except PacsUnavailableError as exc:
+            with session_scope(url) as session:
+                store.record_object(session, item, kind, uids, str(exc), max_attempts, count_attempt=False)
+            return str(exc)
+        except PacsRejectedError as exc:
+            with session_scope(url) as session:
+                status = store.record_object(session, item, kind, uids, str(exc), max_attempts)
+            totals["refused"] += 1
+            totals["given_up"] += status == PacsObjectStatus.FAILED
+            problems.append(f"{item.sop_instance_uid}: {exc}")
+            continue
+        with session_scope(url) as session:
+            store.record_object(session, item, kind, uids, None, max_attempts)
+        totals["sent"] += 1
+    return None
 
 
 def _store_with_retries(pacs: Pacs, report, study_uid: str, backoff_s: float) -> None:

@@ -310,3 +310,31 @@ def test_wrong_password_is_one_line_and_exit_2(pacs, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "refused the credentials (HTTP 401)" in lines[0], result.stderr
     assert "not-the-password" not in result.stdout + result.stderr
+
+
+def test_heatmaps_go_in_the_report_series_and_pass_dciodvfy(pacs, url, monkeypatch, tmp_path):
+    monkeypatch.setenv("CXR_DICOMWEB_HEATMAP", "true")
+    data = make_instances(TODAY)
+    pacs.upload(data.frontal[:2])
+    pulled, _, pushed = night(url)
+    assert (pulled.registered, pushed.to_send, pushed.sent, pushed.error) == (2, 4, 4, None)
+    with session_scope(url) as session:
+        objects = pacs_store.object_rows(session)
+    assert sorted(o["kind"] for o in objects) == ["heatmap", "heatmap", "sr", "sr"]
+    client = Pacs(PacsConnection(pacs.dicomweb, USER, PASSWORD))
+    for obj in (o for o in objects if o["kind"] == "heatmap"):
+        report = next(o for o in objects if o["kind"] == "sr" and o["pacs_instance_id"] == obj["pacs_instance_id"])
+        assert obj["series_instance_uid"] == report["series_instance_uid"]  # one report series per study
+        image = client.retrieve_instance(obj["study_instance_uid"], obj["series_instance_uid"], obj["sop_instance_uid"])
+        assert (image.SOPClassUID, image.PhotometricInterpretation, image.SamplesPerPixel) == (
+            "1.2.840.10008.5.1.4.1.1.7",
+            "RGB",
+            3,
+        )
+        assert "not a diagnosis" in image.ImageComments and image.pixel_array.shape == (32, 32, 3)
+        path = tmp_path / f"sc{obj['id']}.dcm"
+        image.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == []
+    assert push_to_pacs.fn(database_url=url).to_send == 0  # a second night sends nothing again
+    for ds in data.frontal[:2]:
+        assert len(sr_instances(pacs, ds.StudyInstanceUID)) == 1

@@ -141,7 +141,7 @@ def _finding_item(result: FindingResult) -> hd.sr.CodeContentItem:
     return _property(item, children)
 
 
-def _conformant_header(source: Dataset) -> Dataset:
+def conformant_header(source: Dataset) -> Dataset:
     """A copy of the source header whose values the report copies are valid DICOM: a Patient's
     Age written without its unit (``62``, seen in real files) becomes ``062Y``; one that does
     not parse is left out (the report must pass ``dciodvfy`` whatever the modality wrote)."""
@@ -171,7 +171,7 @@ def build_report(
     names = [r.finding for r in results]
     if sorted(names) != sorted(FINDINGS):
         raise ValueError(f"a report needs each of the {len(FINDINGS)} findings once, got {names}")
-    source = _conformant_header(source)
+    source = conformant_header(source)
     uids = report_uids(source.StudyInstanceUID, source.SOPInstanceUID, model, threshold_set_id)
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
