@@ -141,12 +141,39 @@ def _finding_item(result: FindingResult) -> hd.sr.CodeContentItem:
     return _property(item, children)
 
 
+#: What a report copies from its source image: the patient, the study, and the image's own
+#: identifiers (its evidence reference). Nothing else is carried: a full header would only be
+#: copied around (it made building a report three times slower) and could leak into the report.
+SOURCE_ATTRIBUTES = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+)
+
+
 def conformant_header(source: Dataset) -> Dataset:
-    """A copy of the source header whose values the report copies are valid DICOM: a Patient's
-    Age written without its unit (``62``, seen in real files) becomes ``062Y``; one that does
-    not parse is left out (the report must pass ``dciodvfy`` whatever the modality wrote)."""
+    """The :data:`SOURCE_ATTRIBUTES` of the source header, as valid DICOM: a Patient's Age written
+    without its unit (``62``, seen in real files) becomes ``062Y``; one that does not parse is
+    left out (the report must pass ``dciodvfy`` whatever the modality wrote). The caller's
+    dataset is not changed."""
     header = Dataset()
-    header.update(source)  # shallow: the caller's dataset is not changed
+    for keyword in SOURCE_ATTRIBUTES:
+        if keyword in source:
+            header[keyword] = source[keyword]
     age = str(source.get("PatientAge", "") or "").strip()
     if age and not (len(age) == 4 and age[:3].isdigit() and age[3] in "DWMY"):
         digits = age.rstrip("DWMYdwmy ").strip()
