@@ -57,3 +57,25 @@ def test_two_nights_leave_one_sr_per_frontal_study(tmp_path, monkeypatch):
     finally:
         server.stop()
         get_engine(url).dispose()
+
+
+def test_credentials_from_a_prefect_secret_block(monkeypatch):
+    """CXR_DICOMWEB_SECRET names a Secret block holding the user and password; the connection's
+    repr never shows the password."""
+    from prefect.blocks.system import Secret
+
+    from cxrmodel.config import Settings
+    from tasks.pacs import pacs_connection
+
+    Secret(value={"user": "night-reader", "password": "from-the-block"}).save("cxr-test-pacs", overwrite=True)
+    monkeypatch.setenv("CXR_DICOMWEB_URL", "https://pacs.example.org/dicom-web")
+    monkeypatch.setenv("CXR_DICOMWEB_SECRET", "cxr-test-pacs")
+    monkeypatch.setenv("CXR_DICOMWEB_VERIFY", "/etc/ssl/certs/ca-certificates.crt")
+    connection = pacs_connection(Settings())
+    assert (connection.user, connection.password) == ("night-reader", "from-the-block")
+    assert connection.verify == "/etc/ssl/certs/ca-certificates.crt"
+    assert "from-the-block" not in repr(connection) and "from-the-block" not in repr(Settings())
+    monkeypatch.setenv("CXR_DICOMWEB_VERIFY", "false")
+    monkeypatch.setenv("CXR_DICOMWEB_SECRET", "no-such-block")
+    with pytest.raises(ValueError, match="no Prefect Secret block named 'no-such-block'"):
+        pacs_connection(Settings())
