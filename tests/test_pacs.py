@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -338,3 +338,34 @@ def test_heatmaps_go_in_the_report_series_and_pass_dciodvfy(pacs, url, monkeypat
     assert push_to_pacs.fn(database_url=url).to_send == 0  # a second night sends nothing again
     for ds in data.frontal[:2]:
         assert len(sr_instances(pacs, ds.StudyInstanceUID)) == 1
+
+
+def test_an_instance_whose_retrieval_failed_is_fetched_by_the_next_pull(pacs, url):
+    """Seen in the study's metadata, gone when retrieved (deleted in between): recorded ``retry``
+    with the PACS's answer; once it is back, the next pull fetches it whatever its search window."""
+    import httpx
+
+    from cxrmodel.pacs.pull import candidates
+    from tasks.pacs import _pull_one, pacs_connection
+
+    ds = make_instances(TODAY).frontal[0]
+    pacs.upload([ds])
+    client = Pacs(pacs_connection())
+    (candidate,) = candidates(
+        client.study_metadata(ds.StudyInstanceUID), ("CR", "DX"), TEST_MAX_PIXELS, client.connection.display_url
+    )
+    for study in httpx.get(f"{pacs.rest}/studies", auth=(USER, PASSWORD)).json():
+        httpx.delete(f"{pacs.rest}/studies/{study}", auth=(USER, PASSWORD)).raise_for_status()
+    status, reason = _pull_one(client, candidate, url, Path(os.environ["CXR_HOME"]) / "incoming-store", TEST_MAX_PIXELS)
+    assert status == "retry" and "HTTP 404" in reason
+    with session_scope(url) as session:
+        pacs_store.record_search(session, client.connection.display_url, datetime.now(UTC) + timedelta(days=30))
+        assert [r.sop_instance_uid for r in pacs_store.instances_to_retry(session, client.connection.display_url)] == [
+            ds.SOPInstanceUID
+        ]
+    pacs.upload([ds])
+    pulled = pull_from_pacs.fn(database_url=url)  # its window starts after the study date: found through the retry list
+    assert (pulled.registered, pulled.retry, pulled.error) == (1, 0, None)
+    with session_scope(url) as session:
+        (row,) = pacs_store.instance_rows(session)
+    assert (row["status"], row["attempts"], row["study_id"] is not None) == ("registered", 1, True)
