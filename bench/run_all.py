@@ -23,6 +23,7 @@ SCRIPTS = [
     "command_overhead.py",
     "demo_run.py",
     "real_data.py",
+    "pacs_roundtrip.py",
 ]
 
 

@@ -16,6 +16,9 @@ from cxrmodel.models.kinds import NETWORK_KINDS
 from db.statuses import (
     ModelKind,
     ModelStatus,
+    PacsInstanceStatus,
+    PacsObjectKind,
+    PacsObjectStatus,
     PromotionAction,
     RunStatus,
     ScoringStatus,
@@ -47,6 +50,8 @@ CHECKED_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
     "threshold_sets": {"method": tuple(ThresholdMethod)},
     "scoring_runs": {"status": tuple(ScoringStatus), "trigger": tuple(ScoringTrigger)},
     "promotions": {"action": tuple(PromotionAction)},
+    "pacs_instances": {"status": tuple(PacsInstanceStatus)},  # migration 0011
+    "pacs_objects": {"status": tuple(PacsObjectStatus), "kind": tuple(PacsObjectKind)},
 }
 
 

@@ -15,6 +15,9 @@ from cxrmodel.models.kinds import ModelKind
 __all__ = [
     "ModelKind",
     "ModelStatus",
+    "PacsInstanceStatus",
+    "PacsObjectKind",
+    "PacsObjectStatus",
     "PromotionAction",
     "RunStatus",
     "SelectionBasis",
@@ -79,3 +82,25 @@ class PromotionAction(StrEnum):
     PIN = "pin"
     UNPIN = "unpin"
     ROLLBACK = "rollback"
+
+
+class PacsInstanceStatus(StrEnum):
+    """What the PACS pull made of one instance it saw (migration 0011)."""
+
+    REGISTERED = "registered"  # retrieved, stored by content, registered as an unlabelled study
+    SKIPPED = "skipped"  # not for the model (not a radiograph, lateral, no pixels, too large): reason says
+    FAILED = "failed"  # retrieved but unusable (does not decode): reason says; never fetched again
+    RETRY = "retry"  # the retrieval failed (PACS down): fetched again by the next pull
+
+
+class PacsObjectStatus(StrEnum):
+    """A DICOM object written back to the PACS (migration 0011)."""
+
+    PENDING = "pending"  # not stored yet (the PACS was down, or refused it fewer than max tries)
+    SENT = "sent"
+    FAILED = "failed"  # refused max_attempts times: left alone
+
+
+class PacsObjectKind(StrEnum):
+    SR = "sr"  # the Comprehensive SR of one prediction
+    HEATMAP = "heatmap"  # a secondary capture of the Grad-CAM overlay

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cxrmodel.layout import HomeLayout
@@ -78,6 +78,44 @@ class Settings(BaseSettings):
     api_batch_size: int = Field(8, ge=1, le=256, description="Most images the micro-batcher gives the model at once.")
     api_champion_ttl_s: float = Field(2.0, ge=0, description="How often the registry is asked whether the champion changed.")
     api_public_reports: bool = Field(False, description="Serve /reports/ without an API key (a trusted network only).")
+
+    # --- PACS (issue 23)
+    dicomweb_url: str | None = Field(
+        None,
+        description="DICOMweb root of the PACS (e.g. http://pacs:8042/dicom-web); set: the night pulls from it and writes back.",
+    )
+    dicomweb_user: str | None = Field(None, description="PACS user (HTTP basic auth).")
+    dicomweb_password: SecretStr | None = Field(None, description="PACS password (never logged).", repr=False)
+    dicomweb_secret: str | None = Field(
+        None, description='Prefect Secret block holding {"user": ..., "password": ...} (instead of USER/PASSWORD).'
+    )
+    dicomweb_verify: str = Field("true", description="TLS verification: true, false, or the path of a CA bundle.")
+    dicomweb_writeback: bool = Field(True, description="Write each scored PACS study's SR back to the PACS.")
+    dicomweb_heatmap: bool = Field(False, description="Also write a Grad-CAM secondary capture in the report series.")
+    dicomweb_modalities: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["CR", "DX"], description="Modalities the pull searches for (CR,DX)."
+    )
+    dicomweb_overlap_hours: float = Field(48.0, ge=0, description="How far before the cursor each search starts.")
+    dicomweb_max_pixels: int = Field(40_000_000, ge=32 * 32, description="Largest instance pulled (rows x columns x frames).")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="Seconds a DICOMweb request may take.")
+    dicomweb_max_attempts: int = Field(5, ge=1, description="Tries before an object the PACS refuses is given up.")
+
+    @field_validator("dicomweb_modalities", mode="before")
+    @classmethod
+    def _modalities(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().upper() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def dicomweb_tls_verify(self) -> bool | str:
+        """``dicomweb_verify`` as requests takes it: a bool, or a CA bundle path."""
+        flag = self.dicomweb_verify.strip().lower()
+        if flag in ("true", "1", "yes", "on", ""):
+            return True
+        if flag in ("false", "0", "no", "off"):
+            return False
+        return self.dicomweb_verify
 
     @field_validator("api_keys", "api_cors_origins", mode="before")
     @classmethod

@@ -66,6 +66,9 @@ deployments_app = typer.Typer(
 app.add_typer(deployments_app, name="deployments")
 reports_app = typer.Typer(help="The HTML reports.", no_args_is_help=True)
 app.add_typer(reports_app, name="reports")
+from flows.cli_pacs import pacs_app  # noqa: E402 - issue 23: cxr pacs pull / push
+
+app.add_typer(pacs_app, name="pacs")
 
 #: What --help shows as the configuration that applies now (resolved for real by
 #: :func:`deployments.settings.resolve_config` when the command runs).

@@ -119,3 +119,5 @@ class NightResult:
     refresh_error: str | None
     scoring_run_id: int
     scoring_report: str | None
+    #: The PACS steps when CXR_DICOMWEB_URL is set (issue 23): {"pull": ..., "push": ..., "errors": [...]}.
+    pacs: dict | None = None

@@ -30,8 +30,41 @@ class RefreshOutcome(Protocol):
     dataset_report: str | None
 
 
+def pacs_markdown(pacs: dict) -> list[str]:
+    """The PACS lines of the night: pulled / skipped / failed, reports sent, and each problem."""
+    pull, push = pacs.get("pull") or {}, pacs.get("push") or {}
+    lines = [
+        "**PACS** (research output written back, not a diagnosis)",
+        "",
+        markdown_table(
+            [
+                {
+                    "studies searched": pull.get("studies"),
+                    "pulled": pull.get("registered"),
+                    "skipped": pull.get("skipped"),
+                    "failed": pull.get("failed"),
+                    "to retry": pull.get("retry"),
+                    "reports sent": push.get("sent"),
+                    "refused": push.get("refused"),
+                    "left for next night": (push.get("to_send", 0) - push.get("sent", 0)) if push else None,
+                }
+            ]
+        ),
+    ]
+    problems = [*(pacs.get("errors") or []), *(e for e in (pull.get("error"), push.get("error")) if e)]
+    problems += [*(pull.get("problems") or []), *(push.get("problems") or [])]
+    lines += [f"- {md(p)}" for p in problems[:50]]
+    if len(problems) > 50:
+        lines.append(f"- ... and {len(problems) - 50} more")
+    return lines
+
+
 def night_markdown(
-    summary: ScoringSummary, refresh: RefreshOutcome | None, refresh_error: str | None, links: dict[str, str]
+    summary: ScoringSummary,
+    refresh: RefreshOutcome | None,
+    refresh_error: str | None,
+    links: dict[str, str],
+    pacs: dict | None = None,
 ) -> str:
     """The Markdown of :data:`NIGHT_KEY`: refresh outcome, scoring counts, flags per finding, report links."""
     lines = [f"## Night of {summary.started_at:%Y-%m-%d} (scoring run {summary.scoring_run_id})", ""]
@@ -82,6 +115,8 @@ def night_markdown(
             ]
         ),
     ]
+    if pacs is not None:
+        lines += ["", *pacs_markdown(pacs)]
     if links:
         lines += ["", "Reports: " + " · ".join(markdown_link(text, url) for text, url in links.items())]
     return "\n".join(lines)
@@ -95,6 +130,7 @@ def publish_night_summary(
     scoring_report: str | None = None,
     home: str | None = None,
     database_url: str | None = None,
+    pacs: dict | None = None,
 ) -> str:
     """Publish the night's Markdown artifact (key :data:`NIGHT_KEY`); return its Markdown."""
     ws = workspace(home, database_url)
@@ -107,6 +143,6 @@ def publish_night_summary(
         links["scoring report"] = report_url(scoring_report, reports)
     if refresh and refresh.dataset_report:
         links["dataset report"] = report_url(refresh.dataset_report, reports)
-    markdown = night_markdown(summary, refresh, refresh_error, links)
+    markdown = night_markdown(summary, refresh, refresh_error, links, pacs)
     publish_markdown(NIGHT_KEY, markdown, description=f"Night of {summary.started_at:%Y-%m-%d}: refresh and scoring")
     return markdown

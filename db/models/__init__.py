@@ -22,6 +22,7 @@ from db.models.core import (
     ThresholdSet,
     TrainingRun,
 )
+from db.models.pacs import PacsCursor, PacsInstance, PacsObject
 from db.models.scoring import Prediction, ScoringClaim, ScoringFailure, ScoringRun, SupersededPrediction
 
 __all__ = [
@@ -46,4 +47,7 @@ __all__ = [
     "Prediction",
     "SupersededPrediction",
     "ScoringFailure",
+    "PacsCursor",
+    "PacsInstance",
+    "PacsObject",
 ]
