@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -144,7 +145,10 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
             checks["champion"], ready = str(exc), False
         refused = champions.refused
         if refused is not None:
-            checks["champion_refused"] = f"version {refused.version_id}: {refused.reason}"
+            due = max(0.0, refused.next_try - time.monotonic())
+            checks["champion_refused"] = (
+                f"version {refused.version_id}: {refused.reason} (tried {refused.tries} times; next try in {due:.0f} s)"
+            )
         status = "not_ready" if not ready else "degraded" if refused is not None else "ok"
         headers = {"Retry-After": str(settings.api_retry_after_s)} if not ready else None
         body = Health(status=status, checks=checks)

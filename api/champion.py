@@ -214,8 +214,6 @@ class ChampionHolder:
         self.refused = RefusedSwap(identity[0], identity[1], reason[:500], tries, time.monotonic() + delay)
         if previous is None or previous.identity != identity or previous.reason != self.refused.reason:
             kept = f"still serving {self._champion.name}" if self._champion is not None else "no champion to serve"
-            log.error(
-                "champion version %d refused: %s; %s; retrying with back-off from %.0f s", identity[0], reason, kept, delay
-            )
+            log.error("champion version %d refused: %s; %s; retrying with back-off from %.0f s", identity[0], reason, kept, delay)
         if self._champion is None:
             self.last_error = f"champion version {identity[0]} could not be loaded: {reason[:300]}"

@@ -25,7 +25,7 @@ from api.errors import Refusal
 # measured on noisy images (bench/service_faults.py prints the measurement beside the estimate).
 _EIGHT_BIT_GREY = 4  # 'L', 'P', '1': buffer, array, result
 _EIGHT_BIT_COLOUR = 12  # 'RGB', 'RGBA', ...: a 4-byte buffer, the 'L' conversion, array, result
-_FLOAT_WORK = 11  # a float64 working copy, the result, slack: added to twice the sample size
+_FLOAT_WORK = 12  # a float64 working copy, the result, slack: added to twice the sample size
 
 
 def _mode_bytes(mode: str) -> int:

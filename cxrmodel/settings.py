@@ -112,7 +112,9 @@ class Settings(BaseSettings):
 
     # --- reliability (issue 22)
     api_champion_retry_s: float = Field(
-        5.0, gt=0, description="After a champion fails to load (integrity, file), first retry in this many seconds; doubles per try."
+        5.0,
+        gt=0,
+        description="After a champion fails to load (integrity, file), first retry in this many seconds; doubles per try.",
     )
     api_champion_retry_max_s: float = Field(300.0, gt=0, description="Longest wait between two tries to load a refused champion.")
     api_retry_after_s: int = Field(
