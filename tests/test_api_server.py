@@ -308,7 +308,6 @@ def wait_for_champion(service, name: str, timeout: float = 120) -> None:
 
 
 def test_models_endpoints_and_the_champion_swap(service, tmp_path):
-    import time
 
     models = service.get("/v1/models").json()["models"]
     assert [(m["name"], m["status"]) for m in models] == [("net-a", "champion")]
@@ -352,7 +351,6 @@ def _nightly_probabilities(service, study_key: str, version_id: int) -> np.ndarr
 def test_tta_and_classical_champions_score_as_nightly(service, tmp_path):
     """Runs after the swap test (module order): each new champion is picked up by the running
     process, and its on-demand scores equal the nightly path's for the same stored study."""
-    import time
 
     from cxrmodel.findings import FINDINGS
 
