@@ -97,3 +97,29 @@ def test_cxr_refresh_with_a_twenty_digit_follow_up_exits_0_with_400_studies(pref
     with session_scope(f"sqlite:///{home.resolve() / 'cxr.db'}") as session:
         (run,) = session.scalars(select(RefreshRun)).all()
         assert run.status == "completed" and run.n_added == N_GOOD and run.n_quarantined == 1
+
+
+def test_a_refresh_removes_the_temporaries_a_killed_one_left_in_the_image_cache(tmp_path):
+    """Issue 22 item 7: a killed refresh left ``.<entry>.<random>.tmp`` in the cache and no rerun
+    removed it. The cache build (the refresh's build-image-cache step) now removes temporaries
+    older than a live writer would ever keep one, and leaves a fresh one (a concurrent writer's)."""
+    import os
+    import time
+
+    from test_scoring_faults import write_png
+
+    from cxrmodel.data.cache import STALE_TEMPORARY_S, ImageCache
+
+    image = write_png(tmp_path / "00000001_000.png", seed=1)
+    cache = ImageCache(tmp_path / "cache", 32)
+    assert cache.build([("00000001_000.png", image)]) == {}
+    shard = cache.paths("00000001_000.png")[0].parent
+    orphan = shard / ".00000001_000.npy.k1ll3d.tmp"
+    live = shard / ".00000002_000.npy.wr1t1n.tmp"
+    for path in (orphan, live):
+        path.write_bytes(b"\x93NUMPY half-written")
+    old = time.time() - STALE_TEMPORARY_S - 60
+    os.utime(orphan, (old, old))
+    assert cache.build([("00000001_000.png", image)]) == {}  # the rerun
+    assert not orphan.exists() and live.exists()
+    assert cache.get("00000001_000.png", image).shape == (32, 32)
