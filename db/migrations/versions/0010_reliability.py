@@ -23,6 +23,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("scoring_runs") as batch:
-        batch.drop_column("pid")
-        batch.drop_column("host")
+    # a plain DROP COLUMN (SQLite 3.35+): batch mode would rebuild the table under the views of 0002
+    op.drop_column("scoring_runs", "pid")
+    op.drop_column("scoring_runs", "host")
