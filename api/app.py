@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +25,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from api.batcher import MicroBatcher
 from api.champion import ChampionHolder, NoChampion
+from api.database import DatabaseState, is_unavailable
+from api.decoding import DecodeBudget
 from api.errors import install_error_handlers
 from api.routes import router
 from api.schemas import Health
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         app.state.batcher.start()
+        await app.state.champions.start()
         try:
             await app.state.champions.current()
             log.info("serving champion %s", app.state.champions.loaded.name)
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
         if not settings.api_keys:
             log.warning("no API keys configured (CXR_API_KEYS): every call but /healthz and /readyz is refused")
         yield
+        await app.state.champions.stop()
         await app.state.batcher.stop()
 
     app = FastAPI(
@@ -97,9 +102,18 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
     app.state.settings = settings
     app.state.database_url = database_url
     app.state.uploads_dir = settings.resolved_home / "uploads"
-    app.state.champions = ChampionHolder(database_url, settings.api_champion_ttl_s)
+    app.state.database = database = DatabaseState()
+    app.state.champions = ChampionHolder(
+        database_url,
+        settings.api_champion_ttl_s,
+        settings.api_champion_retry_s,
+        settings.api_champion_retry_max_s,
+        on_database_error=database.failed,
+        on_database_ok=database.ok,
+    )
     app.state.batcher = MicroBatcher(settings.api_batch_size, settings.api_batch_wait_ms / 1000.0)
-    install_error_handlers(app)
+    app.state.decode_budget = DecodeBudget(settings.api_decode_budget_bytes, settings.api_retry_after_s)
+    install_error_handlers(app, database, settings.api_retry_after_s)
     app.include_router(router)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
@@ -112,19 +126,33 @@ def create_app(settings: Settings | None = None, *, torch_threads: int | None = 
 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}}, summary="Ready to score")
     async def readyz() -> JSONResponse:
-        """Ready when the database answers and a champion is loaded."""
+        """Ready (200) when the database answers and a champion is loaded; ``degraded`` (still 200)
+        when the registry names a newer champion this process refused to load (the version and
+        the reason in ``checks.champion_refused``); 503 otherwise."""
         checks, ready = {}, True
         try:
             await asyncio.to_thread(ping, database_url)
             checks["database"] = "ok"
+            database.ok()
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            checks["database"], ready = f"unreachable: {type(exc).__name__}", False
+            checks["database"], ready = f"unavailable: {type(exc).__name__}", False
+            if is_unavailable(exc):
+                database.failed(exc)
+        champions = app.state.champions
         try:
-            checks["champion"] = (await app.state.champions.current()).name
+            checks["champion"] = (await champions.current()).name
         except NoChampion as exc:
             checks["champion"], ready = str(exc), False
-        body = Health(status="ok" if ready else "not_ready", checks=checks)
-        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+        refused = champions.refused
+        if refused is not None:
+            due = max(0.0, refused.next_try - time.monotonic())
+            checks["champion_refused"] = (
+                f"version {refused.version_id}: {refused.reason} (tried {refused.tries} times; next try in {due:.0f} s)"
+            )
+        status = "not_ready" if not ready else "degraded" if refused is not None else "ok"
+        headers = {"Retry-After": str(settings.api_retry_after_s)} if not ready else None
+        body = Health(status=status, checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503, headers=headers)
 
     templates = _templates()
 

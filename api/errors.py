@@ -4,10 +4,17 @@ code and a sentence for the person who sent the request, answered as JSON
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.database import DatabaseState, is_unavailable
+
+log = logging.getLogger("cxr.api")
 
 
 class Refusal(Exception):
@@ -31,9 +38,30 @@ def _validation_reason(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, database: DatabaseState | None = None, retry_after_s: int = 5) -> None:
     """Refusals, validation errors and Starlette's own HTTP errors (404, 405) all answer in the
-    same JSON shape."""
+    same JSON shape; so does a database that cannot be reached (503 ``database_unavailable``
+    with ``Retry-After``, logged once per outage by ``database``) and any other error (500
+    ``internal_error``, its traceback in the log)."""
+    database = database or DatabaseState()
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if not is_unavailable(exc):
+            log.error("unexpected database error answering a request", exc_info=exc)
+            return await _internal(_request, exc)
+        database.failed(exc)
+        return refusal_response(
+            503,
+            "database_unavailable",
+            "the database cannot be reached just now; nothing was stored, try again shortly",
+            {"Retry-After": str(retry_after_s)},
+        )
+
+    @app.exception_handler(Exception)
+    async def _internal(_request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware runs this and then logs the traceback itself.
+        return refusal_response(500, "internal_error", "an unexpected error occurred; it is in the service's log")
 
     @app.exception_handler(Refusal)
     async def _refusal(_request: Request, exc: Refusal) -> JSONResponse:

@@ -30,7 +30,11 @@ REFUSALS = {
     413: {"model": Refused, "description": "Body over the upload limit, or an image over the pixel limit."},
     415: {"model": Refused, "description": "Not a PNG, JPEG or DICOM (by content)."},
     422: {"model": Refused, "description": "Invalid fields, an undecodable image, or no age, sex or view at all."},
-    503: {"model": Refused, "description": "No champion (with an active threshold set) to score with."},
+    503: {
+        "model": Refused,
+        "description": "No champion to score with, the database unavailable, or the decode budget full "
+        "(the last two with Retry-After).",
+    },
 }
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses={401: REFUSALS[401]})
@@ -67,6 +71,7 @@ async def score(
         database_url=state.database_url,
         uploads_dir=state.uploads_dir,
         max_pixels=state.settings.api_max_pixels,
+        decode_budget=state.decode_budget,
     )
 
 

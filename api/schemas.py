@@ -157,5 +157,8 @@ class ModelsResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "not_ready"]
+    """``ok``; ``degraded`` (200: scoring with the loaded champion, but the registry's newer one
+    was refused, see ``checks.champion_refused``); ``not_ready`` (503)."""
+
+    status: Literal["ok", "degraded", "not_ready"]
     checks: dict[str, str] = Field(default_factory=dict, examples=[{"database": "ok", "champion": "densenet121_fpn-2025"}])

@@ -20,6 +20,7 @@ import torch
 
 from api.batcher import MicroBatcher
 from api.champion import Champion
+from api.decoding import DecodeBudget, decode_bytes
 from api.errors import Refusal
 from api.schemas import GradCam, ModelRef, PatientFields, ScoreResponse, SimilarCase, TopFinding
 from api.uploads import ImageKind, StagedUpload, stage_upload
@@ -131,11 +132,17 @@ async def score_upload(
     database_url: str,
     uploads_dir: Path,
     max_pixels: int,
+    decode_budget: DecodeBudget | None = None,
 ) -> ScoreResponse:
     started = time.perf_counter()
     staged = await asyncio.to_thread(stage_upload, source, uploads_dir, max_pixels)
     try:
-        decoded = await asyncio.to_thread(_decode, staged, options)
+        if decode_budget is None:
+            decoded = await asyncio.to_thread(_decode, staged, options)
+        else:
+            needed = await asyncio.to_thread(decode_bytes, staged.temp_path, staged.kind is ImageKind.DICOM)
+            with decode_budget.reserve(needed):
+                decoded = await asyncio.to_thread(_decode, staged, options)
         decoded_at = time.perf_counter()
         model = champion.model
         patient = patient_vector(model, decoded.patient.age, decoded.patient.sex, decoded.patient.view)

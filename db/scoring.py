@@ -9,7 +9,7 @@ Every function takes an open session and leaves the transaction to the caller.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -86,6 +86,42 @@ def abandon_stale_scoring_runs(session: Session, stale_after: timedelta) -> list
     return ids
 
 
+def abandon_runs_of_gone_processes(session: Session, host: str, is_alive: Callable[[int], bool]) -> list[int]:
+    """Mark ``abandoned`` every ``running`` batch run planned on ``host`` by a process that
+    ``is_alive`` says is gone, and release its claims: its studies are pending again at once.
+    Returns their ids."""
+    candidates = session.execute(
+        select(ScoringRun.id, ScoringRun.pid).where(
+            ScoringRun.status == ScoringStatus.RUNNING, ScoringRun.host == host, ScoringRun.pid.is_not(None)
+        )
+    ).all()
+    gone = sorted(run_id for run_id, pid in candidates if not is_alive(pid))
+    if not gone:
+        return []
+    reason = f"its process on {host} is gone (killed or crashed) before it closed the run"
+    closed = session.scalars(
+        update(ScoringRun)
+        .where(ScoringRun.id.in_(gone), ScoringRun.status == ScoringStatus.RUNNING)
+        .values(status=ScoringStatus.ABANDONED, finished_at=utcnow(), error=reason)
+        .returning(ScoringRun.id)
+    ).all()
+    session.execute(delete(ScoringClaim).where(ScoringClaim.scoring_run_id.in_(list(closed))))
+    return sorted(closed)
+
+
+def fail_scoring_run(session: Session, scoring_run_id: int, reason: str) -> bool:
+    """Mark a ``running`` run ``failed`` with ``reason`` and release its claims (what it
+    committed stays). Returns whether it was still running."""
+    reason = reason if len(reason) <= 2000 else reason[:1997] + "..."
+    closed = session.execute(
+        update(ScoringRun)
+        .where(ScoringRun.id == scoring_run_id, ScoringRun.status == ScoringStatus.RUNNING)
+        .values(status=ScoringStatus.FAILED, finished_at=utcnow(), error=reason.replace("\x00", ""))
+    ).rowcount
+    claims.release(session, scoring_run_id)
+    return bool(closed)
+
+
 def add_scoring_counts(session: Session, scoring_run_id: int, scored: int = 0, failed: int = 0) -> None:
     """Add to a run's counts and beat its heart with one ``UPDATE ... SET n = n + k`` (safe when
     chunks of the run commit in parallel from several processes; commits with the batch it counts)."""
@@ -138,16 +174,22 @@ def plan_scoring_run(
     stale_after: timedelta = timedelta(hours=1),
     flow_run_id: str | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    owner: tuple[str, int] | None = None,
+    is_alive: Callable[[int], bool] | None = None,
 ) -> tuple[ScoringPlan, list[int]]:
     """Abandon the stale runs, then start a run of the champion with its active threshold set
     over every pending study (at most ``limit``) in chunks of ``chunk_size``. Returns the plan
     and the ids of the runs marked abandoned. Claims last ``stale_after`` (a run's heartbeat
-    and its leases end together)."""
+    and its leases end together). With ``owner`` (host, pid) the run records its process, and
+    with ``is_alive`` the runs of this host whose process is gone are abandoned first, whatever
+    their heartbeat."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be positive, got {max_attempts}")
     abandoned = abandon_stale_scoring_runs(session, stale_after)
+    if owner is not None and is_alive is not None:
+        abandoned = sorted({*abandoned, *abandon_runs_of_gone_processes(session, owner[0], is_alive)})
     current = champion(session)
     if current is None:
         raise RuntimeError("no champion model version: train, evaluate and promote one first")
@@ -156,7 +198,13 @@ def plan_scoring_run(
         raise RuntimeError(f"champion {current.name} has no active threshold set")
     pending = study_ids_to_score(session, current.id, limit=limit)
     run = start_scoring_run(
-        session, model_version_id=current.id, threshold_set_id=tset.id, flow_run_id=flow_run_id, n_candidates=len(pending)
+        session,
+        model_version_id=current.id,
+        threshold_set_id=tset.id,
+        flow_run_id=flow_run_id,
+        n_candidates=len(pending),
+        host=owner[0] if owner else None,
+        pid=owner[1] if owner else None,
     )
     plan = ScoringPlan(
         scoring_run_id=run.id,

@@ -79,6 +79,25 @@ class Settings(BaseSettings):
     api_champion_ttl_s: float = Field(2.0, ge=0, description="How often the registry is asked whether the champion changed.")
     api_public_reports: bool = Field(False, description="Serve /reports/ without an API key (a trusted network only).")
 
+    # --- reliability (issue 22)
+    api_champion_retry_s: float = Field(
+        5.0,
+        gt=0,
+        description="After a champion fails to load (integrity, file), first retry in this many seconds; doubles per try.",
+    )
+    api_champion_retry_max_s: float = Field(300.0, gt=0, description="Longest wait between two tries to load a refused champion.")
+    api_retry_after_s: int = Field(
+        5, ge=1, le=3600, description="Retry-After of a 503 (database unavailable, decode budget full)."
+    )
+    api_decode_budget_bytes: int = Field(
+        1536 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description="Memory the decodes in flight may need together (estimated from each header); over it: 503.",
+    )
+    scoring_db_retry_s: float = Field(
+        240.0, ge=0, description="How long a scoring task keeps retrying a lost database connection (with back-off)."
+    )
+
     # --- PACS (issue 23)
     dicomweb_url: str | None = Field(
         None,

@@ -63,6 +63,22 @@ def retry_unless_user_error(task, task_run, state) -> bool:
     return False
 
 
+def backoff_delays(budget_s: float, first_s: float = 2.0, cap_s: float = 60.0) -> list[float]:
+    """Retry delays doubling from ``first_s`` up to ``cap_s`` until together they cover
+    ``budget_s`` (the time a lost database connection is waited for): 240 s gives
+    2, 4, 8, 16, 32, 60, 60, 60."""
+    delays: list[float] = []
+    while sum(delays) < budget_s and len(delays) < 50:  # Prefect takes at most 50 delays
+        delays.append(min(first_s * 2 ** len(delays), cap_s))
+    return delays
+
+
+def db_retry_options(budget_s: float) -> dict:
+    """``with_options`` of a database task that waits out an outage of about ``budget_s``."""
+    delays = backoff_delays(budget_s)
+    return dict(retries=len(delays), retry_delay_seconds=delays or 0)
+
+
 #: Prefect options of the tasks that write to the database.
 DB_RETRIES = dict(
     retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient_db_error, cache_policy=NO_CACHE

@@ -35,9 +35,9 @@ from cxrmodel.models.loading import LoadedModel, load_model_version
 from db import claims, registry, scoring
 from db.engine import session_scope
 from db.scoring import DEFAULT_MAX_ATTEMPTS, ScoringPlan
-from db.statuses import ScoringStatus
+from deployments.settings import Settings
 from tasks.artifacts import in_prefect_run, md
-from tasks.common import DB_RETRIES, flow_run_id, run_logger
+from tasks.common import DB_RETRIES, backoff_delays, db_retry_options, flow_run_id, run_logger, transient_db_error
 from tasks.progress import StageProgress
 
 __all__ = [
@@ -79,6 +79,43 @@ def _loaded_model(database_url: str, model_version_id: int) -> LoadedModel:
     return load_model_version(files)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+def close_failed_run(database_url: str, scoring_run_id: int, reason: str, budget_s: float) -> bool:
+    """Mark the run ``failed`` with ``reason`` and release its claims, waiting out a database
+    outage with back-off for up to ``budget_s`` (the failure may be the outage itself).
+    Returns whether the run could be closed."""
+    logger = run_logger()
+    for delay in [*backoff_delays(budget_s), None]:
+        try:
+            with session_scope(database_url) as session:
+                scoring.fail_scoring_run(session, scoring_run_id, reason)
+            logger.error("scoring run %d failed: %s", scoring_run_id, reason)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the run is failing already: never mask its error
+            if delay is None or not transient_db_error(exc):
+                logger.error("scoring run %d failed (%s) and could not be closed: %s", scoring_run_id, reason, exc)
+                return False
+            time.sleep(delay)
+    return False
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
 @task(name="plan-scoring", **DB_RETRIES)
 def plan_scoring(
     database_url: str,
@@ -95,11 +132,22 @@ def plan_scoring(
     claimed by a live overlapping run are left to it."""
     with session_scope(database_url) as session:
         plan, abandoned = scoring.plan_scoring_run(
-            session, chunk_size, limit, timedelta(minutes=stale_after_minutes), flow_run_id(), max_attempts
+            session,
+            chunk_size,
+            limit,
+            timedelta(minutes=stale_after_minutes),
+            flow_run_id(),
+            max_attempts,
+            owner=(socket.gethostname(), os.getpid()),
+            is_alive=process_alive,
         )
     logger = run_logger()
     if abandoned:
-        logger.warning("scoring runs %s had no heartbeat for %s minutes: marked abandoned", abandoned, stale_after_minutes)
+        logger.warning(
+            "scoring runs %s lost their process (gone, or no heartbeat for %s minutes): marked abandoned",
+            abandoned,
+            stale_after_minutes,
+        )
     logger.info(
         "scoring run %d with %s: %d pending studies in %d chunks",
         plan.scoring_run_id,
@@ -219,13 +267,22 @@ def run_scoring(
     submit: bool = False,
     stale_after_minutes: float = DEFAULT_STALE_MINUTES,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    db_retry_s: float | None = None,
 ) -> int:
     """Plan, score every chunk, finish; returns the scoring run id. With ``submit`` the chunks
     go to the current flow's task runner all at once (a Dask cluster spreads them); otherwise
-    they run one after another in this process."""
+    they run one after another in this process.
+
+    Each task waits out a lost database connection for ``db_retry_s`` seconds (default: the
+    ``scoring_db_retry_s`` setting) with a doubling back-off. A run that fails anyway is marked
+    ``failed`` with the reason and releases its claims (once the database answers, within the
+    same budget), so the next run picks up every pending study at once."""
+    budget = Settings().scoring_db_retry_s if db_retry_s is None else db_retry_s
+    retry = db_retry_options(budget)
+    plan_task, chunk_task, finish_task = (t.with_options(**retry) for t in (plan_scoring, score_chunk, finish_scoring))
     started = time.perf_counter()
     plan = _call(
-        plan_scoring,
+        plan_task,
         database_url,
         chunk_size=chunk_size,
         limit=limit,
@@ -235,18 +292,15 @@ def run_scoring(
     options = dict(batch_size=batch_size, device=device, num_workers=num_workers)
     try:
         if submit:
-            futures = [score_chunk.submit(database_url, plan, ids, **options) for ids in plan.chunks]
+            futures = [chunk_task.submit(database_url, plan, ids, **options) for ids in plan.chunks]
             counts = [f.result() for f in futures]
         else:
-            counts = [_call(score_chunk, database_url, plan, ids, **options) for ids in plan.chunks]
-    except BaseException:
-        try:  # best effort: the database may be what failed
-            with session_scope(database_url) as session:
-                scoring.finish_scoring_run(session, plan.scoring_run_id, ScoringStatus.FAILED)
-        except Exception:
-            pass
+            counts = [_call(chunk_task, database_url, plan, ids, **options) for ids in plan.chunks]
+    except BaseException as exc:
+        # the database may be what failed: wait for it (an interrupt does not wait)
+        close_failed_run(database_url, plan.scoring_run_id, _failure_reason(exc), budget if isinstance(exc, Exception) else 0)
         raise
-    return _call(finish_scoring, database_url, plan, counts, seconds=time.perf_counter() - started)
+    return _call(finish_task, database_url, plan, counts, seconds=time.perf_counter() - started)
 
 
 @task(name="score-new-studies", cache_policy=NO_CACHE)

@@ -47,11 +47,20 @@ def _network(seed: int):
 
 
 def register_network(
-    url: str, home: Path, name: str, seed: int, image_size: int, threshold: float, *, index_of=(), tta_hflip: bool = False
+    url: str,
+    home: Path,
+    name: str,
+    seed: int,
+    image_size: int,
+    threshold: float,
+    *,
+    index_of=(),
+    tta_hflip: bool = False,
+    promote: bool = True,
 ) -> int:
     """Register a DenseNet121-FPN with seeded random weights (its recipe flip-averaging when
     ``tta_hflip``), an active threshold set (every finding at ``threshold``) and a test
-    evaluation, and promote it; with ``index_of`` (study key, image path pairs) its embedding
+    evaluation, and promote it (unless not ``promote``); with ``index_of`` (study key, image path pairs) its embedding
     index too. Returns its version id."""
     from cxrmodel.data.metadata import AgeScaler
     from cxrmodel.explain.similarity import EmbeddingIndex
@@ -75,8 +84,9 @@ def register_network(
         index_sha = EmbeddingIndex(embed_image_files(loaded, [p for _, p in index_of]), keys).save(path)
         with session_scope(url) as s:
             registry.update_model_config(s, version.id, embedding_index=str(path), embedding_index_sha256=index_sha)
-    with session_scope(url) as s:
-        registry.promote(s, version.id, "test champion")
+    if promote:
+        with session_scope(url) as s:
+            registry.promote(s, version.id, "test champion")
     return version.id
 
 

@@ -296,8 +296,18 @@ def test_concurrent_requests_share_forward_passes(service, tmp_path):
     assert len({a.json()["study_key"] for a in answers}) == 8
 
 
-def test_models_endpoints_and_the_champion_swap(service, tmp_path):
+def wait_for_champion(service, name: str, timeout: float = 120) -> None:
+    """Until ``/readyz`` names ``name``: a new champion is loaded in the background (past the
+    registry check's TTL, 0.2 s here), then swapped in."""
     import time
+
+    deadline = time.monotonic() + timeout
+    while service.get("/readyz", headers={}).json()["checks"].get("champion") != name:
+        assert time.monotonic() < deadline, service.get("/readyz", headers={}).text
+        time.sleep(0.2)
+
+
+def test_models_endpoints_and_the_champion_swap(service, tmp_path):
 
     models = service.get("/v1/models").json()["models"]
     assert [(m["name"], m["status"]) for m in models] == [("net-a", "champion")]
@@ -308,7 +318,7 @@ def test_models_endpoints_and_the_champion_swap(service, tmp_path):
     image = phantom_png(tmp_path / "swap.png", seed=9).read_bytes()
     before = service.score(image, age=60).json()
     register_network(service.registry.url, service.registry.home, "net-b", seed=1, image_size=48, threshold=0.0)
-    time.sleep(0.5)  # past the registry check's TTL (0.2 s)
+    wait_for_champion(service, "net-b")
     after = service.score(image, age=60).json()
     assert after["model"]["name"] == "net-b" and all(after["decisions"].values())  # every threshold is 0
     assert after["probabilities"] != before["probabilities"] and after["study_key"] == before["study_key"]
@@ -341,7 +351,6 @@ def _nightly_probabilities(service, study_key: str, version_id: int) -> np.ndarr
 def test_tta_and_classical_champions_score_as_nightly(service, tmp_path):
     """Runs after the swap test (module order): each new champion is picked up by the running
     process, and its on-demand scores equal the nightly path's for the same stored study."""
-    import time
 
     from cxrmodel.findings import FINDINGS
 
@@ -351,8 +360,10 @@ def test_tta_and_classical_champions_score_as_nightly(service, tmp_path):
     tta_id = register_network(
         service.registry.url, service.registry.home, "net-tta", seed=1, image_size=48, threshold=0.5, tta_hflip=True
     )
-    time.sleep(0.5)
-    tta = service.score(image, age=64, sex="M", view="PA", similar=2).json()
+    wait_for_champion(service, "net-tta")
+    tta = service.score(image, age=64, sex="M", view="PA", similar=2)
+    assert tta.status_code == 200, tta.text
+    tta = tta.json()
     assert tta["model"] == {"id": tta_id, "name": "net-tta", "kind": "densenet121_fpn"}
     mirrored = [tta["probabilities"][f] for f in FINDINGS]
     assert mirrored == pytest.approx(_nightly_probabilities(service, tta["study_key"], tta_id), abs=1e-5)
@@ -362,7 +373,7 @@ def test_tta_and_classical_champions_score_as_nightly(service, tmp_path):
 
     labelled = [str(service.registry.images / k) for k in service.registry.labelled_keys]
     classical_id = register_pixel_logistic(service.registry.url, service.registry.home, "pixel-a", labelled, 64, 0.5)
-    time.sleep(0.5)
+    wait_for_champion(service, "pixel-a")
     body = service.score(image, age=64, sex="M", view="PA", gradcam="true", similar=3)
     assert body.status_code == 200, body.text
     body = body.json()

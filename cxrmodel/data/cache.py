@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,6 +28,9 @@ import pandas as pd
 from cxrmodel.data.imaging import ImageDecodeError, is_plain_file_name, read_grayscale, resize_square
 from cxrmodel.io import atomic_write
 from cxrmodel.progress import ProgressCallback, report
+
+#: A cache temporary older than this (seconds) is an orphan of a killed writer.
+STALE_TEMPORARY_S = 300.0
 
 
 class ImageCache:
@@ -112,14 +116,34 @@ class ImageCache:
             return str(exc)
         return None
 
+    def remove_stale_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> int:
+        """Delete the temporary files (``.<name>.<random>.tmp``) that a killed writer left in
+        this size's folder, once they are ``older_than_s`` old: a live writer replaces its own
+        within seconds, so an old one is an orphan no later write would ever remove. Returns
+        how many were removed."""
+        if not self.dir.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.dir.glob("*/.*.tmp"):
+            try:
+                if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # another refresh removed it first
+                continue
+        return removed
+
     def build(self, items: Iterable[tuple], workers: int = 0, on_progress: ProgressCallback | None = None) -> dict[str, str]:
         """Fill the cache for ``(key, source_path)`` or ``(key, source_path, content_hash)``
-        items; returns failures ``key -> reason``.
+        items; returns failures ``key -> reason``. Stale temporaries of killed writers are
+        removed first (:meth:`remove_stale_temporaries`).
 
         Decode errors and invalid keys are reported, not raised. ``workers > 0`` decodes in
         a :class:`~concurrent.futures.ProcessPoolExecutor` with that many processes.
         ``on_progress(done, total)`` follows the images as they are done.
         """
+        self.remove_stale_temporaries()
         jobs = [(key, str(path), rest[0] if rest else None) for key, path, *rest in items]
         reasons: list[str | None] = []
         if workers <= 0:

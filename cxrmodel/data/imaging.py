@@ -96,13 +96,16 @@ def safe_join(root: str | os.PathLike[str], relative: str | os.PathLike[str]) ->
 
 def _minmax_uint8(arr: np.ndarray) -> np.ndarray:
     """Linearly map ``arr``'s [min, max] to [0, 255]; a constant image becomes all zeros."""
-    values = np.asarray(arr, dtype=np.float64)
+    values = np.array(arr, dtype=np.float64)  # one float copy, scaled in place: 8 bytes a pixel, not 24
     lo, hi = float(values.min()), float(values.max())
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ImageDecodeError("image contains non-finite values")
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
-    return np.rint((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    values -= lo
+    values *= 255.0 / (hi - lo)
+    np.rint(values, out=values)
+    return values.astype(np.uint8)
 
 
 def _check_2d(arr: np.ndarray, path: str | os.PathLike[str]) -> np.ndarray:

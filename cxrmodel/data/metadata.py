@@ -45,7 +45,13 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     *FINDINGS, "no_finding",
 )  # fmt: skip
 
-_INT_RE = re.compile(r"^\s*\d+\s*$")
+_INT_RE = re.compile(r"^\s*[0-9]+\s*$")
+# The largest value a whole-number column may hold: what the output frame's int64 columns can
+# store. Checked on each row's Python int before any cast, so one 20-digit cell quarantines its
+# row instead of failing the frame (and the refresh) with an OverflowError; the database's own,
+# narrower limits (INTEGER) are checked later by ``db.validation`` with their own reason.
+INT_COLUMN_MAX = 2**63 - 1
+_INT_COLUMN_DIGITS = len(str(INT_COLUMN_MAX))
 _BRACKET_RE = re.compile(r"^(?P<base>[^\[\]]*)\[(?P<parts>[^\[\]]*)\]$")
 
 
@@ -124,9 +130,27 @@ def expand_header(fields: list[str]) -> list[str]:
 
 
 def _parse_int(value: str, column: str) -> int:
+    """A non-negative whole number within :data:`INT_COLUMN_MAX`, or ``_BadRow`` with the reason.
+
+    The range is checked on the digits before ``int()`` is called: Python refuses to convert
+    strings of more than 4,300 digits, and a frame column cannot hold more than int64.
+    """
     if not _INT_RE.match(value):
-        raise _BadRow(f"malformed number in {column}: {value!r}")
-    return int(value)
+        raise _BadRow(f"malformed number in {column}: {value[:40]!r}")
+    digits = value.strip()
+    significant = digits.lstrip("0")
+    if len(significant) > _INT_COLUMN_DIGITS or (significant and int(significant) > INT_COLUMN_MAX):
+        shown = digits if len(digits) <= 40 else f"{digits[:40]}... ({len(digits)} digits)"
+        raise _BadRow(f"number out of range in {column}: {shown} is over {INT_COLUMN_MAX}")
+    return int(significant or "0")
+
+
+def _parse_id(value: str, column: str) -> str:
+    """A whole-number identifier kept as text (leading zeros dropped, as ``str(int(v))`` would),
+    never converted to an integer: its length is the database's to judge (``String(64)``)."""
+    if not _INT_RE.match(value):
+        raise _BadRow(f"malformed number in {column}: {value[:40]!r}")
+    return value.strip().lstrip("0") or "0"
 
 
 def _parse_optional_int(row: Mapping[str, str], column: str) -> int | None:
@@ -142,7 +166,7 @@ def _parse_row(row: Mapping[str, str]) -> dict[str, object]:
     if not is_plain_file_name(key):
         raise _BadRow(f"study key is not a plain file name: {key!r}")
     follow_up = _parse_int(row[COL_FOLLOW_UP], COL_FOLLOW_UP)
-    patient_id = str(_parse_int(row[COL_PATIENT], COL_PATIENT))
+    patient_id = _parse_id(row[COL_PATIENT], COL_PATIENT)
     age = parse_patient_age(row[COL_AGE])
     if age is None:
         raise _BadRow(f"malformed number in {COL_AGE}: {row[COL_AGE][:40]!r}")
