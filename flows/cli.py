@@ -28,7 +28,7 @@ from flows.cli_support import (
     folder,
     model_version_id,
     pipeline_config,
-    quiet_user_error_tracebacks,
+    quiet_console_tracebacks,
     require_champion,
     run_cli,
     settings,
@@ -98,7 +98,7 @@ def _flows() -> None:
     """Before the first Prefect import: reuse a running server when there is one; the process
     ends without finalising the heavy modules a flow command loads."""
     use_running_prefect_server()
-    quiet_user_error_tracebacks()
+    quiet_console_tracebacks()
     skip_interpreter_finalization()
 
 

@@ -97,7 +97,7 @@ def use_running_prefect_server(probe_timeout: float = 0.5) -> str | None:
     return None
 
 
-class _OneLineUserErrors(logging.Filter):
+class _NoConsoleTracebacks(logging.Filter):
     """Drops the traceback from a console log record (the command ends with its one line, and
     the log file it names holds the traceback; the Prefect UI still gets it from the API log
     handler, which this filter is not on)."""
@@ -108,7 +108,7 @@ class _OneLineUserErrors(logging.Filter):
         return True
 
 
-def quiet_user_error_tracebacks() -> None:
+def quiet_console_tracebacks() -> None:
     """Keep an error inside a flow run to one line on the terminal (not with ``--debug``)."""
     if _state["debug"]:
         return
@@ -118,8 +118,10 @@ def quiet_user_error_tracebacks() -> None:
     loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
     for logger in loggers:
         for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _OneLineUserErrors) for f in handler.filters):
-                handler.addFilter(_OneLineUserErrors())
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _NoConsoleTracebacks) for f in handler.filters
+            ):
+                handler.addFilter(_NoConsoleTracebacks())
 
 
 def database_url(home: Path | None, must_exist: bool = True) -> str:
@@ -201,13 +203,13 @@ def exit_process(code: int | str | None, script: bool = True) -> None:
 
 
 def stop_on_sigterm() -> None:
-    """Let SIGTERM (what ``kill``, systemd and container runtimes send) end a long-running
-    command (``cxr serve``, ``cxr api``) as Ctrl-C does, then exit with status 0: a requested
-    stop is not a failure. uvicorn shuts down on its own handler and re-raises the signal once
-    it is done, which lands here; elsewhere the ``KeyboardInterrupt`` unwinds the server."""
+    """SIGTERM (what ``kill``, systemd and container runtimes send) ends a long-running command
+    (``cxr serve``, ``cxr api``) with exit status 0: a requested stop is not a failure. The
+    servers shut down gracefully on their own handlers first (uvicorn re-raises the signal once
+    it is done, which lands here; Prefect's runner pauses its served deployments)."""
     import signal
 
-    def stop(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    def stop(signum, frame):
         raise typer.Exit(0)
 
     signal.signal(signal.SIGTERM, stop)

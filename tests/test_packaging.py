@@ -4,6 +4,7 @@ any working folder (``importlib.resources``, not a path relative to the checkout
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,10 +16,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("demo", "seed004", "small-real")
 
 
-def _build_wheel(out: Path) -> Path:
-    """``pip wheel`` of the checkout (no dependencies; the environment's setuptools)."""
+PACKAGES = ("cxrmodel", "tasks", "flows", "db", "reports", "deployments", "api", "configs")
+
+
+def _build_wheel(work: Path) -> Path:
+    """``pip wheel`` (no dependencies; the environment's setuptools) of a copy of the project's
+    packaging inputs, so the build leaves nothing in the checkout."""
+    source = work / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in PACKAGES:
+        shutil.copytree(REPO_ROOT / package, source / package, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    out = work / "dist"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(REPO_ROOT), "-w", str(out)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -29,7 +41,7 @@ def _build_wheel(out: Path) -> Path:
 
 
 def test_an_installed_wheel_finds_its_configurations_outside_the_checkout(tmp_path):
-    wheel = _build_wheel(tmp_path / "dist")
+    wheel = _build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         assert {f"configs/{name}.yaml" for name in SHIPPED} | {"configs/__init__.py"} <= names
