@@ -16,9 +16,11 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import DataConfig, Settings
+from cxrmodel.config import DataConfig, HomeLayout, Settings
+from flows.params import resolve
 from flows.results import NightResult
 from flows.stages import refresh_flow, score_flow
+from tasks.artifacts import link_run_to_report
 from tasks.nightly import publish_night_summary
 from tasks.scoring import DEFAULT_CHUNK_SIZE
 
@@ -73,6 +75,9 @@ def nightly_flow(
     scored = score_flow(batch_size=batch_size, task_runner=task_runner, dask_address=dask_address, chunk_size=chunk_size, **where)
     night = NightResult(refresh, refresh_error, scored.scoring_run_id, scored.report)
     publish_night_summary(night.refresh, night.refresh_error, night.scoring_run_id, night.scoring_report, **where)
+    if night.scoring_report:
+        dataset = {"dataset report": refresh.dataset_report} if refresh and refresh.dataset_report else None
+        link_run_to_report("scoring report", night.scoring_report, HomeLayout(resolve(home, database_url)[0]).reports, dataset)
     if refresh_error:
         raise RefreshFailedError(
             f"refresh failed ({refresh_error}); scoring run {night.scoring_run_id} scored what was registered"

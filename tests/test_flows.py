@@ -82,6 +82,26 @@ def _latest_artifacts() -> dict:
     return asyncio.run(read())
 
 
+def _run_artifacts(flow_run_id) -> list:
+    """Every artifact of one flow run (its tasks' included)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
+
+    async def read() -> list:
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+                flow_run_filter=FlowRunFilter(),
+                task_run_filter=TaskRunFilter(),
+                limit=200,
+                offset=0,
+            )
+
+    return asyncio.run(read())
+
+
 def _artifact_keys() -> set[str]:
     import asyncio
 
@@ -245,6 +265,24 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     )
     for key in ("cxr-evaluation-report", "cxr-dataset-report", "cxr-scoring-report"):
         assert "](http://127.0.0.1:8000/reports/" in latest[key].data and "file://" not in latest[key].data
+
+    # Rendering another version's evaluation (cxr report <id>) leaves the champion's key alone;
+    # the run's first artifact (its only flow-level one) is the link to the report it wrote.
+    from flows.stages import report_flow
+
+    other = next(v for v in versions.values() if v.id != best.id)
+    with session_scope(database_url) as s:
+        other_evaluation = s.scalar(select(Evaluation.id).where(Evaluation.model_version_id == other.id))
+    state = report_flow(other_evaluation, home=str(tmp_path / "home"), database_url=database_url, return_state=True)
+    other_report = Path(state.result())
+    after = _latest_artifacts()
+    assert best.name in after["cxr-evaluation-report"].description
+    assert other.name in after[f"cxr-evaluation-report-{other.kind.replace('_', '-')}"].description
+    (link,) = [a for a in _run_artifacts(state.state_details.flow_run_id) if a.task_run_id is None]
+    url = f"http://127.0.0.1:8000/reports/{other_report.name}"
+    assert link.type == "link"
+    assert link.key is None and url in link.data
+    assert link.description.splitlines()[0] == f"[Open the evaluation report]({url})"
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
     again = refresh_flow(
