@@ -17,6 +17,7 @@ SCRIPTS = [
     "calibration_speed.py",
     "evaluation_speed.py",
     "command_overhead.py",
+    "contention.py",
     "demo_run.py",
     "real_data.py",
 ]

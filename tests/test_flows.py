@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from test_run_links import run_artifacts
 
 from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, SynthConfig, ThresholdConfig, TrainConfig
 from cxrmodel.data.synth import generate_dataset
@@ -78,26 +79,6 @@ def _latest_artifacts() -> dict:
         for a in artifacts:
             latest.setdefault(a.key, a)
         return latest
-
-    return asyncio.run(read())
-
-
-def _run_artifacts(flow_run_id) -> list:
-    """Every artifact of one flow run (its tasks' included)."""
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
-
-    async def read() -> list:
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
-                flow_run_filter=FlowRunFilter(),
-                task_run_filter=TaskRunFilter(),
-                limit=200,
-                offset=0,
-            )
 
     return asyncio.run(read())
 
@@ -278,11 +259,10 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     after = _latest_artifacts()
     assert best.name in after["cxr-evaluation-report"].description
     assert other.name in after[f"cxr-evaluation-report-{other.kind.replace('_', '-')}"].description
-    (link,) = [a for a in _run_artifacts(state.state_details.flow_run_id) if a.task_run_id is None]
+    (link,) = [a for a in run_artifacts(state.state_details.flow_run_id) if a["task_run_id"] is None]
     url = f"http://127.0.0.1:8000/reports/{other_report.name}"
-    assert link.type == "link"
-    assert link.key is None and url in link.data
-    assert link.description.splitlines()[0] == f"[Open the evaluation report]({url})"
+    assert link["key"] is None and url in link["data"]
+    assert link["description"].splitlines()[0] == f"[Open the evaluation report]({url})"
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
     again = refresh_flow(
