@@ -1,7 +1,7 @@
 """Shared fixtures: database URLs (SQLite always, PostgreSQL when CXR_TEST_POSTGRES_URL is set)
 and one session-scoped Prefect test server.
 
-``make test`` runs the suite on pytest-xdist workers (``-n auto --dist loadfile``): every test
+``make test`` runs the suite on pytest-xdist workers (``-n logical --dist loadfile``): every test
 file runs whole on one worker, so module fixtures are built once; session fixtures (the Prefect
 servers, the browser) are built once per worker. Whatever a fixture creates outside its
 ``tmp_path`` must be unique per worker: ports come from :func:`free_port`, PostgreSQL databases
