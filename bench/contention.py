@@ -30,8 +30,10 @@ SIZE = 48
 BATCH = 16
 
 
-def job(threads: int | None, steps: int, warmup: int) -> float:
-    """Images per second of ``steps`` training steps after ``warmup`` (in this process)."""
+def job(threads: int | None, steps: int, warmup: int, wait_for_go: bool = False) -> float:
+    """Images per second of ``steps`` training steps after ``warmup`` (in this process). With
+    ``wait_for_go``, print ``ready`` after the warm-up and start timing when stdin says ``go``:
+    concurrent jobs then time the same stretch, whatever their start-up took."""
     import torch
     import torchvision
 
@@ -55,6 +57,9 @@ def job(threads: int | None, steps: int, warmup: int) -> float:
 
     for _ in range(warmup):
         step()
+    if wait_for_go:
+        print("ready", flush=True)
+        sys.stdin.readline()
     started = time.perf_counter()
     for _ in range(steps):
         step()
@@ -75,9 +80,21 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
 def run_jobs(threads: int | None, copies: int, steps: int, warmup: int, extra: dict[str, str] | None = None) -> list[float]:
     """Start ``copies`` jobs at once (``extra`` in their environment); their images per second."""
     procs = [
-        subprocess.Popen(_command(threads, steps, warmup), stdout=subprocess.PIPE, text=True, env=_environment(extra or {}))
+        subprocess.Popen(
+            _command(threads, steps, warmup),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_environment(extra or {}),
+        )
         for _ in range(copies)
     ]
+    for proc in procs:  # every job warmed up, then all start timing together
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"job exited with {proc.wait()} before its warm-up ended")
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
     rates = []
     for proc in procs:
         out, _ = proc.communicate()
@@ -96,7 +113,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
-        print(json.dumps({"images_per_second": job(args.threads, args.steps, args.warmup)}), flush=True)
+        print(json.dumps({"images_per_second": job(args.threads, args.steps, args.warmup, wait_for_go=True)}), flush=True)
         return 0
 
     from cxrmodel.config import Settings
