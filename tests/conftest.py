@@ -103,10 +103,10 @@ def migrated_url(database_url) -> str:
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """One ephemeral Prefect API for every flow test of the session."""
+    """One ephemeral Prefect API for every flow test of the session (of the xdist worker)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):  # two xdist workers start one each on a busy host
         yield
 
 
