@@ -3,6 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test` (logical: one per CPU the OS shows, hyper-threads included,
+# where `auto` counts physical cores, which can be 1 on a 2-vCPU cloud runner); each test file runs whole on one
+# worker, the files with slow tests first (tests/conftest.py orders them).
+TEST_WORKERS ?= logical
+PYTEST_XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo test test-fast lint format bench clean
 
@@ -18,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cxr demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_XDIST)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -29,7 +34,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest $(PYTEST_XDIST) -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

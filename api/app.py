@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -33,6 +32,7 @@ from api.schemas import Health
 from api.security import KeyedApp, SecurityHeaders, require_api_key
 from api.uploads import BodyLimit
 from cxrmodel.findings import FINDINGS
+from cxrmodel.threads import use_torch_threads
 from db.engine import ping
 from deployments.settings import Settings
 from reports.server import REPORT_CSP, reports_files
@@ -68,15 +68,17 @@ def _log_to_stderr() -> None:
 
 
 def create_app(settings: Settings | None = None, *, torch_threads: int | None = None) -> FastAPI:
-    """The service for ``settings`` (default: the ``CXR_*`` environment)."""
+    """The service for ``settings`` (default: the ``CXR_*`` environment). Torch runs on
+    ``torch_threads`` threads, by default ``CXR_TORCH_THREADS`` (its share of the cores, so a
+    night beside the service does not make both spin, issue 24)."""
     settings = settings or Settings()
+    threads = torch_threads or settings.resolved_torch_threads
     _log_to_stderr()
     database_url = settings.resolved_database_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
+        use_torch_threads(threads)
         app.state.batcher.start()
         await app.state.champions.start()
         try:

@@ -21,6 +21,7 @@ SCRIPTS = [
     "calibration_speed.py",
     "evaluation_speed.py",
     "command_overhead.py",
+    "contention.py",
     "demo_run.py",
     "real_data.py",
     "pacs_roundtrip.py",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -22,16 +23,47 @@ def normalise_url(url: str) -> str:
     return url
 
 
+#: The SQLite files this process opened, checkpointed when it ends (:func:`checkpoint_sqlite_files`).
+_sqlite_files: set[str] = set()
+
+
+def checkpoint_sqlite_files() -> None:
+    """Move every SQLite file's write-ahead log into the file (``PRAGMA wal_checkpoint(TRUNCATE)``),
+    so that the ``.db`` file alone is the whole database: what a user copies or mails. SQLite
+    does this itself when the last connection closes, but a ``cxr`` command ends with
+    ``os._exit`` (no connection is closed) and the log would hold every write of the command.
+    Registered with :mod:`atexit` when the first SQLite engine is made; best effort (a file
+    that another process is reading is checkpointed by whoever closes it last)."""
+    import sqlite3
+
+    for path in sorted(_sqlite_files):
+        if not Path(path).is_file():  # removed meanwhile (a test's folder): do not create it again
+            continue
+        try:
+            connection = sqlite3.connect(path, timeout=5)
+            try:
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            pass
+
+
 @lru_cache(maxsize=16)
 def get_engine(url: str) -> Engine:
     """One pooled engine per URL. SQLite gets foreign keys, WAL and a busy timeout so that a
-    scoring run and a report run can share the file."""
+    scoring run and a report run can share the file; its log is checkpointed into the file
+    when the process ends (:func:`checkpoint_sqlite_files`)."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
+        if path and path != ":memory:":
+            if not _sqlite_files:
+                atexit.register(checkpoint_sqlite_files)
+            _sqlite_files.add(path)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from cxrmodel.errors import UserError
 from db.entities import EvaluationInfo, ModelVersionInfo
 from db.models import EpochMetric, Evaluation, ModelVersion, RefreshRun, ScoringRun, Study, TrainingRun
-from db.statuses import ModelStatus, StudyStatus
+from db.statuses import ModelStatus, ScoringTrigger, StudyStatus
 
 LATEST = "latest"
 CHAMPION = "champion"
@@ -148,7 +148,9 @@ def model_summaries(session: Session) -> list[ModelSummary]:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One line of ``cxr runs``: which kind of run, its id, status, when, and what it counted."""
+    """One line of ``cxr runs``: which kind of run, its id, status, when, and what it counted.
+    ``trigger`` is a scoring run's (``batch`` or ``on_demand``, one request to ``cxr api``);
+    refresh, training and evaluation runs are batch work."""
 
     kind: str
     id: int
@@ -156,15 +158,22 @@ class RunSummary:
     started_at: datetime
     finished_at: datetime | None
     counts: str
+    trigger: str = ScoringTrigger.BATCH.value
 
 
 def _when(row_time: datetime) -> datetime:
     return row_time if row_time.tzinfo is None else row_time.replace(tzinfo=None)
 
 
-def recent_runs(session: Session, limit: int = 20) -> list[RunSummary]:
-    """The newest refresh, training, evaluation and scoring runs, newest first (``limit`` in all)."""
-    names = dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+def recent_runs(session: Session, limit: int = 20, trigger: str | None = None) -> list[RunSummary]:
+    """The newest refresh, training, evaluation and scoring runs, newest first (``limit`` in all).
+    ``trigger`` keeps the runs of one trigger: ``on_demand`` the service's requests only,
+    ``batch`` everything else (so a busy service does not push the nights off the list)."""
+    if trigger is not None and trigger not in {t.value for t in ScoringTrigger}:
+        raise UserError(f"unknown trigger {trigger!r}: batch or on_demand")
+    if trigger == ScoringTrigger.ON_DEMAND:
+        return [_scoring_summary(s, _version_names(session)) for s in _scoring_runs(session, limit, trigger)]
+    names = _version_names(session)
     runs: list[RunSummary] = []
     for r in session.scalars(select(RefreshRun).order_by(RefreshRun.id.desc()).limit(limit)):
         counts = f"{r.n_rows} rows: {r.n_added} added, {r.n_updated} updated, {r.n_quarantined} quarantined"
@@ -178,11 +187,24 @@ def recent_runs(session: Session, limit: int = 20) -> list[RunSummary]:
         auroc = "-" if e.macro_auroc is None else f"{e.macro_auroc:.3f}"
         counts = f"{names.get(e.model_version_id)} on {e.split}: {e.n_studies} studies, macro AUROC {auroc}"
         runs.append(RunSummary("evaluation", e.id, "completed", e.created_at, e.created_at, counts))
-    for s in session.scalars(select(ScoringRun).order_by(ScoringRun.id.desc()).limit(limit)):
-        counts = (
-            f"{names.get(s.model_version_id)}: {s.n_scored} scored, {s.n_failed} failed, "
-            f"{s.n_skipped} skipped of {s.n_candidates}"
-        )
-        runs.append(RunSummary("scoring", s.id, str(s.status), s.started_at, s.finished_at, counts))
+    runs += [_scoring_summary(s, names) for s in _scoring_runs(session, limit, trigger)]
     runs.sort(key=lambda run: (_when(run.started_at), run.id), reverse=True)
     return runs[:limit]
+
+
+def _version_names(session: Session) -> dict[int, str]:
+    return dict(session.execute(select(ModelVersion.id, ModelVersion.name)).all())
+
+
+def _scoring_runs(session: Session, limit: int, trigger: str | None) -> list[ScoringRun]:
+    query = select(ScoringRun).order_by(ScoringRun.id.desc()).limit(limit)
+    if trigger is not None:
+        query = query.where(ScoringRun.trigger == trigger)
+    return list(session.scalars(query))
+
+
+def _scoring_summary(s: ScoringRun, names: dict[int, str]) -> RunSummary:
+    counts = (
+        f"{names.get(s.model_version_id)}: {s.n_scored} scored, {s.n_failed} failed, {s.n_skipped} skipped of {s.n_candidates}"
+    )
+    return RunSummary("scoring", s.id, str(s.status), s.started_at, s.finished_at, counts, str(s.trigger))

@@ -12,7 +12,7 @@ EXAMPLE_QUERIES: dict[str, tuple[str, dict]] = {
         """
         SELECT study_key, finding, ROUND(CAST(probability AS NUMERIC), 3) AS probability, model_version
         FROM flagged_studies
-        WHERE scoring_run_id = (SELECT MAX(id) FROM scoring_runs)
+        WHERE scoring_run_id = (SELECT MAX(id) FROM batch_runs)
         ORDER BY study_key, probability DESC
         LIMIT :n
         """,
@@ -23,7 +23,7 @@ EXAMPLE_QUERIES: dict[str, tuple[str, dict]] = {
         SELECT p.scoring_run_id, p.finding,
                ROUND(CAST(AVG(CASE WHEN p.decision THEN 1.0 ELSE 0.0 END) AS NUMERIC), 3) AS flag_rate, COUNT(*) AS studies
         FROM predictions p
-        WHERE p.scoring_run_id IS NOT NULL
+        WHERE p.scoring_run_id IN (SELECT id FROM batch_runs)
         GROUP BY p.scoring_run_id, p.finding
         ORDER BY p.scoring_run_id DESC, flag_rate DESC
         LIMIT :n
@@ -34,7 +34,7 @@ EXAMPLE_QUERIES: dict[str, tuple[str, dict]] = {
         """
         SELECT s.study_key, f.reason
         FROM scoring_failures f JOIN studies s ON s.id = f.study_id
-        WHERE f.scoring_run_id = (SELECT MAX(id) FROM scoring_runs)
+        WHERE f.scoring_run_id = (SELECT MAX(id) FROM batch_runs)
         ORDER BY s.study_key
         """,
         {},
@@ -72,6 +72,17 @@ EXAMPLE_QUERIES: dict[str, tuple[str, dict]] = {
         """,
         {"finding": "Effusion", "n": 5},
     ),
+    "On-demand requests (cxr api), newest first, with their flagged findings": (
+        """
+        SELECT scoring_run_id, requested_at, study_key, finding, ROUND(CAST(probability AS NUMERIC), 3) AS probability,
+               model_version
+        FROM on_demand_predictions
+        WHERE decision
+        ORDER BY scoring_run_id DESC, probability DESC
+        LIMIT :n
+        """,
+        {"n": 10},
+    ),
 }
 
 #: The three the demo prints.
@@ -98,9 +109,9 @@ MODEL_COMPARISON = (
     """,
     {"split": "test"},
 )
-#: The newest scoring run's counts.
+#: The newest batch scoring run's counts (on-demand requests are runs of one study each).
 LATEST_SCORING_RUN = (
-    "SELECT id, n_candidates, n_scored, n_failed, n_skipped FROM scoring_runs ORDER BY id DESC LIMIT :n",
+    "SELECT id, n_candidates, n_scored, n_failed, n_skipped FROM batch_runs ORDER BY id DESC LIMIT :n",
     {"n": 1},
 )
 

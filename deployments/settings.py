@@ -98,6 +98,20 @@ class Settings(BaseSettings):
         240.0, ge=0, description="How long a scoring task keeps retrying a lost database connection (with back-off)."
     )
 
+    # --- threads (issue 24)
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op torch threads of every process that runs a model (CLI, flows, workers, API, Dask workers, "
+        "DDP ranks); unset: the cores divided by torch_processes, at least 1.",
+    )
+    torch_processes: int = Field(
+        2,
+        ge=1,
+        description="How many torch processes share one host's cores (flow runs a worker runs at once, the API beside "
+        "a night); sets the default of torch_threads. bench/contention.py measures the choice.",
+    )
+
     # --- PACS (issue 23)
     dicomweb_url: str | None = Field(
         None,
@@ -145,6 +159,13 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @property
+    def resolved_torch_threads(self) -> int:
+        """``torch_threads``, else this host's cores divided by ``torch_processes`` (at least 1)."""
+        from cxrmodel.threads import share_of_cores
+
+        return self.torch_threads or share_of_cores(self.torch_processes)
 
     @property
     def resolved_home(self) -> Path:

@@ -28,13 +28,11 @@ from flows.cli_support import (
     folder,
     model_version_id,
     pipeline_config,
-    quiet_console_tracebacks,
+    prepare_flow_command,
     require_champion,
     run_cli,
     settings,
-    skip_interpreter_finalization,
     stop_on_sigterm,
-    use_running_prefect_server,
     workspace,
 )
 
@@ -94,14 +92,6 @@ def main_options(
     """Chest X-ray pipeline (research tool, not a medical device)."""
 
 
-def _flows() -> None:
-    """Before the first Prefect import: reuse a running server when there is one; the process
-    ends without finalising the heavy modules a flow command loads."""
-    use_running_prefect_server()
-    quiet_console_tracebacks()
-    skip_interpreter_finalization()
-
-
 def _echo_json(result) -> None:
     """Print a flow's result (a dataclass) as indented JSON."""
     typer.echo(json.dumps(dataclasses.asdict(result), indent=2, default=str))
@@ -129,7 +119,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed (the same seed writes the same dataset).")] = 0,
 ) -> None:
     """Generate a synthetic dataset in the real NIH ChestX-ray14 layout."""
-    _flows()
+    prepare_flow_command()
     from flows.refresh import synthesize_flow
 
     summary = synthesize_flow(str(out), SynthConfig(n_studies=studies, n_incoming=incoming, image_size=image_size, seed=seed))
@@ -162,7 +152,7 @@ def refresh(
         folder(source_dir, "source folder")
     incoming_dir = folder(incoming, "incoming folder")
     hub = HubConfig(repo_id=hub_repo, revision=hub_revision) if source == Source.huggingface else None
-    _flows()
+    prepare_flow_command()
     from flows.refresh import refresh_flow
 
     _echo_json(refresh_flow(str(source_dir), source.value, incoming_dir, cfg.data, hub, **ws.flow_parameters()))
@@ -187,7 +177,7 @@ def train(
     with session_scope(database_url(home)) as session:
         lookup.require_labelled_studies(session)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
-    _flows()
+    prepare_flow_command()
     from flows.stages import train_flow
 
     _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline, **ws.flow_parameters()))
@@ -198,7 +188,7 @@ def calibrate(model: VersionArgument, config: ConfigOption = None, home: HomeOpt
     """Fit per-finding thresholds of a model version on the validation split."""
     cfg = pipeline_config(config)
     version_id = model_version_id(home, model)
-    _flows()
+    prepare_flow_command()
     from flows.stages import calibrate_flow
 
     typer.echo(f"threshold set {calibrate_flow(version_id, cfg.thresholds, **workspace(home).flow_parameters())}")
@@ -214,7 +204,7 @@ def evaluate(
     """Evaluate a model version on the test split; promote it if it beats the champion."""
     cfg = pipeline_config(config)
     version_id = model_version_id(home, model)
-    _flows()
+    prepare_flow_command()
     from flows.stages import evaluate_flow
 
     _echo_json(evaluate_flow(version_id, promote=promote, evaluation=cfg.evaluation, **workspace(home).flow_parameters()))
@@ -240,7 +230,7 @@ def score(
 ) -> None:
     """Score every study that has no prediction from the champion model."""
     require_champion(home)
-    _flows()
+    prepare_flow_command()
     from flows.stages import score_flow
 
     _echo_json(
@@ -263,7 +253,7 @@ def similar(
 ) -> None:
     """List the labelled studies most similar to one study in the champion's embedding space."""
     require_champion(home)
-    _flows()
+    prepare_flow_command()
     from flows.stages import similar_flow
 
     rows = similar_flow(study_key, k, **workspace(home).flow_parameters())
@@ -287,7 +277,7 @@ def report(
 ) -> None:
     """Render the HTML evaluation report of one evaluation."""
     chosen = evaluation_id(home, evaluation)
-    _flows()
+    prepare_flow_command()
     from flows.stages import report_flow
 
     typer.echo(report_flow(chosen, **workspace(home).flow_parameters()))
@@ -307,7 +297,7 @@ def demo(
         update={k: v for k, v in {"n_studies": studies, "n_incoming": incoming}.items() if v is not None}
     )
     started = time.perf_counter()
-    _flows()
+    prepare_flow_command()
     from flows.demo import run_demo
 
     run_demo(state, cfg, synth_cfg)
@@ -325,7 +315,7 @@ def nightly(
     ws = workspace(home)
     cfg = pipeline_config(config)
     source, new = folder(source_dir, "source folder"), folder(incoming, "incoming folder")
-    _flows()
+    prepare_flow_command()
     from flows.nightly import nightly_flow
 
     _echo_json(nightly_flow(source, new, data=cfg.data, **ws.flow_parameters()))
@@ -337,7 +327,7 @@ def serve(config: ConfigOption = None) -> None:  # pragma: no cover - runs until
     those). Parameters come from the pipeline configuration; schedules, pools and folders from
     CXR_* variables (see deployments/definitions.py)."""
     cfg = pipeline_config(config)
-    _flows()
+    prepare_flow_command()
     from deployments.definitions import serve_all
 
     stop_on_sigterm()

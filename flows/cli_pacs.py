@@ -16,10 +16,8 @@ import typer
 from cxrmodel.errors import UserError
 from flows.cli_support import (
     database_url,
-    quiet_user_error_tracebacks,
+    prepare_flow_command,
     settings,
-    skip_interpreter_finalization,
-    use_running_prefect_server,
     workspace,
 )
 
@@ -44,9 +42,7 @@ def _checked(home: Path | None) -> None:
         raise UserError(str(exc)) from None
     finally:
         pacs.close()
-    use_running_prefect_server()
-    quiet_user_error_tracebacks()
-    skip_interpreter_finalization()
+    prepare_flow_command()
 
 
 def _echo(result) -> None:

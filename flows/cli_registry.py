@@ -4,6 +4,7 @@ alone (no Prefect server, no torch), as rich tables or JSON."""
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -18,6 +19,14 @@ HomeOption = Annotated[Path | None, typer.Option("--home", help="State folder (d
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ReasonOption = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the promotion history).")]
 VersionArgument = Annotated[str, typer.Argument(help="Model version: id, name, latest or champion.")]
+
+
+class RunTrigger(enum.StrEnum):
+    """``cxr runs --trigger``: the values of :class:`db.statuses.ScoringTrigger` (not imported
+    here, so ``--help`` stays free of the database modules)."""
+
+    batch = "batch"
+    on_demand = "on_demand"
 
 
 def _figure(value: float | None, digits: int = 3) -> str:
@@ -165,14 +174,18 @@ def models_history(home: HomeOption = None) -> None:
 
 def runs(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many runs to list, newest first.")] = 20,
+    trigger: Annotated[
+        RunTrigger | None,
+        typer.Option(help="Only on_demand scoring runs (requests to cxr api), or only batch work (everything else)."),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Recent refresh, training, evaluation and scoring runs with their status and counts."""
+    """Recent refresh, training, evaluation and scoring runs with their trigger, status and counts."""
     from db.lookup import recent_runs
 
     with _session(home) as session:
-        rows = recent_runs(session, limit)
+        rows = recent_runs(session, limit, trigger.value if trigger is not None else None)
     if as_json:
         _echo_json([dataclasses.asdict(r) for r in rows])
         return
@@ -180,10 +193,19 @@ def runs(
         typer.echo("no runs yet: cxr demo, or cxr refresh DIR")
         return
     table = [
-        [r.kind, str(r.id), r.status, f"{r.started_at:%Y-%m-%d %H:%M:%S}", _duration(r.started_at, r.finished_at), r.counts]
+        [
+            r.kind,
+            str(r.id),
+            r.trigger,
+            r.status,
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            _duration(r.started_at, r.finished_at),
+            r.counts,
+        ]
         for r in rows
     ]
-    _print_table("Recent runs", ["kind", "id", "status", "started", "seconds", "counts"], table, no_wrap=("started",))
+    columns = ["kind", "id", "trigger", "status", "started", "seconds", "counts"]
+    _print_table("Recent runs", columns, table, no_wrap=("started",))
 
 
 def _duration(started, finished) -> str:

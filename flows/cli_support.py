@@ -124,6 +124,15 @@ def quiet_console_tracebacks() -> None:
                 handler.addFilter(_NoConsoleTracebacks())
 
 
+def prepare_flow_command() -> None:
+    """Before the first Prefect import of a command that runs flows: reuse a running server when
+    there is one, keep tracebacks off the console, and end the process without finalising the
+    heavy modules a flow command loads."""
+    use_running_prefect_server()
+    quiet_console_tracebacks()
+    skip_interpreter_finalization()
+
+
 def database_url(home: Path | None, must_exist: bool = True) -> str:
     """The database URL, checked to be at the newest schema revision (never migrated here: only
     ``cxr db upgrade`` does that; otherwise a :class:`UserError` says to run it). With

@@ -17,9 +17,12 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from cxrmodel.config import DataConfig
+from cxrmodel.layout import HomeLayout
 from deployments.settings import Settings
+from flows.params import resolve
 from flows.results import NightResult
 from flows.stages import refresh_flow, score_flow
+from tasks.artifacts import link_run_to_report
 from tasks.nightly import publish_night_summary
 from tasks.pacs import pull_from_pacs, push_to_pacs
 from tasks.scoring import DEFAULT_CHUNK_SIZE
@@ -110,6 +113,9 @@ def nightly_flow(
         raise PacsStepFailedError(
             f"PACS {'; '.join(pacs['errors'])}; scoring run {night.scoring_run_id} scored what was registered"
         )
+    if night.scoring_report:
+        dataset = {"dataset report": refresh.dataset_report} if refresh and refresh.dataset_report else None
+        link_run_to_report("scoring report", night.scoring_report, HomeLayout(resolve(home, database_url)[0]).reports, dataset)
     if refresh_error:
         raise RefreshFailedError(
             f"refresh failed ({refresh_error}); scoring run {night.scoring_run_id} scored what was registered"

@@ -9,7 +9,9 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
+from cxrmodel.layout import HomeLayout
 from cxrmodel.models.kinds import ModelKind
+from flows.params import resolve
 from flows.results import CandidatesResult, PipelineResult, RetrainResult, SelectionResult
 from flows.stages import (
     calibrate_flow,
@@ -22,6 +24,13 @@ from flows.stages import (
     train_classical_flow,
     train_flow,
 )
+from tasks.artifacts import link_run_to_report
+
+
+def _link_reports(where: dict, report: str, more: dict[str, str] | None = None) -> None:
+    """The run's first artifact: a link to the chosen model's evaluation report (then the others)."""
+    home_path, _ = resolve(where["home"], where["database_url"])
+    link_run_to_report("evaluation report", report, HomeLayout(home_path).reports, more)
 
 
 def train_candidates(
@@ -115,6 +124,7 @@ def pipeline_flow(
     lap("score")
     report = report_flow(_report_evaluation(versions, selection, test_evaluations), **where)
     lap("report")
+    _link_reports(where, report, {"scoring report": scored.report} if scored.report else None)
     candidates = CandidatesResult(versions, selection, test_evaluations, champion, report, index)
     get_run_logger().info(
         "pipeline done in %.0f s (%s): chosen %s, report %s", sum(timings.values()), timings, candidates.chosen, candidates.report
@@ -147,4 +157,5 @@ def retrain_flow(
     test_evaluations = evaluate_on_test(versions, evaluation, where)
     champion = promote_flow(list(versions.values()), list(test_evaluations.values()), evaluation, **where)
     report = report_flow(_report_evaluation(versions, selection, test_evaluations), **where)
+    _link_reports(where, report)
     return RetrainResult(CandidatesResult(versions, selection, test_evaluations, champion, report, index))

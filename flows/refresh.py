@@ -20,6 +20,7 @@ from db.engine import require_current_schema
 from flows.params import resolve
 from flows.results import RefreshResult
 from tasks import data as data_tasks
+from tasks.artifacts import link_run_to_report
 from tasks.common import flow_run_id
 from tasks.dataset_report import render_dataset
 
@@ -77,5 +78,7 @@ def refresh_flow(
         if dataset_report and source_dir is not None
         else None
     )
+    if report is not None:
+        link_run_to_report("dataset report", report, HomeLayout(home_path).reports)
     get_run_logger().info("refresh %d: %s", run_id, totals)
     return RefreshResult(run_id, totals.rows, totals.added, totals.updated, totals.unchanged, totals.quarantined, report)

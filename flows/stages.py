@@ -11,6 +11,7 @@ from cxrmodel.config import (
     ClassicalConfig,
     DataConfig,
     EvaluationConfig,
+    HomeLayout,
     ThresholdConfig,
     TrainConfig,
 )
@@ -20,6 +21,7 @@ from flows.refresh import refresh_flow as refresh_flow  # re-exported: the data 
 from flows.refresh import synthesize_flow as synthesize_flow
 from flows.results import EvaluateResult, ScoreResult, SelectionResult, TrainResult
 from tasks import selection
+from tasks.artifacts import link_run_to_report
 from tasks.common import evaluation_ref
 from tasks.evaluation import calibrate_thresholds, evaluate_model, publish_evaluation
 from tasks.reporting import render_evaluation, render_scoring
@@ -232,6 +234,8 @@ def score_flow(
             max_attempts=max_attempts,
         )
     report = render_scoring(url, home_path, run_id) if render_report else None
+    if report is not None:
+        link_run_to_report("scoring report", report, HomeLayout(home_path).reports)
     return ScoreResult(run_id, report)
 
 
@@ -248,4 +252,6 @@ def report_flow(evaluation_id: int | str = "latest", home: str | None = None, da
     """Render the HTML evaluation report (with the model-comparison table) of one evaluation:
     its id, or ``latest`` for the newest."""
     home_path, url = resolve(home, database_url)
-    return render_evaluation(url, home_path, evaluation_ref(url, evaluation_id))
+    report = render_evaluation(url, home_path, evaluation_ref(url, evaluation_id))
+    link_run_to_report("evaluation report", report, HomeLayout(home_path).reports)
+    return report

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from cxrmodel.config import DataConfig, TrainConfig, load_pipeline_config
 from cxrmodel.io import MissingInputError
 from cxrmodel.layout import HomeLayout
 from cxrmodel.models.networks import build_model
+from cxrmodel.threads import share_of_cores, use_torch_threads
 from cxrmodel.training.data import prepare_training_data, version_name
 from cxrmodel.training.distributed import (
     DistContext,
@@ -68,7 +70,7 @@ from cxrmodel.training.distributed import (
     wrap_ddp,
 )
 from cxrmodel.training.loop import fit, seed_everything
-from deployments.settings import resolve_config
+from deployments.settings import Settings, resolve_config
 from flows.params import resolve
 from tasks.common import flow_run_id, labelled_frame, model_dir, run_logger
 from tasks.training import epoch_recorder, fail_training_run, open_training_run, register_trained_model
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int | None:
     updates = {k: v for k, v in (("epochs", args.epochs), ("device", args.device)) if v is not None}
     train = TrainConfig.model_validate({**config.train.model_dump(), **updates})
     ctx = init_from_env(args.backend, device=train.device)
+    # The ranks on one host share its cores (torchrun's LOCAL_WORLD_SIZE), unless CXR_TORCH_THREADS says.
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    use_torch_threads(Settings().torch_threads or share_of_cores(local_ranks))
     _log_to_stderr(ctx)
     try:
         version_id = train_distributed(ctx, config.data, train, home=args.home, database_url=args.database_url)

@@ -6,6 +6,10 @@
 - **Links.** Reports live under ``<home>/reports`` and are served read-only by
   ``cxr reports serve`` (or the scoring API) under ``Settings.public_reports_url``; a link
   artifact names that URL, never a ``file://`` path of the host that wrote the report.
+- **A run's report, two clicks away.** A flow run that writes a report publishes an unkeyed
+  link artifact to it in the flow itself (:func:`link_run_to_report`), its only artifact made
+  outside a task (the others come from tasks): the UI's Artifacts tab lists the flow run's own
+  artifacts before its tasks', so the link comes first; its card's first line is the link.
 - **Markdown.** Values from the database (model names, study keys, reasons) are escaped, so a
   name with HTML or a ``|`` cannot change the artifact's markup.
 
@@ -103,4 +107,29 @@ def publish_report_link(key: str, path: str | Path, reports_dir: str | Path, des
         from prefect.artifacts import create_link_artifact
 
         create_link_artifact(key=key, link=url, link_text=Path(path).name, description=description)
+    return url
+
+
+def link_run_to_report(
+    title: str, path: str | Path, reports_dir: str | Path, more: Mapping[str, str | Path] | None = None
+) -> str:
+    """Publish the current flow run's link to its report (``title``, the file at ``path``) and
+    return the URL. Called in a flow's body, never in a task, and the flow's only artifact made
+    there: it belongs to the flow run itself, whose artifacts the Prefect UI lists before its
+    tasks', so it comes first on the run's Artifacts tab, and the card's
+    first line (the description's, which the card renders as Markdown) is the link: run page,
+    Artifacts tab, report. No key: the link is the run's, not a role's (the keyed report links
+    are :func:`publish_report_link`'s). ``more`` adds links to the run's other reports on the
+    following lines. Outside a flow run, or inside a task, only the URL is returned."""
+    url = report_url(path, reports_dir)
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is None or TaskRunContext.get() is not None:
+        return url
+    from prefect.artifacts import create_link_artifact
+
+    lines = [markdown_link(f"Open the {title}", url)]
+    lines += [markdown_link(f"Open the {name}", report_url(other, reports_dir)) for name, other in (more or {}).items()]
+    lines.append("Research tool, not a medical device.")
+    create_link_artifact(link=url, link_text=f"{title}: {Path(path).name}", description="\n\n".join(lines))
     return url

@@ -18,6 +18,7 @@ from db import report_queries
 from db.engine import session_scope
 from db.entities import ModelVersionInfo, StudyInfo
 from db.evaluations import set_paths
+from db.statuses import ModelStatus
 from db.studies import image_paths
 from reports import (
     EvaluationContext,
@@ -27,7 +28,7 @@ from reports import (
     render_scoring_report,
 )
 from reports.figures import gradcam_overlay, image_to_data_uri
-from tasks.artifacts import publish_report_link
+from tasks.artifacts import publish_report_link, role_key
 from tasks.common import run_logger
 
 #: The number of example studies (with Grad-CAM overlays) in an evaluation report.
@@ -167,8 +168,14 @@ def evaluation_context(database_url: str, home: Path, evaluation_id: int) -> tup
 @task(name="render-evaluation-report")
 def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
     """Write the self-contained HTML evaluation report of one evaluation and its export bundle
-    (zip: report, per-class CSV, thresholds.json, subgroup CSV, model card); return the report path."""
-    context, _ = evaluation_context(database_url, home, evaluation_id)
+    (zip: report, per-class CSV, thresholds.json, subgroup CSV, model card); return the report path.
+
+    The links go under the keys of the evaluated version's role (as :func:`tasks.evaluation.
+    publish_evaluation`'s): ``cxr-evaluation-report`` and ``cxr-evaluation-bundle`` only for
+    the champion, the keys suffixed by the model kind for any other version, so rendering an
+    older or a candidate's evaluation never replaces the champion's report link."""
+    context, model = evaluation_context(database_url, home, evaluation_id)
+    role = None if model.status == ModelStatus.CHAMPION else str(model.kind)
     name = context.model.name
     reports = HomeLayout(Path(home)).reports
     out = reports / f"evaluation_{evaluation_id}_{name}.html"
@@ -176,9 +183,9 @@ def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
     bundle = build_export_bundle(context, out, out.with_name(f"{out.stem}_bundle.zip"))
     with session_scope(database_url) as session:
         set_paths(session, evaluation_id, report_path=str(out), bundle_path=str(bundle))
-    publish_report_link("cxr-evaluation-report", out, reports, description=f"HTML evaluation report of {name}")
+    publish_report_link(role_key("cxr-evaluation-report", role), out, reports, description=f"HTML evaluation report of {name}")
     publish_report_link(
-        "cxr-evaluation-bundle",
+        role_key("cxr-evaluation-bundle", role),
         bundle,
         reports,
         description=f"Export bundle of evaluation {evaluation_id} ({name}): report, per-class metrics CSV, "

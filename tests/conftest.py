@@ -1,5 +1,14 @@
 """Shared fixtures: database URLs (SQLite always, PostgreSQL when CXR_TEST_POSTGRES_URL is set)
-and one session-scoped Prefect test server."""
+and one session-scoped Prefect test server.
+
+``make test`` runs the suite on pytest-xdist workers (``-n logical --dist loadfile``): every test
+file runs whole on one worker, so module fixtures are built once; session fixtures (the Prefect
+servers, the browser) are built once per worker. Whatever a fixture creates outside its
+``tmp_path`` must be unique per worker: ports come from :func:`free_port`, PostgreSQL databases
+from :func:`_fresh_postgres_database` (a random name), PREFECT_HOME is a fresh folder per
+process (below). Each worker gets one torch thread (its processes too): two workers with two
+threads each on two cores spin against each other (issue 24).
+"""
 
 from __future__ import annotations
 
@@ -19,7 +28,12 @@ from pathlib import Path
 import pytest
 
 # Prefect reads its settings from the environment: keep every test run away from ~/.prefect.
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix=f"cxr-test-prefect-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One intra-op thread per worker, set before torch is imported, inherited by every process
+    # a test starts (cxr, prefect workers, DDP ranks, the API).
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CXR_TORCH_THREADS"):
+        os.environ[_name] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
@@ -33,6 +47,14 @@ def pytest_report_header(config):
     if POSTGRES_URL:
         return f"PostgreSQL tests: on ({POSTGRES_URL})"
     return "PostgreSQL tests: SKIPPED (set CXR_TEST_POSTGRES_URL to run them)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with ``slow`` tests (end-to-end runs that train) first, each file's order kept:
+    with ``--dist loadfile`` the workers take files in this order, so the long files start
+    early instead of leaving one worker busy at the end while the other idles."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order within a file kept
 
 
 @pytest.fixture(scope="session")
@@ -81,10 +103,10 @@ def migrated_url(database_url) -> str:
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
-    """One ephemeral Prefect API for every flow test of the session."""
+    """One ephemeral Prefect API for every flow test of the session (of the xdist worker)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):  # two xdist workers start one each on a busy host
         yield
 
 

@@ -320,3 +320,39 @@ def test_session_scope_rolls_back_on_error(migrated_url):
             raise RuntimeError("boom")
     with session_scope(migrated_url) as s:
         assert s.scalar(select(func.count()).select_from(Study)) == 0
+
+
+def test_a_process_that_ends_with_os_exit_leaves_the_whole_database_in_the_file(tmp_path):
+    """A ``cxr`` command ends with ``os._exit`` after the atexit handlers, closing no connection:
+    the engine's handler checkpoints the write-ahead log, so copying ``cxr.db`` alone (no
+    ``-wal``) gives every table and row."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "home" / "cxr.db"
+    script = textwrap.dedent(
+        f"""
+        import atexit, os
+        from sqlalchemy import text
+        from db.engine import get_engine, upgrade_database
+        url = "sqlite:///{db}"
+        upgrade_database(url)
+        with get_engine(url).begin() as c:
+            c.execute(text(
+                "INSERT INTO refresh_runs (source, location, started_at, n_rows, n_added, n_updated, n_unchanged, "
+                "n_quarantined, status) VALUES ('synthetic', '/copied', CURRENT_TIMESTAMP, 2, 2, 0, 0, 0, 'completed')"
+            ))
+        atexit._run_exitfuncs()
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    wal = db.with_name("cxr.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    alone = tmp_path / "copy" / "cxr.db"
+    alone.parent.mkdir()
+    shutil.copyfile(db, alone)
+    with get_engine(f"sqlite:///{alone}").connect() as conn:
+        assert conn.exec_driver_sql("SELECT location FROM refresh_runs").scalars().all() == ["/copied"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from test_run_links import run_artifacts
 
 from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, SynthConfig, ThresholdConfig, TrainConfig
 from cxrmodel.data.synth import generate_dataset
@@ -245,6 +246,23 @@ def test_pipeline_end_to_end_and_idempotent_reruns(prefect_server, synthetic_roo
     )
     for key in ("cxr-evaluation-report", "cxr-dataset-report", "cxr-scoring-report"):
         assert "](http://127.0.0.1:8000/reports/" in latest[key].data and "file://" not in latest[key].data
+
+    # Rendering another version's evaluation (cxr report <id>) leaves the champion's key alone;
+    # the run's first artifact (its only flow-level one) is the link to the report it wrote.
+    from flows.stages import report_flow
+
+    other = next(v for v in versions.values() if v.id != best.id)
+    with session_scope(database_url) as s:
+        other_evaluation = s.scalar(select(Evaluation.id).where(Evaluation.model_version_id == other.id))
+    state = report_flow(other_evaluation, home=str(tmp_path / "home"), database_url=database_url, return_state=True)
+    other_report = Path(state.result())
+    after = _latest_artifacts()
+    assert best.name in after["cxr-evaluation-report"].description
+    assert other.name in after[f"cxr-evaluation-report-{other.kind.replace('_', '-')}"].description
+    (link,) = [a for a in run_artifacts(state.state_details.flow_run_id) if a["task_run_id"] is None]
+    url = f"http://127.0.0.1:8000/reports/{other_report.name}"
+    assert link["key"] is None and url in link["data"]
+    assert link["description"].splitlines()[0] == f"[Open the evaluation report]({url})"
 
     # A second refresh changes nothing; a second scoring run writes no new prediction.
     again = refresh_flow(

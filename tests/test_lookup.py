@@ -166,3 +166,32 @@ def test_models_cli_lists_long_names_whole_and_shows_by_name(registry_rows, monk
     assert by_name.exit_code == 0 and f"id                     {ids[1]}" in by_name.output
     runs = runner.invoke(app, ["runs", "--json"])
     assert {r["kind"] for r in json.loads(runs.output)} == {"refresh", "training", "evaluation", "scoring"}
+
+
+def test_runs_show_the_trigger_and_filter_by_it(registry_rows, monkeypatch):
+    """A busy service's requests do not push the nights off ``cxr runs``: ``--trigger batch``
+    lists everything but them, ``--trigger on_demand`` only them."""
+    from flows.cli import app
+
+    url, ids, _ = registry_rows
+    with session_scope(url) as s:
+        tset = s.query(ThresholdSet).first()
+        for _ in range(3):
+            s.add(ScoringRun(model_version_id=ids[0], threshold_set_id=tset.id, trigger="on_demand", status="completed"))
+    monkeypatch.setenv("CXR_DATABASE_URL", url)
+    runner = CliRunner()
+
+    def listed(*args):
+        result = runner.invoke(app, ["runs", "--json", *args])
+        assert result.exit_code == 0, result.output
+        return [(r["kind"], r["trigger"]) for r in json.loads(result.output)]
+
+    assert listed("--trigger", "on_demand") == [("scoring", "on_demand")] * 3
+    batch = listed("--trigger", "batch")
+    assert {kind for kind, _ in batch} == {"refresh", "training", "evaluation", "scoring"}
+    assert {trigger for _, trigger in batch} == {"batch"}
+    assert sorted(listed()) == sorted(batch + [("scoring", "on_demand")] * 3)
+    table = runner.invoke(app, ["runs", "--trigger", "on_demand"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0 and "trigger" in table.output and table.output.count("on_demand") == 3
+    wrong = runner.invoke(app, ["runs", "--trigger", "cron"])
+    assert wrong.exit_code == 2
