@@ -32,7 +32,7 @@ from api.schemas import Health
 from api.security import KeyedApp, SecurityHeaders, require_api_key
 from api.uploads import BodyLimit
 from cxrmodel.findings import FINDINGS
-from cxrmodel.threads import use_torch_threads
+from cxrmodel.threads import configure_threads
 from db.engine import ping
 from deployments.settings import Settings
 from reports.server import REPORT_CSP, reports_files
@@ -69,16 +69,15 @@ def _log_to_stderr() -> None:
 
 def create_app(settings: Settings | None = None, *, torch_threads: int | None = None) -> FastAPI:
     """The service for ``settings`` (default: the ``CXR_*`` environment). Torch runs on
-    ``torch_threads`` threads, by default ``CXR_TORCH_THREADS`` (its share of the cores, so a
-    night beside the service does not make both spin, issue 24)."""
+    ``torch_threads`` threads, by default ``CXR_TORCH_THREADS``, else its live share of the host's
+    cores, so a night beside the service does not make both spin (issue 24)."""
     settings = settings or Settings()
-    threads = torch_threads or settings.resolved_torch_threads
     _log_to_stderr()
     database_url = settings.resolved_database_url
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        use_torch_threads(threads)
+        configure_threads(torch_threads or settings.torch_threads, settings.torch_share_dir)
         app.state.batcher.start()
         await app.state.champions.start()
         try:

@@ -1,6 +1,7 @@
 """Two training jobs on one host: each job's throughput beside the other, against the same job
 alone, with PyTorch's default threads and with the project's default (``CXR_TORCH_THREADS``
-unset: the cores divided by ``CXR_TORCH_PROCESSES``, see :mod:`cxrmodel.threads`).
+unset: the torch processes of the host share its cores, re-balanced between steps, see
+:class:`cxrmodel.threads.HostShare`).
 
 A job is torchvision's DenseNet-121 at 48 px, batch 16, trained for a fixed number of steps
 (Adam, BCE over 14 findings) on random tensors, in its own process, as a Prefect worker's
@@ -30,16 +31,18 @@ SIZE = 48
 BATCH = 16
 
 
-def job(threads: int | None, steps: int, warmup: int, wait_for_go: bool = False) -> float:
+def job(threads: int | None, steps: int, warmup: int, wait_for_go: bool = False, share: str | None = None) -> float:
     """Images per second of ``steps`` training steps after ``warmup`` (in this process). With
     ``wait_for_go``, print ``ready`` after the warm-up and start timing when stdin says ``go``:
     concurrent jobs then time the same stretch, whatever their start-up took."""
     import torch
     import torchvision
 
-    from cxrmodel.threads import use_torch_threads
+    from cxrmodel.threads import configure_threads, rebalance, use_torch_threads
 
-    if threads is not None:
+    if share is not None:  # the project's default: join the host's share, follow it between steps
+        configure_threads(None, share)
+    elif threads is not None:
         use_torch_threads(threads)
     torch.manual_seed(0)
     model = torchvision.models.densenet121(weights=None, num_classes=14)
@@ -50,6 +53,7 @@ def job(threads: int | None, steps: int, warmup: int, wait_for_go: bool = False)
     model.train()
 
     def step() -> None:
+        rebalance()
         loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -66,8 +70,10 @@ def job(threads: int | None, steps: int, warmup: int, wait_for_go: bool = False)
     return steps * BATCH / (time.perf_counter() - started)
 
 
-def _command(threads: int | None, steps: int, warmup: int) -> list[str]:
+def _command(threads: int | str | None, steps: int, warmup: int) -> list[str]:
     args = [sys.executable, str(Path(__file__).resolve()), "--job", "--steps", str(steps), "--warmup", str(warmup)]
+    if isinstance(threads, str):  # a share folder: the project's default
+        return args + ["--share", threads]
     return args + (["--threads", str(threads)] if threads is not None else [])
 
 
@@ -77,7 +83,7 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in drop} | {"PYTHONPATH": str(ROOT)} | extra
 
 
-def run_jobs(threads: int | None, copies: int, steps: int, warmup: int, extra: dict[str, str] | None = None) -> list[float]:
+def run_jobs(threads: int | str | None, copies: int, steps: int, warmup: int, extra: dict[str, str] | None = None) -> list[float]:
     """Start ``copies`` jobs at once (``extra`` in their environment); their images per second."""
     procs = [
         subprocess.Popen(
@@ -111,18 +117,22 @@ def main() -> int:
     parser.add_argument("--passive", action="store_true", help="also measure every core with OMP_WAIT_POLICY=PASSIVE")
     parser.add_argument("--job", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--share", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.job:
-        print(json.dumps({"images_per_second": job(args.threads, args.steps, args.warmup, wait_for_go=True)}), flush=True)
+        print(
+            json.dumps({"images_per_second": job(args.threads, args.steps, args.warmup, wait_for_go=True, share=args.share)}),
+            flush=True,
+        )
         return 0
 
-    from cxrmodel.threads import available_cores
-    from deployments.settings import Settings
+    import tempfile
 
-    settings = Settings()
-    ours = settings.resolved_torch_threads
+    from cxrmodel.threads import available_cores
+
+    ours = tempfile.mkdtemp(prefix="cxr-contention-share-")  # this run's jobs share the cores among themselves
     cores = available_cores()
-    print(f"{cores} cores; PyTorch's default: one thread per core; the project's default: {ours} thread(s)", flush=True)
+    print(f"{cores} cores; PyTorch's default: one thread per core; the project's default: the host's share", flush=True)
     alone, together = {}, {}
     configurations = [("PyTorch default", None, {}), ("CXR default", ours, {})]
     if args.passive:  # an alternative, for information: every core, OpenMP threads that sleep instead of spinning

@@ -10,6 +10,7 @@ alone), so the HTTP service and the command line read it cheaply.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -103,14 +104,19 @@ class Settings(BaseSettings):
         None,
         ge=1,
         description="Intra-op torch threads of every process that runs a model (CLI, flows, workers, API, Dask workers, "
-        "DDP ranks); unset: the cores divided by torch_processes, at least 1.",
+        "DDP ranks); unset: the torch processes of this host share its cores, re-balanced between batches.",
     )
-    torch_processes: int = Field(
-        2,
-        ge=1,
-        description="How many torch processes share one host's cores (flow runs a worker runs at once, the API beside "
-        "a night); sets the default of torch_threads. bench/contention.py measures the choice.",
+    torch_share_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "cxr-torch-share",
+        description="Where the torch processes of this host count each other (one folder per host; see cxrmodel.threads).",
     )
+
+    def apply_torch_threads(self) -> int:
+        """This process's torch threads from now on: ``torch_threads``, else its live share of the
+        host's cores (:func:`cxrmodel.threads.configure_threads`); the entry points call this."""
+        from cxrmodel.threads import configure_threads
+
+        return configure_threads(self.torch_threads, self.torch_share_dir)
 
     # --- PACS (issue 23)
     dicomweb_url: str | None = Field(
@@ -159,13 +165,6 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
-
-    @property
-    def resolved_torch_threads(self) -> int:
-        """``torch_threads``, else this host's cores divided by ``torch_processes`` (at least 1)."""
-        from cxrmodel.threads import share_of_cores
-
-        return self.torch_threads or share_of_cores(self.torch_processes)
 
     @property
     def resolved_home(self) -> Path:

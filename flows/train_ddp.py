@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -58,7 +57,6 @@ from cxrmodel.config import DataConfig, TrainConfig, load_pipeline_config
 from cxrmodel.io import MissingInputError
 from cxrmodel.layout import HomeLayout
 from cxrmodel.models.networks import build_model
-from cxrmodel.threads import share_of_cores, use_torch_threads
 from cxrmodel.training.data import prepare_training_data, version_name
 from cxrmodel.training.distributed import (
     DistContext,
@@ -239,9 +237,7 @@ def main(argv: list[str] | None = None) -> int | None:
     updates = {k: v for k, v in (("epochs", args.epochs), ("device", args.device)) if v is not None}
     train = TrainConfig.model_validate({**config.train.model_dump(), **updates})
     ctx = init_from_env(args.backend, device=train.device)
-    # The ranks on one host share its cores (torchrun's LOCAL_WORLD_SIZE), unless CXR_TORCH_THREADS says.
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
-    use_torch_threads(Settings().torch_threads or share_of_cores(local_ranks))
+    Settings().apply_torch_threads()  # the ranks on one host share its cores, unless CXR_TORCH_THREADS says
     _log_to_stderr(ctx)
     try:
         version_id = train_distributed(ctx, config.data, train, home=args.home, database_url=args.database_url)

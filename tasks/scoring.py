@@ -32,7 +32,6 @@ from prefect.cache_policies import NO_CACHE
 from cxrmodel.evaluation.metrics import apply_thresholds
 from cxrmodel.inference import score_studies
 from cxrmodel.models.loading import LoadedModel, load_model_version
-from cxrmodel.threads import use_torch_threads
 from db import claims, registry, scoring
 from db.engine import session_scope
 from db.scoring import DEFAULT_MAX_ATTEMPTS, ScoringPlan
@@ -174,7 +173,7 @@ def score_chunk(
     first, before this chunk started or while it ran (their predictions are kept, never
     overwritten)."""
     logger = run_logger()
-    use_torch_threads(Settings().resolved_torch_threads)  # a Dask worker's process: its share of the cores
+    Settings().apply_torch_threads()  # a Dask worker's process: its share of the cores
     started = time.perf_counter()
     loaded = _loaded_model(database_url, plan.model_version_id)
     with session_scope(database_url) as session:
