@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import DenseNet, densenet121
-from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
 from cxrmodel.findings import NUM_FINDINGS
@@ -93,6 +92,33 @@ def pyramid_levels(densenet: nn.Module) -> OrderedDict[str, tuple[str, int]]:
     return OrderedDict(zip(("c3", "c4", "c5"), blocks[-3:], strict=True))
 
 
+class DenseBlockTaps(nn.Module):
+    """The stem and dense blocks of a DenseNet's ``features``, run in order, returning the outputs
+    of the tapped blocks: a plain module in the manner of torchvision's ``IntermediateLayerGetter``
+    (no torch.fx tracing, which patches module calls process-wide while it runs and broke
+    predictions running in other threads).
+
+    The children after the last tapped block (``norm5``) are left out, so the state-dict keys are
+    ``features.<child>.*``, exactly those of the torch.fx extractor this replaces: artefacts saved
+    before stay loadable (``tests/fixtures/legacy_networks.json`` pins them).
+    """
+
+    def __init__(self, features: nn.Module, taps: dict[str, str]) -> None:
+        super().__init__()
+        children = list(features.named_children())
+        last = max(i for i, (name, _) in enumerate(children) if name in taps)
+        self.features = nn.Sequential(OrderedDict(children[: last + 1]))
+        self.taps = dict(taps)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name in self.taps:
+                out[self.taps[name]] = x
+        return out
+
+
 class PyramidBackbone(nn.Module):
     """A DenseNet's features tapped after its last three dense blocks.
 
@@ -103,8 +129,8 @@ class PyramidBackbone(nn.Module):
     def __init__(self, densenet: nn.Module) -> None:
         super().__init__()
         self.levels = pyramid_levels(densenet)
-        return_nodes = {node: name for name, (node, _) in self.levels.items()}
-        self.body = create_feature_extractor(densenet, return_nodes=return_nodes)
+        taps = {node.removeprefix("features."): name for name, (node, _) in self.levels.items()}
+        self.body = DenseBlockTaps(densenet.features, taps)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.body(x)
