@@ -172,9 +172,12 @@ def promotion_decision(
     return PromotionDecision(False, False, f"kept champion {champion_name}: {metric} {theirs:.4f} vs challenger {ours:.4f}")
 
 
-def record_selection(session: Session, scores: Mapping[int, float | None], basis: SelectionBasis | str) -> None:
+def record_selection(
+    session: Session, scores: Mapping[int, float | None], basis: SelectionBasis | str, context: str | None = None
+) -> None:
     """Store each version's selection figure and what it was measured on (``validation`` or
-    ``cross_validation``; never the test split)."""
+    ``cross_validation``; never the test split), with the ``context`` of a cross-validated one
+    (:func:`recorded_selection` reuses a figure of the same context)."""
     basis = SelectionBasis(basis)
     for version_id, score in scores.items():
         version = session.get(ModelVersion, version_id)
@@ -182,7 +185,32 @@ def record_selection(session: Session, scores: Mapping[int, float | None], basis
             raise ValueError(f"no model version with id {version_id}")
         version.selection_score = None if score is None else float(score)
         version.selection_basis = basis
+        version.config = {**(version.config or {}), "selection_context": context}
     session.flush()
+
+
+def recorded_selection(session: Session, version_id: int, basis: SelectionBasis | str, context: str) -> float | None:
+    """The figure :func:`record_selection` stored for this version on ``basis`` with ``context``;
+    None when it was measured otherwise (or never)."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise ValueError(f"no model version with id {version_id}")
+    same = version.selection_basis == SelectionBasis(basis) and (version.config or {}).get("selection_context") == context
+    return version.selection_score if same else None
+
+
+def record_candidate_set(session: Session, version_ids: Sequence[int]) -> None:
+    """Store on each version the ids of the candidates trained with it (its config's ``candidates``)."""
+    ids = sorted(int(i) for i in version_ids)
+    for version_id in ids:
+        update_model_config(session, version_id, candidates=ids)
+
+
+def candidate_set(session: Session, version_id: int) -> list[int]:
+    """The candidates trained with ``version_id`` (:func:`record_candidate_set`), itself included;
+    just itself for a version trained alone."""
+    ids = (model_version(session, version_id).config or {}).get("candidates") or []
+    return sorted({int(i) for i in ids} | {version_id})
 
 
 def promote_selected(

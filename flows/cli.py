@@ -155,13 +155,20 @@ def refresh(
 @app.command()
 def train(
     config: ConfigOption = DEFAULT_CONFIG,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the configuration's).")] = None,
-    knn_baseline: Annotated[bool, typer.Option(help="Also fit the k-NN embedding baseline.")] = True,
-    mlp_baseline: Annotated[bool, typer.Option(help="Also fit the MLP embedding baseline.")] = True,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs of seed 004's network (default: the configuration's).")
+    ] = None,
+    knn_baseline: Annotated[
+        bool | None, typer.Option(help="Fit the k-NN embedding baseline (default: the configuration's candidates).")
+    ] = None,
+    mlp_baseline: Annotated[
+        bool | None, typer.Option(help="Fit the MLP embedding baseline (default: the configuration's candidates).")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Train seed 004's model on the training split (a progress bar per epoch and batch), index
-    the labelled studies' embeddings, and fit the k-NN and MLP embedding baselines."""
+    """Train every candidate the configuration names (its ``candidates:`` section): seed 004's
+    network (a progress bar per epoch and batch) with the labelled studies' embedding index, the
+    k-NN and MLP heads on it, the CheXNet-style network and the pixel-logistic regression."""
     from db import lookup
     from db.engine import session_scope
     from flows.cli_support import database_url
@@ -171,10 +178,12 @@ def train(
     with session_scope(database_url(home)) as session:
         lookup.require_labelled_studies(session)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
+    overrides = {k: v for k, v in (("knn", knn_baseline), ("mlp", mlp_baseline)) if v is not None}
+    candidates = cfg.candidates.model_copy(update=overrides)
     _flows()
-    from flows.stages import train_flow
+    from flows.pipeline import train_candidates_flow
 
-    _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline))
+    _echo_json(train_candidates_flow(cfg.data, train_cfg, candidates))
 
 
 @app.command()

@@ -15,7 +15,6 @@ from cxrmodel.models.networks import (
     build_model,
     count_parameters,
     densenet121_backbone,
-    densenet121_fpn,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def fpn_model() -> DenseNetFPNClassifier:
     torch.manual_seed(0)
-    return densenet121_fpn().eval()
+    return build_model("densenet121_fpn").eval()
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +134,7 @@ def test_backbone_loads_local_state_dict(tmp_path):
     # a features-only file is accepted as well
     features_only = {k: v for k, v in saved.items() if k.startswith("features.")}
     torch.save(features_only, tmp_path / "features.pth")
-    via_builder = build_model("densenet121_fpn", weights_path=tmp_path / "features.pth")
+    via_builder = build_model("densenet121_fpn", weights=tmp_path / "features.pth")
     conv0 = via_builder.backbone.body.state_dict()["features.conv0.weight"]
     assert torch.equal(conv0, saved["features.conv0.weight"])
 

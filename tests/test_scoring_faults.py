@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 from cxrmodel.data.imaging import MIN_SIDE
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.artifacts import save_state_dict
-from cxrmodel.models.networks import densenet121_fpn
+from cxrmodel.models.networks import build_model
 from db import registry, studies, thresholds
 from db.engine import get_engine, session_scope, upgrade_database
 from db.models import Prediction, ScoringFailure, ScoringRun
@@ -78,7 +78,7 @@ def prepare_scoring_database(url: str, root: Path, n_studies: int = N, extra: Se
     upgrade_database(url)
     torch.manual_seed(0)
     artifact = root / "models" / "random-fpn.safetensors"
-    sha256 = save_state_dict(densenet121_fpn().state_dict(), artifact)
+    sha256 = save_state_dict(build_model("densenet121_fpn").state_dict(), artifact)
     with session_scope(url) as session:
         version = registry.register_model_version(
             session,

@@ -169,7 +169,7 @@ def run_every_stage(work: Path, url: str) -> None:
 
     torch.set_num_threads(1)
     data = DataConfig(image_size=32, balancing="none")
-    train = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0, device="cpu", augment=False)
+    train = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0, device="cpu", augmentation="none")
     root, home = work / "nih", work / "home"
     generate_dataset(root, SynthConfig(n_studies=60, n_incoming=6, image_size=32, seed=1), workers=1)
     upgrade_database(url)
