@@ -168,7 +168,8 @@ def train(
 ) -> None:
     """Train every candidate the configuration names (its ``candidates:`` section): seed 004's
     network (a progress bar per epoch and batch) with the labelled studies' embedding index, the
-    k-NN and MLP heads on it, the CheXNet-style network and the pixel-logistic regression."""
+    k-NN and MLP heads on it, the CheXNet-style network and the pixel-logistic regression; each
+    calibrated on the validation split (the configuration's thresholds), ready for ``cxr evaluate``."""
     from db import lookup
     from db.engine import session_scope
     from flows.cli_support import database_url
@@ -183,7 +184,7 @@ def train(
     _flows()
     from flows.pipeline import train_candidates_flow
 
-    _echo_json(train_candidates_flow(cfg.data, train_cfg, candidates))
+    _echo_json(train_candidates_flow(cfg.data, train_cfg, candidates, cfg.thresholds))
 
 
 @app.command()

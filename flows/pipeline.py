@@ -30,6 +30,7 @@ def train_candidates_flow(
     data: DataConfig = DataConfig(),
     train: TrainConfig = TrainConfig(),
     candidates: CandidatesConfig = CandidatesConfig(),
+    thresholds: ThresholdConfig = ThresholdConfig(),
     home: str | None = None,
     database_url: str | None = None,
 ) -> CandidatesTrained:
@@ -37,7 +38,8 @@ def train_candidates_flow(
     ``network`` (recipe ``train``, with the embedding index) and the ``knn`` and ``mlp`` heads on
     it, the image-only ``chexnet`` DenseNet121 and the ``classical`` pixel-logistic baseline.
     The one trainer behind ``cxr train``, the pipeline, the demo and the weekly retrain. Each
-    version records its siblings, so that ``cxr evaluate --promote`` ranks the whole set."""
+    candidate is calibrated (``thresholds``, on the validation split), ready to evaluate, and
+    records its siblings, so that ``cxr evaluate --promote`` ranks the whole set."""
     where = {"home": home, "database_url": database_url}
     trained = train_flow(data, train, candidates.knn, candidates.mlp, **where)
     versions = {"network": trained.model_version_id, **trained.baseline_version_ids}
@@ -47,6 +49,7 @@ def train_candidates_flow(
         ).model_version_id
     if candidates.classical is not False:
         versions["classical"] = train_classical_flow(data, candidates.classical, **where)
+    calibrate_all(versions, thresholds, where)
     selection.record_candidate_set(resolve(home, database_url)[1], list(versions.values()))
     return CandidatesTrained(versions, trained.embedding_index)
 
@@ -100,11 +103,9 @@ def pipeline_flow(
 
     refreshed = refresh_flow(source_dir, source, incoming_dir, data, **where)
     lap("refresh")
-    trained = train_candidates_flow(data, train, candidates, **where)
+    trained = train_candidates_flow(data, train, candidates, thresholds, **where)
     versions, index = trained.versions, trained.embedding_index
-    lap("train")
-    calibrate_all(versions, thresholds, where)
-    lap("calibrate")
+    lap("train")  # and calibrate: one trainer
     selection = select_flow(list(versions.values()), evaluation, **where)
     lap("select")
     test_evaluations = evaluate_on_test(versions, evaluation, where)
@@ -136,9 +137,8 @@ def retrain_flow(
     them, rank them (and the champion) on validation or cross-validation, evaluate each on the
     test split once, promote the best if it beats the champion, and render its report."""
     where = {"home": home, "database_url": database_url}
-    trained = train_candidates_flow(data, train, candidates, **where)
+    trained = train_candidates_flow(data, train, candidates, thresholds, **where)
     versions, index = trained.versions, trained.embedding_index
-    calibrate_all(versions, thresholds, where)
     selection = select_flow(list(versions.values()), evaluation, **where)
     test_evaluations = evaluate_on_test(versions, evaluation, where)
     champion = promote_flow(list(versions.values()), list(test_evaluations.values()), evaluation, **where)
