@@ -25,7 +25,7 @@ def measure(device_name: str) -> None:
     from torch.utils.data import DataLoader
 
     from cxrmodel.config import TrainConfig
-    from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.data.datasets import StudyDataset
     from cxrmodel.data.transforms import eval_transform, train_transform
     from cxrmodel.models.networks import build_model
     from cxrmodel.training.loop import fit, positive_weights
@@ -60,10 +60,10 @@ def measure(device_name: str) -> None:
     bare_epoch()  # warm-up
     bare = max(bare_epoch() for _ in range(2))
 
-    dataset = StudyDataset(array_loader(images), patient, labels, transform=train_transform(SIZE))
+    dataset = StudyDataset(images.__getitem__, patient, labels, transform=train_transform(SIZE))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda")
     val = DataLoader(
-        StudyDataset(array_loader(images[:BATCH]), patient[:BATCH], labels[:BATCH], transform=eval_transform(SIZE)),
+        StudyDataset(images[:BATCH].__getitem__, patient[:BATCH], labels[:BATCH], transform=eval_transform(SIZE)),
         batch_size=BATCH,
     )
     result = fit(build_model("densenet121_fpn"), loader, val, TrainConfig(epochs=3, batch_size=BATCH), weights, device)

@@ -111,7 +111,7 @@ class TrainConfig(_Frozen):
         "On a small validation split the per-epoch AUROC and F1 are noisy and their maximum is a chance peak: "
         "keep 'last' (with a cosine schedule and EMA) or 'val_loss'. (Replaces selection_metric.)",
     )
-    dropout: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout of seed 004's dense head (the CheXNet-style head has none).")
     pos_weight_overrides: dict[str, float] = Field(
         default_factory=dict, description="Manual positive weights, e.g. Pneumonia: 4.5"
     )
@@ -177,6 +177,13 @@ class TrainConfig(_Frozen):
         if self.weights == "hub" and not self.weights_hub_repo:
             raise ValueError("weights='hub' needs weights_hub_repo")
         return self
+
+    def model_kwargs(self, with_weights: bool = True) -> dict:
+        """Keyword arguments for :func:`cxrmodel.models.networks.build_model`: the backbone, its
+        initial weights (unless ``with_weights`` is false: random, e.g. for data-parallel ranks
+        that receive rank 0's), and the dropout for the architecture that has one."""
+        dropout = {"dropout": self.dropout} if self.architecture == ModelKind.DENSENET121_FPN else {}
+        return {"backbone": self.backbone, **dropout, **(self.backbone_kwargs() if with_weights else {})}
 
     def backbone_kwargs(self) -> dict:
         """Keyword arguments for :func:`cxrmodel.models.networks.build_model`: the one ``weights``

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from cxrmodel.models.version_files import ModelVersionFiles
 from db.entities import ModelVersionInfo
-from db.evaluations import latest_evaluation
 from db.models import ModelVersion, Promotion
 from db.statuses import ModelStatus, PromotionAction, SelectionBasis
 from db.thresholds import active_threshold_set
@@ -251,41 +249,6 @@ def promote_if_better(session: Session, version_id: int, metric: str = "macro_au
 
 
 # --- by hand -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionRow:
-    name: str
-    kind: str
-    status: str
-    pinned: bool
-    macro_auroc: float | None
-    macro_auroc_ci: tuple[float | None, float | None]
-    created_at: datetime
-    selection_score: float | None = None
-    selection_basis: str | None = None
-
-
-def list_versions(session: Session, split: str = "test") -> list[VersionRow]:
-    """Every model version, oldest first, with its newest macro AUROC on ``split`` and the
-    figure it was chosen on."""
-    rows = []
-    for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
-        ev = latest_evaluation(session, version.id, split)
-        rows.append(
-            VersionRow(
-                name=version.name,
-                kind=version.kind,
-                status=version.status,
-                pinned=version.pinned,
-                macro_auroc=ev.macro_auroc if ev else None,
-                macro_auroc_ci=(ev.macro_auroc_ci_low, ev.macro_auroc_ci_high) if ev else (None, None),
-                created_at=version.created_at,
-                selection_score=version.selection_score,
-                selection_basis=version.selection_basis,
-            )
-        )
-    return rows
 
 
 def _check_can_score(session: Session, version: ModelVersion) -> None:

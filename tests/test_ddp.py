@@ -112,7 +112,7 @@ def _toy_worker(out_dir: str) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from cxrmodel.config import TrainConfig
-    from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.data.datasets import StudyDataset
     from cxrmodel.models.networks import build_model
     from cxrmodel.training.distributed import all_gather_predictions, cleanup, distributed_loader, init_from_env, wrap_ddp
     from cxrmodel.training.loop import fit, positive_weights, predict_loader, seed_everything
@@ -127,8 +127,8 @@ def _toy_worker(out_dir: str) -> None:
 
     ti, tp, tl = _split(N_TRAIN, 1)
     vi, vp, vl = _split(N_VAL, 2)
-    train_ds = RecordingDataset(StudyDataset(array_loader(ti), tp, tl, transform=_to_rgb))
-    val_ds = StudyDataset(array_loader(vi), vp, vl, transform=_to_rgb)
+    train_ds = RecordingDataset(StudyDataset(ti.__getitem__, tp, tl, transform=_to_rgb))
+    val_ds = StudyDataset(vi.__getitem__, vp, vl, transform=_to_rgb)
     train_loader = distributed_loader(train_ds, 4, ctx, shuffle=True, seed=0)
     val_loader = DataLoader(val_ds, batch_size=8)
     seen_per_epoch: list[list[int]] = []

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrmodel.config import TrainConfig
-from cxrmodel.data.datasets import StudyDataset, array_loader
+from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.findings import FINDINGS
 from cxrmodel.training.loop import EpochResult, fit, positive_weights, seed_everything
 
@@ -113,8 +113,8 @@ def data():
 
 def _loaders(data, batch_size=4):
     (ti, tp, tl), (vi, vp, vl) = data
-    train = StudyDataset(array_loader(ti), tp, tl, transform=_to_float)
-    val = StudyDataset(array_loader(vi), vp, vl, transform=_to_float)
+    train = StudyDataset(ti.__getitem__, tp, tl, transform=_to_float)
+    val = StudyDataset(vi.__getitem__, vp, vl, transform=_to_float)
     return (
         DataLoader(train, batch_size=batch_size, shuffle=False),
         DataLoader(val, batch_size=batch_size, shuffle=False),
@@ -190,7 +190,7 @@ def test_fit_real_densenet_fpn_at_32px():
     images = rng.integers(0, 256, size=(16, 32, 32), dtype=np.uint8)
     patient = rng.random((16, 3)).astype(np.float32)
     labels = (rng.random((16, 14)) < 0.3).astype(np.float32)
-    ds = StudyDataset(array_loader(images), patient, labels, transform=eval_transform(32))
+    ds = StudyDataset(images.__getitem__, patient, labels, transform=eval_transform(32))
     seed_everything(0)
     model = build_model("densenet121_fpn")
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrmodel.config import CONFIGS_DIR, TrainConfig, load_pipeline_config
-from cxrmodel.data.datasets import StudyDataset, array_loader
+from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.data.metadata import AgeScaler
 from cxrmodel.data.transforms import augmentation_transform, eval_transform, light_train_transform, train_transform
 from cxrmodel.inference import score_studies
@@ -54,7 +54,7 @@ def _split(n: int, seed: int):
 def _loaders(batch_size: int = 4):
     def dataset(split):
         images, patient, labels = split
-        return StudyDataset(array_loader(images), patient, labels, transform=lambda t: t.float() / 255.0)
+        return StudyDataset(images.__getitem__, patient, labels, transform=lambda t: t.float() / 255.0)
 
     train, val = _split(12, 1), _split(8, 2)
     return (

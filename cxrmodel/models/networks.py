@@ -221,26 +221,27 @@ def build_model(
     backbone: str = "densenet121",
     weights: Weights = None,
     num_classes: int = NUM_FINDINGS,
-    dropout: float = 0.3,
+    dropout: float | None = None,
 ) -> nn.Module:
     """A network: the ``backbone`` DenseNet (``'densenet121'``, the default, or
     ``'densenet_small'``; initial ``weights`` as :func:`densenet121_backbone` takes them) under
     the head of ``architecture``:
 
     - ``'densenet121_fpn'``: seed 004's :class:`DenseNetFPNClassifier` (pyramid, patient fusion,
-      dense head with ``dropout``), ``[B, 3, H, W], [B, 3] -> [B, num_classes]``;
+      dense head with ``dropout``, 0.3 when None), ``[B, 3, H, W], [B, 3] -> [B, num_classes]``;
     - ``'densenet121'``: the CheXNet-style :class:`DenseNetClassifier` (pooled features, one
-      linear layer, no dropout), ``[B, 3, H, W] -> [B, num_classes]``.
+      linear layer), ``[B, 3, H, W] -> [B, num_classes]``; it has no dropout to set.
     """
     if architecture not in HEADS or backbone not in BACKBONES:
         raise ValueError(
             f"unknown architecture {architecture!r} with backbone {backbone!r}; choose from {sorted(HEADS)} and {sorted(BACKBONES)}"
         )
+    if architecture == ModelKind.DENSENET121 and dropout is not None:
+        raise ValueError("the CheXNet-style network (densenet121) has no dropout to set")
     densenet = BACKBONES[backbone](weights)
     if architecture == ModelKind.DENSENET121_FPN:
-        return DenseNetFPNClassifier(
-            PyramidBackbone(densenet), num_classes=num_classes, fpn_channels=FPN_CHANNELS[backbone], dropout=dropout
-        )
+        head = {"fpn_channels": FPN_CHANNELS[backbone], **({"dropout": dropout} if dropout is not None else {})}
+        return DenseNetFPNClassifier(PyramidBackbone(densenet), num_classes=num_classes, **head)
     return DenseNetClassifier(densenet, num_classes=num_classes)
 
 
