@@ -243,11 +243,6 @@ def promote_selected(
     return decision
 
 
-def promote_if_better(session: Session, version_id: int, metric: str = "macro_auroc", margin: float = 0.0) -> PromotionDecision:
-    """:func:`promote_selected` of one version against the champion."""
-    return promote_selected(session, [version_id], metric, margin)
-
-
 # --- by hand -------------------------------------------------------------------------------------
 
 

@@ -201,11 +201,16 @@ def calibrate(model: VersionArgument, config: ConfigOption = DEFAULT_CONFIG, hom
 @app.command()
 def evaluate(
     model: VersionArgument,
-    promote: Annotated[bool, typer.Option(help="Promote it to champion if it beats the current one.")] = True,
+    promote: Annotated[
+        bool,
+        typer.Option(help="Rank the candidates trained with it (and the champion); promote the best if it beats the champion."),
+    ] = True,
     config: ConfigOption = DEFAULT_CONFIG,
     home: HomeOption = None,
 ) -> None:
-    """Evaluate a model version on the test split; promote it if it beats the champion."""
+    """Evaluate a model version on the test split; with --promote, rank every candidate trained with it
+    (on validation, or cross-validation when that split is small; a figure once computed is reused)
+    and promote the best if it beats the champion."""
     cfg = pipeline_config(config)
     version_id = model_version_id(home, model)
     _flows()
