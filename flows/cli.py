@@ -166,10 +166,10 @@ def train(
     ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Train every candidate the configuration names (its ``candidates:`` section): seed 004's
+    """Train every candidate the configuration names (its candidates section): seed 004's
     network (a progress bar per epoch and batch) with the labelled studies' embedding index, the
     k-NN and MLP heads on it, the CheXNet-style network and the pixel-logistic regression; each
-    calibrated on the validation split (the configuration's thresholds), ready for ``cxr evaluate``."""
+    calibrated on the validation split (the configuration's thresholds), ready for cxr evaluate."""
     from db import lookup
     from db.engine import session_scope
     from flows.cli_support import database_url
