@@ -26,7 +26,7 @@ from api.schemas import GradCam, ModelRef, PatientFields, ScoreResponse, Similar
 from api.uploads import ImageKind, StagedUpload, stage_upload
 from cxrmodel.data.imaging import ImageDecodeError, read_dicom_metadata, read_grayscale
 from cxrmodel.evaluation.metrics import apply_thresholds
-from cxrmodel.explain.gradcam import grad_cam
+from cxrmodel.explain.explanations import gradcam_unavailable, similar_cases_unavailable, study_gradcam
 from cxrmodel.findings import FINDINGS
 from cxrmodel.serving import patient_vector, ranked_findings
 from db.engine import session_scope
@@ -75,8 +75,8 @@ def _decode(staged: StagedUpload, options: ScoreOptions) -> Decoded:
 
 
 def _gradcam(champion: Champion, image: torch.Tensor, patient: torch.Tensor, finding: str) -> GradCam:
-    heat = grad_cam(champion.model.network, image[None], patient[None], FINDINGS.index(finding))
-    uri = gradcam_overlay(image[0].numpy(), heat)
+    grey, heat = study_gradcam(champion.model, image, patient, finding)
+    uri = gradcam_overlay(grey, heat)
     return GradCam(finding=finding, png_base64=uri.split(",", 1)[1])
 
 
@@ -152,15 +152,15 @@ async def score_upload(
         ranked = ranked_findings(prediction.probabilities, champion.thresholds)
         notes: list[str] = []
         gradcam = None
-        if options.gradcam and not model.has_embeddings:
-            notes.append(f"Grad-CAM unavailable: a {champion.kind} model has no network to explain")
+        if options.gradcam and (reason := gradcam_unavailable(champion.kind)) is not None:
+            notes.append(reason)
         elif options.gradcam:
             finding = options.gradcam_finding or ranked[0].finding
             gradcam = await batcher.run_exclusive(_gradcam, champion, image, patient, finding)
         similar = None
         if options.similar:
-            if prediction.embedding is None:
-                notes.append(f"similar cases unavailable: a {champion.kind} model has no image embeddings")
+            if (reason := similar_cases_unavailable(champion.kind)) is not None:
+                notes.append(reason)
             elif champion.index is None:
                 notes.append(f"similar cases unavailable: {champion.index_reason}")
             else:

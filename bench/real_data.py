@@ -15,7 +15,7 @@ held-out fold (:func:`cxrmodel.evaluation.crossval.supported_macro_auroc`).
 
 Candidates: ``seed004`` (the seed-004 network with ``configs/small-real.yaml``), ``seed004_tta``
 (the same fitted network, predicting with horizontal-flip TTA), ``chexnet`` (CheXNet-style
-DenseNet121, the recipe's ``chexnet_baseline``), ``knn`` and ``mlp`` (heads on the seed004
+DenseNet121, the recipe's ``candidates.chexnet``), ``knn`` and ``mlp`` (heads on the seed004
 network's embeddings), ``pixel_logistic`` (the reference). Also retrieval precision@5 of the
 held-out studies against the training studies, raw and whitened embeddings, against random
 retrieval and the prevalence list.
@@ -179,7 +179,7 @@ def run_fold(frame, images, train_index, test_index, candidates, config, cache_r
         notes["retrieval"] = _retrieval(train_embeddings, train_labels, test_embeddings, test_labels)
     if "chexnet" in candidates:
         started = time.perf_counter()
-        chexnet, _ = _train(rows, cache_root, config.data, config.chexnet_baseline)
+        chexnet, _ = _train(rows, cache_root, config.data, config.candidates.chexnet)
         notes["chexnet_seconds"] = round(time.perf_counter() - started, 1)
         out["chexnet"] = chexnet.predict_frame(test, cache_root, device="cpu")
     return {name: np.asarray(out[name]) for name in candidates}, notes
@@ -191,10 +191,11 @@ def bench_config(epochs: int | None, chexnet_epochs: int | None):
 
     config = load_pipeline_config(RECIPE)
     train = config.train.model_copy(update={"device": "cpu", **({"epochs": epochs} if epochs else {})})
-    chexnet = config.chexnet_baseline or config.train.model_copy(update={"architecture": "densenet121"})
+    chexnet = config.candidates.chexnet or config.train.model_copy(update={"architecture": "densenet121"})
     chexnet_epochs = chexnet_epochs or epochs
     chexnet = chexnet.model_copy(update={"device": "cpu", **({"epochs": chexnet_epochs} if chexnet_epochs else {})})
-    return config.model_copy(update={"train": train, "chexnet_baseline": chexnet})
+    candidates = config.candidates.model_copy(update={"chexnet": chexnet})
+    return config.model_copy(update={"train": train, "candidates": candidates})
 
 
 def cross_validate_candidates(frame, images, candidates, config, cache_root: Path, n_folds: int, seed: int = 0):
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) for k, v in vars(args).items()},
         "wall_seconds": round(wall, 1),
         "recipe": config.train.model_dump(mode="json"),
-        "chexnet_recipe": config.chexnet_baseline.model_dump(mode="json"),
+        "chexnet_recipe": config.candidates.chexnet.model_dump(mode="json"),
         "n_studies": len(frame),
         "n_patients": int(frame["patient_id"].nunique()),
         "candidates": summary,

@@ -66,7 +66,7 @@ def main() -> None:
     from cxrmodel.data.transforms import eval_transform
     from cxrmodel.findings import FINDINGS
     from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
-    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.models.networks import build_model
     from db import registry, scoring, studies, thresholds
     from db.engine import session_scope, upgrade_database
     from db.models import Prediction
@@ -103,7 +103,7 @@ def main() -> None:
             vid, tid = version.id, tset.id
 
         torch.manual_seed(0)
-        model = densenet121_fpn().eval()
+        model = build_model("densenet121_fpn").eval()
         device = torch.device("cpu")
         threads = torch.get_num_threads()
         print(

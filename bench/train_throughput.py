@@ -25,9 +25,9 @@ def measure(device_name: str) -> None:
     from torch.utils.data import DataLoader
 
     from cxrmodel.config import TrainConfig
-    from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.data.datasets import StudyDataset
     from cxrmodel.data.transforms import eval_transform, train_transform
-    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.models.networks import build_model
     from cxrmodel.training.loop import fit, positive_weights
 
     device = torch.device(device_name)
@@ -38,7 +38,7 @@ def measure(device_name: str) -> None:
     weights = positive_weights(labels, max_weight=10.0)
 
     torch.manual_seed(0)
-    model = densenet121_fpn().to(device)
+    model = build_model("densenet121_fpn").to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = torch.nn.BCEWithLogitsLoss(pos_weight=weights.to(device))
     x = torch.randn(N, 3, SIZE, SIZE, device=device)
@@ -60,13 +60,13 @@ def measure(device_name: str) -> None:
     bare_epoch()  # warm-up
     bare = max(bare_epoch() for _ in range(2))
 
-    dataset = StudyDataset(array_loader(images), patient, labels, transform=train_transform(SIZE))
+    dataset = StudyDataset(images.__getitem__, patient, labels, transform=train_transform(SIZE))
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, pin_memory=device.type == "cuda")
     val = DataLoader(
-        StudyDataset(array_loader(images[:BATCH]), patient[:BATCH], labels[:BATCH], transform=eval_transform(SIZE)),
+        StudyDataset(images[:BATCH].__getitem__, patient[:BATCH], labels[:BATCH], transform=eval_transform(SIZE)),
         batch_size=BATCH,
     )
-    result = fit(densenet121_fpn(), loader, val, TrainConfig(epochs=3, batch_size=BATCH), weights, device)
+    result = fit(build_model("densenet121_fpn"), loader, val, TrainConfig(epochs=3, batch_size=BATCH), weights, device)
     ours = max(r.images_per_second for r in result.history[1:])
     emit(f"training: bare loop, full model, {SIZE}px, batch {BATCH}, {device_name}", round(bare, 1), "img/s", "reference")
     emit(

@@ -7,6 +7,7 @@ pipeline YAML (the shipped ones are in ``configs/``). Where things live and when
 
 from __future__ import annotations
 
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
@@ -73,6 +74,13 @@ class DataConfig(_Frozen):
     balancing_seed: int = 0
 
 
+#: Training-recipe fields renamed: old name -> (new name, old value -> new value).
+_RENAMED_TRAIN_FIELDS = {
+    "selection_metric": ("checkpoint_selection", {"macro_f1": "macro_f1", "mean_auroc": "val_auroc"}),
+    "augment": ("augmentation", {True: "seed004", False: "none"}),
+}
+
+
 class TrainConfig(_Frozen):
     """Seed 004's training recipe; every number here is a parameter, not a constant."""
 
@@ -95,16 +103,13 @@ class TrainConfig(_Frozen):
         None, gt=0, lt=1, description="Exponential moving average of the weights (validated and saved); None: off."
     )
     early_stopping_patience: int | None = Field(None, ge=1)
-    selection_metric: Literal["macro_f1", "mean_auroc"] = Field(
-        "macro_f1", description="Older name of checkpoint_selection (macro_f1 or val_auroc), used when that is unset."
-    )
-    checkpoint_selection: Literal["last", "val_loss", "val_auroc", "macro_f1"] | None = Field(
-        None,
+    checkpoint_selection: Literal["last", "val_loss", "val_auroc", "macro_f1"] = Field(
+        "macro_f1",
         description="Which epoch is kept: 'last', lowest validation loss, highest validation mean AUROC or macro-F1. "
         "On a small validation split the per-epoch AUROC and F1 are noisy and their maximum is a chance peak: "
-        "keep 'last' (with a cosine schedule and EMA) or 'val_loss'.",
+        "keep 'last' (with a cosine schedule and EMA) or 'val_loss'. (Replaces selection_metric.)",
     )
-    dropout: float = Field(0.3, ge=0, lt=1)
+    dropout: float = Field(0.3, ge=0, lt=1, description="Dropout of seed 004's dense head (the CheXNet-style head has none).")
     pos_weight_overrides: dict[str, float] = Field(
         default_factory=dict, description="Manual positive weights, e.g. Pneumonia: 4.5"
     )
@@ -117,9 +122,8 @@ class TrainConfig(_Frozen):
     weights_hub_file: str = Field("densenet121.pth", description="weights='hub': state-dict file in that repo.")
     weights_hub_revision: str | None = None
     weights_hub_cache_dir: str | None = Field(None, description="Defaults to huggingface_hub's cache.")
-    augment: bool = Field(True, description="Older switch: True = augmentation 'seed004', False = 'none'.")
-    augmentation: Literal["none", "light", "seed004"] | None = Field(
-        None, description="Training augmentation strength (cxrmodel.data.transforms); unset: from augment."
+    augmentation: Literal["none", "light", "seed004"] = Field(
+        "seed004", description="Training augmentation strength (cxrmodel.data.transforms). (Replaces augment.)"
     )
     tta_hflip: bool = Field(
         False, description="Predict as the mean of the image and its mirror (validation, evaluation, scoring)."
@@ -135,43 +139,64 @@ class TrainConfig(_Frozen):
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = 0
 
-    @model_validator(mode="after")
-    def _derived_choices(self) -> TrainConfig:
-        # Older recipes name the kept epoch and the augmentation with selection_metric and augment.
-        if self.checkpoint_selection is None:
-            legacy = "macro_f1" if self.selection_metric == "macro_f1" else "val_auroc"
-            object.__setattr__(self, "checkpoint_selection", legacy)
-        if self.augmentation is None:
-            object.__setattr__(self, "augmentation", "seed004" if self.augment else "none")
-        else:
-            object.__setattr__(self, "augment", self.augmentation != "none")
-        if self.backbone != "densenet121" and self.weights in ("imagenet", "hub"):
-            raise ValueError(f"weights={self.weights!r} exist for the densenet121 backbone only, not {self.backbone!r}")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, raw):
+        """Recipes written before the rename say ``selection_metric`` (macro_f1 | mean_auroc) and
+        ``augment`` (true | false); they are read into ``checkpoint_selection`` and
+        ``augmentation`` (the new name wins when both are given), with a warning naming it."""
+        if not isinstance(raw, dict) or not set(_RENAMED_TRAIN_FIELDS) & set(raw):
+            return raw
+        raw = dict(raw)
+        for old, (new, translate) in _RENAMED_TRAIN_FIELDS.items():
+            if old in raw:
+                value = raw.pop(old)
+                if new not in raw:
+                    raw[new] = translate.get(value, value)
+                warnings.warn(f"training recipe: {old!r} is replaced by {new!r}", FutureWarning, stacklevel=2)
+        return raw
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_implies_weights_file(cls, raw):
+        """A ``pretrained_weights`` file with no ``weights`` means ``weights: file``."""
+        if isinstance(raw, dict) and raw.get("pretrained_weights") is not None and "weights" not in raw:
+            return {**raw, "weights": "file"}
+        return raw
 
     @model_validator(mode="after")
     def _weights_source(self) -> TrainConfig:
-        if self.pretrained_weights is not None and self.weights == "scratch":
-            object.__setattr__(self, "weights", "file")  # a given file implies weights='file'
+        if self.backbone != "densenet121" and self.weights in ("imagenet", "hub"):
+            raise ValueError(f"weights={self.weights!r} exist for the densenet121 backbone only, not {self.backbone!r}")
         if self.weights == "file" and self.pretrained_weights is None:
             raise ValueError("weights='file' needs pretrained_weights")
+        if self.pretrained_weights is not None and self.weights != "file":
+            raise ValueError(f"pretrained_weights is read with weights='file' only, not weights={self.weights!r}")
         if self.weights == "hub" and not self.weights_hub_repo:
             raise ValueError("weights='hub' needs weights_hub_repo")
         return self
 
+    def model_kwargs(self, with_weights: bool = True) -> dict:
+        """Keyword arguments for :func:`cxrmodel.models.networks.build_model`: the backbone, its
+        initial weights (unless ``with_weights`` is false: random, e.g. for data-parallel ranks
+        that receive rank 0's), and the dropout for the architecture that has one."""
+        dropout = {"dropout": self.dropout} if self.architecture == ModelKind.DENSENET121_FPN else {}
+        return {"backbone": self.backbone, **dropout, **(self.backbone_kwargs() if with_weights else {})}
+
     def backbone_kwargs(self) -> dict:
-        """Keyword arguments for :func:`cxrmodel.models.networks.build_model` (fetches hub weights)."""
+        """Keyword arguments for :func:`cxrmodel.models.networks.build_model`: the one ``weights``
+        value of this recipe's source (fetches hub weights)."""
         if self.weights == "imagenet":
-            return {"imagenet": True}
+            return {"weights": "imagenet"}
         if self.weights == "file":
-            return {"weights_path": self.pretrained_weights}
+            return {"weights": self.pretrained_weights}
         if self.weights == "hub":
             from cxrmodel.models.weights import fetch_hub_weights
 
             path = fetch_hub_weights(
                 self.weights_hub_repo, self.weights_hub_file, self.weights_hub_revision, self.weights_hub_cache_dir
             )
-            return {"weights_path": path}
+            return {"weights": path}
         return {}
 
     @field_validator("pos_weight_overrides")
@@ -249,6 +274,52 @@ class ClassicalConfig(_Frozen):
     max_iter: int = Field(2000, ge=10)
 
 
+class CandidatesConfig(_Frozen):
+    """The candidates one training run trains, named once: ``cxr train``, the pipeline, the demo
+    and the weekly retrain all train exactly these (:func:`flows.pipeline.train_candidates_flow`).
+
+    Seed 004's network is always a candidate (its recipe is the configuration's ``train:``
+    section; the k-NN and MLP heads, the retrieval index and the map sit on it). The others are
+    each ``false`` or their recipe: ``knn``/``mlp`` switch the embedding heads on that network;
+    ``chexnet`` is the image-only CheXNet-style DenseNet's training recipe (its architecture is
+    always ``densenet121``); ``classical`` is the pixel-logistic regression's (``true``: defaults).
+    """
+
+    knn: bool = True
+    mlp: bool = True
+    chexnet: TrainConfig | Literal[False] = False
+    classical: ClassicalConfig | Literal[False] = False
+
+    @field_validator("chexnet", "classical", mode="before")
+    @classmethod
+    def _true_is_the_defaults(cls, value):
+        return {} if value is True else value
+
+    @field_validator("chexnet")
+    @classmethod
+    def _chexnet_is_image_only(cls, value):
+        if value is False or value.architecture == ModelKind.DENSENET121:
+            return value
+        return TrainConfig.model_validate({**value.model_dump(exclude_unset=True), "architecture": ModelKind.DENSENET121})
+
+    def kinds(self) -> set[ModelKind]:
+        """The model kinds a training run with this section registers."""
+        kinds = {ModelKind.DENSENET121_FPN}
+        kinds |= {ModelKind.KNN_EMBEDDING} if self.knn else set()
+        kinds |= {ModelKind.MLP_EMBEDDING} if self.mlp else set()
+        kinds |= {ModelKind.DENSENET121} if self.chexnet is not False else set()
+        kinds |= {ModelKind.PIXEL_LOGISTIC} if self.classical is not False else set()
+        return kinds
+
+
+#: Top-level keys of configurations written before the ``candidates:`` section, and what replaced them.
+_LEGACY_CANDIDATE_KEYS = {
+    "chexnet_baseline": "candidates.chexnet",
+    "classical_baseline": "candidates.classical",
+    "classical": "candidates.classical",
+}
+
+
 class PipelineConfig(_Frozen):
     """Everything one end-to-end run needs."""
 
@@ -256,14 +327,30 @@ class PipelineConfig(_Frozen):
     train: TrainConfig = TrainConfig()
     thresholds: ThresholdConfig = ThresholdConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
-    chexnet_baseline: TrainConfig | None = Field(
-        None, description="Also train the image-only CheXNet-style DenseNet121 with this recipe (a candidate)."
-    )
+    candidates: CandidatesConfig = CandidatesConfig()
     synth: SynthConfig | None = Field(None, description="The synthetic dataset cxr demo generates (default: SynthConfig()).")
-    classical_baseline: bool = Field(
-        False, description="Also train the classical pixel-logistic baseline (a candidate like every other)."
-    )
-    classical: ClassicalConfig = ClassicalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_candidate_keys(cls, raw):
+        """Configurations written before the ``candidates:`` section named the CheXNet-style
+        recipe ``chexnet_baseline`` and the classical one ``classical_baseline: true`` plus
+        ``classical:``; they are read into ``candidates`` with a warning naming the new keys."""
+        if not isinstance(raw, dict) or not set(_LEGACY_CANDIDATE_KEYS) & set(raw):
+            return raw
+        raw = dict(raw)
+        used = sorted(set(_LEGACY_CANDIDATE_KEYS) & set(raw))
+        if "candidates" in raw:
+            raise ValueError(f"{used} and 'candidates' both name candidates: keep 'candidates' only")
+        candidates: dict = {}
+        if (chexnet := raw.pop("chexnet_baseline", None)) is not None:
+            candidates["chexnet"] = chexnet
+        wanted, recipe = raw.pop("classical_baseline", False), raw.pop("classical", {})
+        candidates["classical"] = (recipe or True) if wanted else False
+        raw["candidates"] = candidates
+        replaced = ", ".join(f"{old!r} by {_LEGACY_CANDIDATE_KEYS[old]!r}" for old in used)
+        warnings.warn(f"configuration keys replaced: {replaced}", FutureWarning, stacklevel=2)
+        return raw
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:

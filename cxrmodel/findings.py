@@ -60,11 +60,6 @@ def encode_findings(names: Iterable[str]) -> np.ndarray:
     return vec
 
 
-def decode_findings(vec: Iterable[int]) -> list[str]:
-    """Finding names whose entry in a length-14 0/1 vector is set."""
-    return [FINDINGS[i] for i, v in enumerate(vec) if v]
-
-
 def format_finding_labels(names: Iterable[str]) -> str:
     """The NIH ``Finding Labels`` cell for a list of names (``No Finding`` when empty)."""
     names = list(names)

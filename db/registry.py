@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -24,7 +23,6 @@ from sqlalchemy.orm import Session
 
 from cxrmodel.models.version_files import ModelVersionFiles
 from db.entities import ModelVersionInfo
-from db.evaluations import latest_evaluation
 from db.models import ModelVersion, Promotion
 from db.statuses import ModelStatus, PromotionAction, SelectionBasis
 from db.thresholds import active_threshold_set
@@ -172,9 +170,12 @@ def promotion_decision(
     return PromotionDecision(False, False, f"kept champion {champion_name}: {metric} {theirs:.4f} vs challenger {ours:.4f}")
 
 
-def record_selection(session: Session, scores: Mapping[int, float | None], basis: SelectionBasis | str) -> None:
+def record_selection(
+    session: Session, scores: Mapping[int, float | None], basis: SelectionBasis | str, context: str | None = None
+) -> None:
     """Store each version's selection figure and what it was measured on (``validation`` or
-    ``cross_validation``; never the test split)."""
+    ``cross_validation``; never the test split), with the ``context`` of a cross-validated one
+    (:func:`recorded_selection` reuses a figure of the same context)."""
     basis = SelectionBasis(basis)
     for version_id, score in scores.items():
         version = session.get(ModelVersion, version_id)
@@ -182,7 +183,32 @@ def record_selection(session: Session, scores: Mapping[int, float | None], basis
             raise ValueError(f"no model version with id {version_id}")
         version.selection_score = None if score is None else float(score)
         version.selection_basis = basis
+        version.config = {**(version.config or {}), "selection_context": context}
     session.flush()
+
+
+def recorded_selection(session: Session, version_id: int, basis: SelectionBasis | str, context: str) -> float | None:
+    """The figure :func:`record_selection` stored for this version on ``basis`` with ``context``;
+    None when it was measured otherwise (or never)."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise ValueError(f"no model version with id {version_id}")
+    same = version.selection_basis == SelectionBasis(basis) and (version.config or {}).get("selection_context") == context
+    return version.selection_score if same else None
+
+
+def record_candidate_set(session: Session, version_ids: Sequence[int]) -> None:
+    """Store on each version the ids of the candidates trained with it (its config's ``candidates``)."""
+    ids = sorted(int(i) for i in version_ids)
+    for version_id in ids:
+        update_model_config(session, version_id, candidates=ids)
+
+
+def candidate_set(session: Session, version_id: int) -> list[int]:
+    """The candidates trained with ``version_id`` (:func:`record_candidate_set`), itself included;
+    just itself for a version trained alone."""
+    ids = (model_version(session, version_id).config or {}).get("candidates") or []
+    return sorted({int(i) for i in ids} | {version_id})
 
 
 def promote_selected(
@@ -217,47 +243,7 @@ def promote_selected(
     return decision
 
 
-def promote_if_better(session: Session, version_id: int, metric: str = "macro_auroc", margin: float = 0.0) -> PromotionDecision:
-    """:func:`promote_selected` of one version against the champion."""
-    return promote_selected(session, [version_id], metric, margin)
-
-
 # --- by hand -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionRow:
-    name: str
-    kind: str
-    status: str
-    pinned: bool
-    macro_auroc: float | None
-    macro_auroc_ci: tuple[float | None, float | None]
-    created_at: datetime
-    selection_score: float | None = None
-    selection_basis: str | None = None
-
-
-def list_versions(session: Session, split: str = "test") -> list[VersionRow]:
-    """Every model version, oldest first, with its newest macro AUROC on ``split`` and the
-    figure it was chosen on."""
-    rows = []
-    for version in session.scalars(select(ModelVersion).order_by(ModelVersion.id)):
-        ev = latest_evaluation(session, version.id, split)
-        rows.append(
-            VersionRow(
-                name=version.name,
-                kind=version.kind,
-                status=version.status,
-                pinned=version.pinned,
-                macro_auroc=ev.macro_auroc if ev else None,
-                macro_auroc_ci=(ev.macro_auroc_ci_low, ev.macro_auroc_ci_high) if ev else (None, None),
-                created_at=version.created_at,
-                selection_score=version.selection_score,
-                selection_basis=version.selection_basis,
-            )
-        )
-    return rows
 
 
 def _check_can_score(session: Session, version: ModelVersion) -> None:

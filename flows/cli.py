@@ -161,13 +161,21 @@ def refresh(
 @app.command()
 def train(
     config: ConfigOption = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: the configuration's).")] = None,
-    knn_baseline: Annotated[bool, typer.Option(help="Also fit the k-NN embedding baseline.")] = True,
-    mlp_baseline: Annotated[bool, typer.Option(help="Also fit the MLP embedding baseline.")] = True,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs of seed 004's network (default: the configuration's).")
+    ] = None,
+    knn_baseline: Annotated[
+        bool | None, typer.Option(help="Fit the k-NN embedding baseline (default: the configuration's candidates).")
+    ] = None,
+    mlp_baseline: Annotated[
+        bool | None, typer.Option(help="Fit the MLP embedding baseline (default: the configuration's candidates).")
+    ] = None,
     home: HomeOption = None,
 ) -> None:
-    """Train seed 004's model on the training split (a progress bar per epoch and batch), index
-    the labelled studies' embeddings, and fit the k-NN and MLP embedding baselines."""
+    """Train every candidate the configuration names (its candidates section): seed 004's
+    network (a progress bar per epoch and batch) with the labelled studies' embedding index, the
+    k-NN and MLP heads on it, the CheXNet-style network and the pixel-logistic regression; each
+    calibrated on the validation split (the configuration's thresholds), ready for cxr evaluate."""
     from db import lookup
     from db.engine import session_scope
     from flows.cli_support import database_url
@@ -177,10 +185,12 @@ def train(
     with session_scope(database_url(home)) as session:
         lookup.require_labelled_studies(session)
     train_cfg = cfg.train.model_copy(update={"epochs": epochs}) if epochs else cfg.train
+    overrides = {k: v for k, v in (("knn", knn_baseline), ("mlp", mlp_baseline)) if v is not None}
+    candidates = cfg.candidates.model_copy(update=overrides)
     prepare_flow_command()
-    from flows.stages import train_flow
+    from flows.pipeline import train_candidates_flow
 
-    _echo_json(train_flow(cfg.data, train_cfg, knn_baseline, mlp_baseline, **ws.flow_parameters()))
+    _echo_json(train_candidates_flow(cfg.data, train_cfg, candidates, cfg.thresholds, **ws.flow_parameters()))
 
 
 @app.command()
@@ -197,11 +207,16 @@ def calibrate(model: VersionArgument, config: ConfigOption = None, home: HomeOpt
 @app.command()
 def evaluate(
     model: VersionArgument,
-    promote: Annotated[bool, typer.Option(help="Promote it to champion if it beats the current one.")] = True,
+    promote: Annotated[
+        bool,
+        typer.Option(help="Rank the candidates trained with it (and the champion); promote the best if it beats the champion."),
+    ] = True,
     config: ConfigOption = None,
     home: HomeOption = None,
 ) -> None:
-    """Evaluate a model version on the test split; promote it if it beats the champion."""
+    """Evaluate a model version on the test split; with --promote, rank every candidate trained with it
+    (on validation, or cross-validation when that split is small; a figure once computed is reused)
+    and promote the best if it beats the champion."""
     cfg = pipeline_config(config)
     version_id = model_version_id(home, model)
     prepare_flow_command()

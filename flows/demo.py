@@ -96,8 +96,7 @@ def run_demo(settings: Settings, config: PipelineConfig, synth: SynthConfig) -> 
         config.train,
         config.thresholds,
         config.evaluation,
-        chexnet_baseline=config.chexnet_baseline,
-        classical_baseline=config.classical if config.classical_baseline else None,
+        candidates=config.candidates,
         home=str(home),
         database_url=url,
     )

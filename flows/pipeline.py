@@ -8,11 +8,10 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import CandidatesConfig, DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
 from cxrmodel.layout import HomeLayout
-from cxrmodel.models.kinds import ModelKind
 from flows.params import resolve
-from flows.results import CandidatesResult, PipelineResult, RetrainResult, SelectionResult
+from flows.results import CandidatesResult, CandidatesTrained, PipelineResult, RetrainResult, SelectionResult
 from flows.stages import (
     calibrate_flow,
     evaluate_flow,
@@ -24,6 +23,7 @@ from flows.stages import (
     train_classical_flow,
     train_flow,
 )
+from tasks import selection
 from tasks.artifacts import link_run_to_report
 
 
@@ -33,26 +33,33 @@ def _link_reports(where: dict, report: str, more: dict[str, str] | None = None) 
     link_run_to_report("evaluation report", report, HomeLayout(home_path).reports, more)
 
 
-def train_candidates(
-    data: DataConfig,
-    train: TrainConfig,
-    with_knn_baseline: bool,
-    with_mlp_baseline: bool,
-    chexnet_baseline: TrainConfig | None,
-    classical_baseline: ClassicalConfig | None,
-    where: dict,
-) -> tuple[dict[str, int], str | None]:
-    """Every candidate of a run, by name: seed 004's ``network`` (with the embedding index) and
-    the ``knn`` and ``mlp`` heads on it, the image-only ``chexnet`` DenseNet121 and the
-    ``classical`` pixel-logistic baseline when asked for. Returns (versions, embedding index)."""
-    trained = train_flow(data, train, with_knn_baseline, with_mlp_baseline, **where)
+@flow(name="cxr-train-candidates")
+def train_candidates_flow(
+    data: DataConfig = DataConfig(),
+    train: TrainConfig = TrainConfig(),
+    candidates: CandidatesConfig = CandidatesConfig(),
+    thresholds: ThresholdConfig = ThresholdConfig(),
+    home: str | None = None,
+    database_url: str | None = None,
+) -> CandidatesTrained:
+    """Train every candidate the configuration's ``candidates:`` section names: seed 004's
+    ``network`` (recipe ``train``, with the embedding index) and the ``knn`` and ``mlp`` heads on
+    it, the image-only ``chexnet`` DenseNet121 and the ``classical`` pixel-logistic baseline.
+    The one trainer behind ``cxr train``, the pipeline, the demo and the weekly retrain. Each
+    candidate is calibrated (``thresholds``, on the validation split), ready to evaluate, and
+    records its siblings, so that ``cxr evaluate --promote`` ranks the whole set."""
+    where = {"home": home, "database_url": database_url}
+    trained = train_flow(data, train, candidates.knn, candidates.mlp, **where)
     versions = {"network": trained.model_version_id, **trained.baseline_version_ids}
-    if chexnet_baseline is not None:
-        recipe = chexnet_baseline.model_copy(update={"architecture": ModelKind.DENSENET121})
-        versions["chexnet"] = train_flow(data, recipe, False, False, with_embedding_index=False, **where).model_version_id
-    if classical_baseline is not None:
-        versions["classical"] = train_classical_flow(data, classical_baseline, **where)
-    return versions, trained.embedding_index
+    if candidates.chexnet is not False:
+        versions["chexnet"] = train_flow(
+            data, candidates.chexnet, False, False, with_embedding_index=False, **where
+        ).model_version_id
+    if candidates.classical is not False:
+        versions["classical"] = train_classical_flow(data, candidates.classical, **where)
+    calibrate_all(versions, thresholds, where)
+    selection.record_candidate_set(resolve(home, database_url)[1], list(versions.values()))
+    return CandidatesTrained(versions, trained.embedding_index)
 
 
 def calibrate_all(versions: dict[str, int], thresholds: ThresholdConfig, where: dict) -> None:
@@ -84,16 +91,12 @@ def pipeline_flow(
     train: TrainConfig = TrainConfig(),
     thresholds: ThresholdConfig = ThresholdConfig(),
     evaluation: EvaluationConfig = EvaluationConfig(),
-    with_knn_baseline: bool = True,
-    with_mlp_baseline: bool = True,
-    chexnet_baseline: TrainConfig | None = None,
-    classical_baseline: ClassicalConfig | None = None,
+    candidates: CandidatesConfig = CandidatesConfig(),
     home: str | None = None,
     database_url: str | None = None,
 ) -> PipelineResult:
     """Run every stage in order and return what it produced. Every model trained is a
-    candidate: seed 004's network, the k-NN and MLP heads on it, the image-only DenseNet121
-    (``chexnet_baseline``, a training recipe) and the classical baseline (``classical_baseline``).
+    candidate: those ``candidates`` names (:func:`train_candidates_flow`).
     The best on validation (cross-validation when the validation split is small) becomes
     champion if it beats the current one; the test split only reports."""
     where = {"home": home, "database_url": database_url}
@@ -108,12 +111,9 @@ def pipeline_flow(
 
     refreshed = refresh_flow(source_dir, source, incoming_dir, data, **where)
     lap("refresh")
-    versions, index = train_candidates(
-        data, train, with_knn_baseline, with_mlp_baseline, chexnet_baseline, classical_baseline, where
-    )
-    lap("train")
-    calibrate_all(versions, thresholds, where)
-    lap("calibrate")
+    trained = train_candidates_flow(data, train, candidates, thresholds, **where)
+    versions, index = trained.versions, trained.embedding_index
+    lap("train")  # and calibrate: one trainer
     selection = select_flow(list(versions.values()), evaluation, **where)
     lap("select")
     test_evaluations = evaluate_on_test(versions, evaluation, where)
@@ -138,10 +138,7 @@ def retrain_flow(
     train: TrainConfig = TrainConfig(),
     thresholds: ThresholdConfig = ThresholdConfig(),
     evaluation: EvaluationConfig = EvaluationConfig(),
-    with_knn_baseline: bool = True,
-    with_mlp_baseline: bool = True,
-    chexnet_baseline: TrainConfig | None = None,
-    classical_baseline: ClassicalConfig | None = None,
+    candidates: CandidatesConfig = CandidatesConfig(),
     home: str | None = None,
     database_url: str | None = None,
 ) -> RetrainResult:
@@ -149,10 +146,8 @@ def retrain_flow(
     them, rank them (and the champion) on validation or cross-validation, evaluate each on the
     test split once, promote the best if it beats the champion, and render its report."""
     where = {"home": home, "database_url": database_url}
-    versions, index = train_candidates(
-        data, train, with_knn_baseline, with_mlp_baseline, chexnet_baseline, classical_baseline, where
-    )
-    calibrate_all(versions, thresholds, where)
+    trained = train_candidates_flow(data, train, candidates, thresholds, **where)
+    versions, index = trained.versions, trained.embedding_index
     selection = select_flow(list(versions.values()), evaluation, **where)
     test_evaluations = evaluate_on_test(versions, evaluation, where)
     champion = promote_flow(list(versions.values()), list(test_evaluations.values()), evaluation, **where)

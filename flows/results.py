@@ -38,6 +38,15 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class CandidatesTrained:
+    """The candidates one training run registered (``network``, ``knn``, ``mlp``, ``chexnet``,
+    ``classical`` -> version id) and the network's embedding index."""
+
+    versions: dict[str, int]
+    embedding_index: str | None = None
+
+
+@dataclass(frozen=True)
 class EvaluateResult:
     evaluation_id: int
     promoted: bool

@@ -95,12 +95,12 @@ def select_flow(
     current = selection.champion_id(url)
     ranked = [*candidate_ids, *([current] if current is not None and current not in candidate_ids else [])]
     if basis == SelectionBasis.VALIDATION:
-        metric = evaluation.promotion_metric
+        metric, context = evaluation.promotion_metric, None
         scores = selection.validation_scores(url, home_path, ranked, metric)
     else:
         metric = "macro_auroc"
-        scores = selection.cross_validation_scores(url, home_path, ranked, evaluation)
-    selection.record_selection(url, scores, basis)
+        scores, context = selection.cross_validation_scores(url, home_path, ranked, evaluation)
+    selection.record_selection(url, scores, basis, context)
     known = [(scores[i], -i) for i in candidate_ids if scores.get(i) is not None]
     chosen = -max(known)[1] if known else None
     get_run_logger().info("selection on %s by %s: %s; best candidate %s", basis, metric, scores, chosen)
@@ -137,16 +137,18 @@ def evaluate_flow(
     database_url: str | None = None,
 ) -> EvaluateResult:
     """Evaluate a model version with its active thresholds (bootstrap intervals, calibration,
-    subgroups). With ``promote``: rank it against the champion as :func:`select_flow` does (on
-    validation or cross-validation, never on this evaluation) and promote it if it beats the
-    champion by ``evaluation.promotion_margin``. With ``publish``: publish the evaluation's
-    artifacts under the keys of the role it ends with (champion or not)."""
+    subgroups). With ``promote``: rank the candidates trained with it (the whole set one
+    training run registered) against the champion as :func:`select_flow` does (on validation or
+    cross-validation, never on this evaluation) and promote the best if it beats the champion
+    by ``evaluation.promotion_margin``. With ``publish``: publish the evaluation's artifacts
+    under the keys of the role it ends with (champion or not)."""
     home_path, url = resolve(home, database_url)
     evaluation_id = evaluate_model(url, home_path, model_version_id, split=split, config=evaluation)
     promoted = False
     if promote:
-        select_flow([model_version_id], evaluation, home=home, database_url=database_url)
-        promoted = selection.promote_selected(url, [model_version_id], evaluation.promotion_metric, evaluation.promotion_margin)
+        candidates = selection.candidate_set(url, model_version_id)
+        select_flow(candidates, evaluation, home=home, database_url=database_url)
+        promoted = selection.promote_selected(url, candidates, evaluation.promotion_metric, evaluation.promotion_margin)
     if publish:
         publish_evaluation(url, evaluation_id)
     return EvaluateResult(evaluation_id, promoted)

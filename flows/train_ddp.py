@@ -101,8 +101,8 @@ def train_distributed(
     home_path, url, frame = _load_shared_inputs(ctx, home, database_url)
     seed_everything(train.seed)
     prepared = prepare_training_data(frame, HomeLayout(home_path).cache, data, train)
-    backbone = train.backbone_kwargs() if ctx.is_main else {}  # the others get rank 0's weights from DDP
-    model = build_model(train.architecture, backbone=train.backbone, dropout=train.dropout, **backbone)
+    # the other ranks get rank 0's weights from DDP
+    model = build_model(train.architecture, **train.model_kwargs(with_weights=ctx.is_main))
     seed_everything(train.seed + ctx.rank)  # each rank its own augmentation and dropout stream
     ddp_model = wrap_ddp(model, ctx)
 

@@ -13,7 +13,6 @@ from prefect import task
 from cxrmodel.data.imaging import read_grayscale
 from cxrmodel.findings import FINDINGS
 from cxrmodel.layout import HomeLayout
-from cxrmodel.models.kinds import is_embedding_head, is_network
 from db import report_queries
 from db.engine import session_scope
 from db.entities import ModelVersionInfo, StudyInfo
@@ -72,42 +71,40 @@ def _examples(
 
 
 def _add_gradcam(home: Path, model: ModelVersionInfo, studies: dict[str, StudyInfo], examples: list[dict]) -> None:
-    """Give each example a Grad-CAM overlay for its top finding, computed with the evaluated
-    network on the model's own input (image cache, eval transform, patient features as scoring
-    encodes them). Embedding baselines (k-NN, MLP) get a note instead: their scores come from a
-    head on the parent's embedding, not from the network's logits. A failure leaves the examples
-    without heat maps (with a warning): the heat maps illustrate the report, they are not it."""
+    """Give each example a Grad-CAM overlay for its top finding, computed on the model's own
+    input (image cache, eval transform, patient features as scoring encodes them) by
+    :func:`cxrmodel.explain.explanations.study_gradcam`, as the service draws it; a model
+    without Grad-CAM gets the note :func:`~cxrmodel.explain.explanations.gradcam_unavailable`
+    gives. A failure leaves the examples without heat maps (with a warning): the heat maps
+    illustrate the report, they are not it."""
     import pandas as pd
     import torch
 
     from cxrmodel.data.cache import ImageCache
     from cxrmodel.data.metadata import patient_features
-    from cxrmodel.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-    from cxrmodel.explain.gradcam import grad_cam
+    from cxrmodel.explain.explanations import gradcam_unavailable, study_gradcam
     from cxrmodel.models.loading import load_model_version
 
     if not examples:
         return
-    if not is_network(model.kind):
+    if (reason := gradcam_unavailable(model.kind)) is not None:
         for ex in examples:
-            ex["gradcam_note"] = (
-                f"No Grad-CAM for the {model.kind} baseline: its scores come from a head on image "
-                "embeddings, not from the network's logits."
-                if is_embedding_head(model.kind)
-                else f"No Grad-CAM for the {model.kind} baseline: it has no network (logistic regression on pixels)."
-            )
+            ex["gradcam_note"] = reason
         return
     try:
         loaded = load_model_version(model.files())
-        cache, transform = ImageCache(HomeLayout(Path(home)).cache, loaded.image_size), eval_transform(loaded.image_size)
+        cache = ImageCache(HomeLayout(Path(home)).cache, loaded.image_size)
         for ex in examples:
             study = studies[ex["study_key"]]
-            image = transform(torch.from_numpy(cache.get(study.study_key, study.image_path, study.content_hash))[None])
-            patient = torch.from_numpy(
-                patient_features(pd.DataFrame({"age": [study.age], "sex": [study.sex], "view": [study.view]}), loaded.age_scaler)
+            image = loaded.input_transform(
+                torch.from_numpy(cache.get(study.study_key, study.image_path, study.content_hash))[None]
             )
-            heat = grad_cam(loaded.network, image[None], patient, FINDINGS.index(ex["gradcam_finding"]))
-            grey = image[0].numpy() * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # what the network saw, un-normalised
+            patient = torch.from_numpy(
+                patient_features(pd.DataFrame({"age": [study.age], "sex": [study.sex], "view": [study.view]}), loaded.age_scaler)[
+                    0
+                ]
+            )
+            grey, heat = study_gradcam(loaded, image, patient, ex["gradcam_finding"])
             ex["heatmap_data_uri"] = gradcam_overlay(grey, heat)
     except (KeyError, OSError, RuntimeError, ValueError) as exc:  # integrity and decode errors included
         run_logger().warning("evaluation report without Grad-CAM heat maps: %s", exc)
@@ -200,13 +197,18 @@ def render_evaluation(database_url: str, home: Path, evaluation_id: int) -> str:
 
 def _with_similar_cases(database_url: str, version_id: int, top: dict[str, list[tuple]], k: int = 3) -> dict[str, list[tuple]]:
     """``top`` with a third element per study: its ``k`` most similar labelled studies as
-    ``(study_key, cosine, findings)``. Unchanged (with a warning) when the model has no
-    embedding index or the lookup fails: the similar cases are a help, not the report."""
+    ``(study_key, cosine, findings)``, as the service finds them. Unchanged for a model without
+    similar cases (:func:`cxrmodel.explain.explanations.similar_cases_unavailable`), and (with a
+    warning) when the lookup fails: the similar cases are a help, not the report."""
+    from cxrmodel.explain.explanations import similar_cases_unavailable
     from cxrmodel.models.artifacts import ArtifactIntegrityError
+    from db.registry import model_version
     from tasks.similarity import load_index, similar_to
 
     keys = sorted({key for rows in top.values() for key, *_ in rows})
-    if not keys:
+    with session_scope(database_url) as session:
+        kind = model_version(session, version_id).kind
+    if not keys or similar_cases_unavailable(kind) is not None:
         return top
     try:
         with session_scope(database_url) as session:

@@ -27,7 +27,6 @@ from datetime import timedelta
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from cxrmodel.evaluation.metrics import apply_thresholds
 from cxrmodel.inference import score_studies
@@ -50,7 +49,6 @@ __all__ = [
     "plan_scoring",
     "run_scoring",
     "score_chunk",
-    "score_new_studies",
 ]
 
 DEFAULT_CHUNK_SIZE = 512
@@ -254,7 +252,7 @@ def finish_scoring(
 
 def _call(task_, *args, **kwargs):
     """Run a task as a Prefect task run (retries, logs in the UI) inside a flow or task run,
-    and as its plain function outside one (tests, benchmarks, ``score_new_studies.fn``)."""
+    and as its plain function outside one (tests, benchmarks)."""
     return task_(*args, **kwargs) if in_prefect_run() else task_.fn(*args, **kwargs)
 
 
@@ -302,30 +300,3 @@ def run_scoring(
         close_failed_run(database_url, plan.scoring_run_id, _failure_reason(exc), budget if isinstance(exc, Exception) else 0)
         raise
     return _call(finish_task, database_url, plan, counts, seconds=time.perf_counter() - started)
-
-
-@task(name="score-new-studies", cache_policy=NO_CACHE)
-def score_new_studies(
-    database_url: str,
-    batch_size: int = 64,
-    device: str = "auto",
-    limit: int | None = None,
-    num_workers: int = 0,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    stale_after_minutes: float = DEFAULT_STALE_MINUTES,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-) -> int:
-    """Score pending studies with the champion and its active thresholds in this process
-    (plan, chunks one after another, finish), committing batch by batch; failures are recorded
-    with their reason. Returns the scoring run id. ``score_flow`` runs the same steps as
-    separate tasks so that a Dask task runner can spread the chunks."""
-    return run_scoring(
-        database_url,
-        batch_size,
-        device,
-        limit,
-        num_workers,
-        chunk_size,
-        stale_after_minutes=stale_after_minutes,
-        max_attempts=max_attempts,
-    )

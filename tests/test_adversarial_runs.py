@@ -20,7 +20,7 @@ from db.engine import get_engine, session_scope
 from db.models import Prediction, RefreshRun, ScoringRun, Study, SupersededPrediction, TrainingRun, utcnow
 from db.statuses import StudyStatus
 from tasks.data import register_incoming
-from tasks.scoring import score_new_studies
+from tasks.scoring import run_scoring
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,7 +43,7 @@ def _predictions(url: str, key: str) -> list[tuple[int, float]]:
 
 def test_a_changed_file_is_scored_again_and_both_predictions_are_kept(url, tmp_path):
     ids = prepare_scoring_database(url, tmp_path, 4)
-    first = score_new_studies.fn(url, batch_size=8)
+    first = run_scoring(url, batch_size=8)
     path = tmp_path / "incoming" / "in00001.png"
     write_png(path, seed=1234)  # same name, new pixels
     with session_scope(url) as session:
@@ -51,7 +51,7 @@ def test_a_changed_file_is_scored_again_and_both_predictions_are_kept(url, tmp_p
         record = {c: getattr(row, c) for c in ("study_key", "source", "split", "labelled")}
         counts = studies.sync_studies(session, [{**record, "image_path": str(path), "content_hash": "new-hash"}])
     assert (counts.updated, counts.rescored) == (1, 1)
-    second = score_new_studies.fn(url, batch_size=8)
+    second = run_scoring(url, batch_size=8)
     with session_scope(url) as session:
         run = session.get(ScoringRun, second)
         old = session.scalars(select(SupersededPrediction).where(SupersededPrediction.study_id == ids["in00001.png"])).all()
@@ -92,7 +92,7 @@ def test_a_corrupt_file_is_tried_a_bounded_number_of_times(url, tmp_path):
     from test_scoring_faults import study_record
 
     ids = prepare_scoring_database(url, tmp_path, 2, extra=[study_record("bad.png", bad, 9)])
-    runs = [score_new_studies.fn(url, batch_size=8, max_attempts=2) for _ in range(3)]
+    runs = [run_scoring(url, batch_size=8, max_attempts=2) for _ in range(3)]
     with session_scope(url) as session:
         failed = [session.get(ScoringRun, r).n_failed for r in runs]
         study = session.get(Study, ids["bad.png"])
@@ -119,7 +119,7 @@ def test_an_overlapping_run_leaves_the_studies_another_run_claimed(url, tmp_path
     with session_scope(url) as session:
         held = claims.claim(session, plan_a.scoring_run_id, plan_a.chunks[0], timedelta(hours=1))
     assert held == set(plan_a.chunks[0])
-    run_b = score_new_studies.fn(url, batch_size=8)  # B starts while A works
+    run_b = run_scoring(url, batch_size=8)  # B starts while A works
     with session_scope(url) as session:
         b = session.get(ScoringRun, run_b)
     assert (b.n_candidates, b.n_scored) == (20, 20)  # only what A had not claimed
@@ -138,7 +138,7 @@ def test_a_dead_runs_claims_expire(url, tmp_path):
     with session_scope(url) as session:
         plan, _ = scoring.plan_scoring_run(session, chunk_size=6)
         claims.claim(session, plan.scoring_run_id, ids, timedelta(seconds=-1))  # already expired: its process died
-    run = score_new_studies.fn(url, batch_size=8)
+    run = run_scoring(url, batch_size=8)
     with session_scope(url) as session:
         assert session.get(ScoringRun, run).n_scored == 6
 
@@ -226,7 +226,7 @@ def test_html_in_a_model_name_is_escaped_in_the_scoring_artifact(prefect_server,
 
     @flow
     def night():
-        return score_new_studies(url, batch_size=8)
+        return run_scoring(url, batch_size=8)
 
     night()
 

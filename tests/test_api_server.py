@@ -382,8 +382,8 @@ def test_tta_and_classical_champions_score_as_nightly(service, tmp_path):
     assert probs == pytest.approx(_nightly_probabilities(service, body["study_key"], classical_id), abs=1e-6)
     assert len(set(probs)) > 1  # Effusion has a fitted model; the findings without positives a constant
     assert body["gradcam"] is None and body["similar_cases"] is None
-    assert any("Grad-CAM unavailable: a pixel_logistic model" in n for n in body["notes"])
-    assert any("similar cases unavailable: a pixel_logistic model has no image embeddings" in n for n in body["notes"])
+    assert any("No Grad-CAM for the pixel_logistic baseline" in n for n in body["notes"])
+    assert any("No similar cases for the pixel_logistic model: it has no image embeddings" in n for n in body["notes"])
     stored = service.rows(
         "SELECT p.probability FROM predictions p JOIN studies s ON s.id = p.study_id JOIN scoring_runs r "
         "ON r.id = p.scoring_run_id WHERE s.study_key = :k AND r.model_version_id = :m ORDER BY p.finding",

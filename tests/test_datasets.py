@@ -7,14 +7,14 @@ import pytest
 import torch
 from test_train import _to_float
 
-from cxrmodel.data.datasets import StudyDataset, array_loader
+from cxrmodel.data.datasets import StudyDataset
 
 
 def test_study_dataset_flips_and_labels():
     images = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
     patient = np.array([[0.1, 0, 1], [0.2, 1, 0], [0.3, 0, 0]], dtype=np.float64)
     labels = np.eye(3, 14, dtype=np.uint8)
-    ds = StudyDataset(array_loader(images), patient, labels, flips=[False, True, False])
+    ds = StudyDataset(images.__getitem__, patient, labels, flips=[False, True, False])
     assert len(ds) == 3
 
     image, pat, lab, idx = ds[0]
@@ -34,9 +34,9 @@ def test_study_dataset_flips_and_labels():
 
 def test_study_dataset_without_labels_and_with_transform():
     images = np.full((2, 4, 4), 255, dtype=np.uint8)
-    ds = StudyDataset(array_loader(images), np.zeros((2, 3)), labels=None, transform=_to_float)
+    ds = StudyDataset(images.__getitem__, np.zeros((2, 3)), labels=None, transform=_to_float)
     image, _, lab, _ = ds[1]
     assert torch.equal(lab, torch.zeros(14))
     assert image.dtype == torch.float32 and torch.all(image == 1.0)
     with pytest.raises(ValueError, match="labels has 1 rows"):
-        StudyDataset(array_loader(images), np.zeros((2, 3)), labels=np.zeros((1, 14)))
+        StudyDataset(images.__getitem__, np.zeros((2, 3)), labels=np.zeros((1, 14)))

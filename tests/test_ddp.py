@@ -112,8 +112,8 @@ def _toy_worker(out_dir: str) -> None:
     from torch.utils.data import DataLoader, DistributedSampler
 
     from cxrmodel.config import TrainConfig
-    from cxrmodel.data.datasets import StudyDataset, array_loader
-    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.data.datasets import StudyDataset
+    from cxrmodel.models.networks import build_model
     from cxrmodel.training.distributed import all_gather_predictions, cleanup, distributed_loader, init_from_env, wrap_ddp
     from cxrmodel.training.loop import fit, positive_weights, predict_loader, seed_everything
 
@@ -121,14 +121,14 @@ def _toy_worker(out_dir: str) -> None:
     ctx = init_from_env()
     assert (ctx.world_size, ctx.backend, ctx.device.type) == (2, "gloo", "cpu")
     seed_everything(1000 + ctx.rank)  # a different initialisation on each rank: DDP must copy rank 0's
-    model = densenet121_fpn()
+    model = build_model("densenet121_fpn")
     ddp = wrap_ddp(model, ctx)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     ti, tp, tl = _split(N_TRAIN, 1)
     vi, vp, vl = _split(N_VAL, 2)
-    train_ds = RecordingDataset(StudyDataset(array_loader(ti), tp, tl, transform=_to_rgb))
-    val_ds = StudyDataset(array_loader(vi), vp, vl, transform=_to_rgb)
+    train_ds = RecordingDataset(StudyDataset(ti.__getitem__, tp, tl, transform=_to_rgb))
+    val_ds = StudyDataset(vi.__getitem__, vp, vl, transform=_to_rgb)
     train_loader = distributed_loader(train_ds, 4, ctx, shuffle=True, seed=0)
     val_loader = DataLoader(val_ds, batch_size=8)
     seen_per_epoch: list[list[int]] = []
@@ -137,7 +137,7 @@ def _toy_worker(out_dir: str) -> None:
         seen_per_epoch.append(list(train_ds.seen))
         train_ds.seen.clear()
 
-    config = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-2, device="cpu", augment=False)
+    config = TrainConfig(epochs=2, batch_size=4, learning_rate=1e-2, device="cpu", augmentation="none")
     result = fit(ddp, train_loader, val_loader, config, positive_weights(tl), ctx.device, on_epoch=on_epoch)
 
     shard = DataLoader(val_ds, batch_size=3, sampler=DistributedSampler(val_ds, num_replicas=2, rank=ctx.rank, shuffle=False))

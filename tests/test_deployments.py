@@ -40,8 +40,7 @@ def _production_parameters() -> dict:
         "train": cfg.train.model_dump(mode="json"),
         "thresholds": cfg.thresholds.model_dump(mode="json"),
         "evaluation": cfg.evaluation.model_dump(mode="json"),
-        "chexnet_baseline": cfg.chexnet_baseline.model_dump(mode="json") if cfg.chexnet_baseline else None,
-        "classical_baseline": cfg.classical.model_dump(mode="json") if cfg.classical_baseline else None,
+        "candidates": cfg.candidates.model_dump(mode="json"),
     }
 
 

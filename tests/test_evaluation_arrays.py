@@ -16,7 +16,7 @@ from cxrmodel.data.metadata import AgeScaler
 from cxrmodel.data.synth import generate_dataset
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.artifacts import save_state_dict
-from cxrmodel.models.networks import densenet121_fpn
+from cxrmodel.models.networks import build_model
 from db import evaluations, registry, thresholds
 from db.engine import session_scope
 from tasks import data as data_tasks
@@ -44,7 +44,7 @@ def test_two_evaluations_of_one_version_and_split_keep_two_array_files(migrated_
     data_tasks.finish_refresh.fn(migrated_url, run, counts)
     torch.manual_seed(0)
     artifact = home / "models" / "net" / "model.safetensors"
-    sha = save_state_dict(densenet121_fpn().state_dict(), artifact)
+    sha = save_state_dict(build_model("densenet121_fpn").state_dict(), artifact)
     with session_scope(migrated_url) as s:
         version = registry.register_model_version(
             s,

@@ -9,7 +9,15 @@ import pytest
 from sqlalchemy import func, select
 from test_run_links import run_artifacts
 
-from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, SynthConfig, ThresholdConfig, TrainConfig
+from cxrmodel.config import (
+    CandidatesConfig,
+    ClassicalConfig,
+    DataConfig,
+    EvaluationConfig,
+    SynthConfig,
+    ThresholdConfig,
+    TrainConfig,
+)
 from cxrmodel.data.synth import generate_dataset
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.kinds import has_embedding_space
@@ -30,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 TINY_DATA = DataConfig(image_size=32, balancing="none")
 TINY_TRAIN = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0)
+CANDIDATES = CandidatesConfig(chexnet=TINY_TRAIN, classical=ClassicalConfig(side=8, c=0.05))
 #: Rank on the small validation split (about 10 studies) rather than retrain every network per fold.
 EVALUATION = EvaluationConfig(min_validation_studies=5)
 
@@ -117,9 +126,7 @@ def _run_pipeline(root: Path, home: Path, url: str):
         TINY_TRAIN,
         ThresholdConfig(),
         EVALUATION,
-        with_knn_baseline=True,
-        chexnet_baseline=TINY_TRAIN,
-        classical_baseline=ClassicalConfig(side=8, c=0.05),
+        candidates=CANDIDATES,
         home=str(home),
         database_url=url,
     )

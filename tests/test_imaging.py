@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +13,6 @@ from cxrmodel.data.imaging import (
     read_dicom_metadata,
     read_grayscale,
     resize_square,
-    safe_join,
 )
 
 
@@ -150,20 +147,6 @@ def test_resize_square(nih_png):
     assert flat.shape == (32, 32) and np.all(flat == 90)
     with pytest.raises(ValueError):
         resize_square(np.zeros((4, 4, 3), dtype=np.uint8), 8)
-
-
-def test_safe_join(tmp_path):
-    root = tmp_path / "root"
-    (root / "a").mkdir(parents=True)
-    assert safe_join(root, "a/b.png") == (root / "a" / "b.png").resolve()
-    for bad in ("../x", "/etc/passwd", "a/../../x", ""):
-        with pytest.raises(ValueError):
-            safe_join(root, bad)
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    os.symlink(outside, root / "link")
-    with pytest.raises(ValueError, match="escapes root"):
-        safe_join(root, "link/secret.txt")
 
 
 def test_is_plain_file_name():

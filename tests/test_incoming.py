@@ -18,7 +18,7 @@ from db.engine import get_engine, session_scope
 from db.models import Prediction, QuarantinedRow, ScoringRun, Study
 from db.refresh import RefreshTotals
 from tasks.data import register_incoming
-from tasks.scoring import score_new_studies
+from tasks.scoring import run_scoring
 
 DICOM = Path(__file__).parent / "fixtures" / "dicom" / "siim_cxr.dcm"  # tags: 62 years, M, PA
 
@@ -145,7 +145,7 @@ def test_study_inserted_by_another_system_is_scored(url, tmp_path):
             ),
             {"key": "external-0001", "path": str(image), "no": False},
         )
-    run_id = score_new_studies.fn(url, batch_size=8)
+    run_id = run_scoring(url, batch_size=8)
     with session_scope(url) as session:
         run = session.get(ScoringRun, run_id)
         assert (run.n_candidates, run.n_scored, run.n_failed) == (4, 4, 0)

@@ -13,7 +13,7 @@ from PIL import Image
 from cxrmodel.data.imaging import read_grayscale, resize_square
 from cxrmodel.data.transforms import eval_transform
 from cxrmodel.inference import ScoringDataset, ScoringItem, score_batches
-from cxrmodel.models.networks import densenet121_fpn
+from cxrmodel.models.networks import build_model
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return densenet121_fpn().eval()
+    return build_model("densenet121_fpn").eval()
 
 
 def _png(path, seed):

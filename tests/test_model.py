@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import densenet121
 
+from cxrmodel.config import TrainConfig
 from cxrmodel.findings import NUM_FINDINGS
 from cxrmodel.models.networks import (
     NUM_PATIENT_FEATURES,
@@ -15,7 +16,6 @@ from cxrmodel.models.networks import (
     build_model,
     count_parameters,
     densenet121_backbone,
-    densenet121_fpn,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def fpn_model() -> DenseNetFPNClassifier:
     torch.manual_seed(0)
-    return densenet121_fpn().eval()
+    return build_model("densenet121_fpn").eval()
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,24 @@ def test_dropout_is_configurable():
     model = build_model("densenet121_fpn", dropout=0.1)
     drops = [m for m in model.head if isinstance(m, nn.Dropout)]
     assert [d.p for d in drops] == [0.1]
+    # the CheXNet-style head has none: asking for one is refused, not ignored
+    with pytest.raises(ValueError, match="no dropout"):
+        build_model("densenet121", dropout=0.1)
+    assert not any(isinstance(m, nn.Dropout) for m in build_model("densenet121", backbone="densenet_small").modules())
+    # a recipe gives its dropout to the architecture that has one only
+    assert TrainConfig(dropout=0.2).model_kwargs() == {"backbone": "densenet121", "dropout": 0.2}
+    assert TrainConfig(architecture="densenet121", dropout=0.2).model_kwargs() == {"backbone": "densenet121"}
+
+
+def test_one_weights_source_per_recipe(tmp_path):
+    """A weights file next to weights='imagenet' is refused, never silently ignored."""
+    with pytest.raises(ValueError, match="pretrained_weights is read with weights='file' only"):
+        TrainConfig(weights="imagenet", pretrained_weights=tmp_path / "w.pth")
+    assert TrainConfig(pretrained_weights=tmp_path / "w.pth").model_kwargs(with_weights=False) == {
+        "backbone": "densenet121",
+        "dropout": 0.3,
+    }
+    assert TrainConfig(pretrained_weights=tmp_path / "w.pth").backbone_kwargs() == {"weights": tmp_path / "w.pth"}
 
 
 def test_backbone_loads_local_state_dict(tmp_path):
@@ -135,7 +153,7 @@ def test_backbone_loads_local_state_dict(tmp_path):
     # a features-only file is accepted as well
     features_only = {k: v for k, v in saved.items() if k.startswith("features.")}
     torch.save(features_only, tmp_path / "features.pth")
-    via_builder = build_model("densenet121_fpn", weights_path=tmp_path / "features.pth")
+    via_builder = build_model("densenet121_fpn", weights=tmp_path / "features.pth")
     conv0 = via_builder.backbone.body.state_dict()["features.conv0.weight"]
     assert torch.equal(conv0, saved["features.conv0.weight"])
 

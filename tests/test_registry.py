@@ -170,3 +170,22 @@ def test_models_cli_pins_lists_and_rolls_back(two_versions, monkeypatch):
     assert "rollback" in history[0] and "pin" in history[1] and "reader study" in history[1]
     refused = runner.invoke(app, ["models", "pin", "nope"])  # the cxr script prints it in one line, exit 2
     assert isinstance(refused.exception, NotFound) and "no model version 'nope'" in str(refused.exception)
+
+
+def test_candidate_sets_and_recorded_cross_validation_figures(migrated_url):
+    """A training run's candidates know each other; a cross-validated figure is kept with the
+    context it was measured in, and read back only for that context."""
+    with session_scope(migrated_url) as s:
+        a, b, alone = _version(s, "a"), _version(s, "b"), _version(s, "alone")
+        registry.record_candidate_set(s, [b, a])
+        assert registry.candidate_set(s, a) == registry.candidate_set(s, b) == sorted([a, b])
+        assert registry.candidate_set(s, alone) == [alone]
+        registry.record_selection(s, {a: 0.61, b: None}, "cross_validation", "ctx-1")
+    with session_scope(migrated_url) as s:
+        assert registry.recorded_selection(s, a, "cross_validation", "ctx-1") == pytest.approx(0.61)
+        assert registry.recorded_selection(s, a, "cross_validation", "ctx-2") is None  # other folds or studies
+        assert registry.recorded_selection(s, a, "validation", "ctx-1") is None
+        assert registry.recorded_selection(s, b, "cross_validation", "ctx-1") is None  # no figure recorded
+        registry.record_selection(s, {a: 0.7}, "validation")
+        assert registry.recorded_selection(s, a, "cross_validation", "ctx-1") is None  # replaced by a validation figure
+        assert registry.model_version(s, a).config["candidates"] == sorted([a, b])

@@ -26,11 +26,11 @@ from sqlalchemy import func, select
 from cxrmodel.data.imaging import MIN_SIDE
 from cxrmodel.findings import FINDINGS
 from cxrmodel.models.artifacts import save_state_dict
-from cxrmodel.models.networks import densenet121_fpn
+from cxrmodel.models.networks import build_model
 from db import registry, studies, thresholds
 from db.engine import get_engine, session_scope, upgrade_database
 from db.models import Prediction, ScoringFailure, ScoringRun
-from tasks.scoring import score_new_studies
+from tasks.scoring import run_scoring
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -70,7 +70,7 @@ def study_record(key: str, path: Path, i: int = 0, **overrides) -> dict:
 
 
 def prepare_scoring_database(url: str, root: Path, n_studies: int = N, extra: Sequence[dict] = ()) -> dict[str, int]:
-    """Bring ``url`` to the latest schema and make it ready for ``score_new_studies`` without
+    """Bring ``url`` to the latest schema and make it ready for ``run_scoring`` without
     training: a randomly initialised ``densenet121_fpn`` saved under ``root`` and promoted to
     champion with a threshold of 0.5 for every finding, and ``n_studies`` 64x64 PNGs in
     ``root/incoming`` registered as unlabelled studies, followed by the ``extra`` study records
@@ -78,7 +78,7 @@ def prepare_scoring_database(url: str, root: Path, n_studies: int = N, extra: Se
     upgrade_database(url)
     torch.manual_seed(0)
     artifact = root / "models" / "random-fpn.safetensors"
-    sha256 = save_state_dict(densenet121_fpn().state_dict(), artifact)
+    sha256 = save_state_dict(build_model("densenet121_fpn").state_dict(), artifact)
     with session_scope(url) as session:
         version = registry.register_model_version(
             session,
@@ -163,7 +163,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from db import scoring
-from tasks.scoring import score_new_studies
+from tasks.scoring import run_scoring
 
 url, batch_size, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 if delay:
@@ -178,7 +178,7 @@ if len(sys.argv) > 4:
     Path(f"{go}.{os.getpid()}").touch()  # ready
     while not go.exists():
         time.sleep(0.01)
-print("scoring run", score_new_studies.fn(url, batch_size=batch_size), flush=True)
+print("scoring run", run_scoring(url, batch_size=batch_size), flush=True)
 """
 
 
@@ -241,7 +241,7 @@ def test_killed_run_loses_nothing_and_next_run_scores_only_the_rest(url, tmp_pat
     assert killed.n_scored == len(before) and killed.n_candidates == N
 
     # the next run finds its heartbeat stale (any age counts here) and says what happened
-    run_id = score_new_studies.fn(url, batch_size=BATCH, stale_after_minutes=0)
+    run_id = run_scoring(url, batch_size=BATCH, stale_after_minutes=0)
     assert scoring_run(url, killed.id).status == "abandoned"
     run = scoring_run(url, run_id)
     assert run.status == "completed"
@@ -254,7 +254,7 @@ def test_killed_run_loses_nothing_and_next_run_scores_only_the_rest(url, tmp_pat
     assert by_run == {killed.id: len(before) * K, run_id: (N - len(before)) * K}
 
     # and a third run finds nothing left to do
-    again = scoring_run(url, score_new_studies.fn(url, batch_size=BATCH))
+    again = scoring_run(url, run_scoring(url, batch_size=BATCH))
     assert (again.n_candidates, again.n_scored, again.n_failed) == (0, 0, 0)
     assert n_predictions(url) == N * K
 
@@ -320,7 +320,7 @@ def test_bad_files_are_recorded_failures_and_the_rest_is_scored(url, tmp_path):
     ids = prepare_scoring_database(url, tmp_path, 30, extra=[*(r for r, _ in bad.values()), partial])
     bad_ids = {ids[record["study_key"]]: reason for record, reason in bad.values()}
 
-    run_id = score_new_studies.fn(url, batch_size=BATCH)
+    run_id = run_scoring(url, batch_size=BATCH)
     run = scoring_run(url, run_id)
     assert run.status == "completed"
     assert run.n_candidates == len(ids) == 30 + len(bad) + 1
@@ -338,6 +338,6 @@ def test_bad_files_are_recorded_failures_and_the_rest_is_scored(url, tmp_path):
     assert_every_study_scored_once(url, [sid for sid in ids.values() if sid not in bad_ids])
 
     # nothing is lost: the failed studies stay pending and are retried (and fail again) next night
-    retry = scoring_run(url, score_new_studies.fn(url, batch_size=BATCH))
+    retry = scoring_run(url, run_scoring(url, batch_size=BATCH))
     assert (retry.n_candidates, retry.n_scored, retry.n_failed) == (len(bad), 0, len(bad))
     assert n_predictions(url) == (len(ids) - len(bad)) * K

@@ -223,7 +223,6 @@ def test_embedding_baselines_ride_on_the_parent_network(registry, indexed):
         mlp = load_model_version(ModelVersionFiles.of(mlp_v, parent))
         knn = load_model_version(ModelVersionFiles.of(knn_v, parent))
     assert isinstance(mlp.embedding_head, MlpEmbeddingModel) and isinstance(knn.embedding_head, KnnEmbeddingModel)
-    assert knn.knn is knn.embedding_head  # the old attribute name still answers
     assert knn.embedding_head.n_neighbors in NEIGHBOUR_GRID
     probs = mlp.predict_frame(frame, Path(home) / "cache")
     assert probs.shape == (len(frame), 14) and np.all((probs >= 0) & (probs <= 1))

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrmodel.config import TrainConfig
-from cxrmodel.data.datasets import StudyDataset, array_loader
+from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.findings import FINDINGS
 from cxrmodel.training.loop import EpochResult, fit, positive_weights, seed_everything
 
@@ -113,8 +113,8 @@ def data():
 
 def _loaders(data, batch_size=4):
     (ti, tp, tl), (vi, vp, vl) = data
-    train = StudyDataset(array_loader(ti), tp, tl, transform=_to_float)
-    val = StudyDataset(array_loader(vi), vp, vl, transform=_to_float)
+    train = StudyDataset(ti.__getitem__, tp, tl, transform=_to_float)
+    val = StudyDataset(vi.__getitem__, vp, vl, transform=_to_float)
     return (
         DataLoader(train, batch_size=batch_size, shuffle=False),
         DataLoader(val, batch_size=batch_size, shuffle=False),
@@ -127,7 +127,7 @@ def _tensors(split):
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=4, learning_rate=1e-2, device="cpu", augment=False)
+    base = dict(epochs=2, batch_size=4, learning_rate=1e-2, device="cpu", augmentation="none")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -184,15 +184,15 @@ def test_fit_reports_every_epoch_with_correct_values(data):
 
 def test_fit_real_densenet_fpn_at_32px():
     from cxrmodel.data.transforms import eval_transform
-    from cxrmodel.models.networks import densenet121_fpn
+    from cxrmodel.models.networks import build_model
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(16, 32, 32), dtype=np.uint8)
     patient = rng.random((16, 3)).astype(np.float32)
     labels = (rng.random((16, 14)) < 0.3).astype(np.float32)
-    ds = StudyDataset(array_loader(images), patient, labels, transform=eval_transform(32))
+    ds = StudyDataset(images.__getitem__, patient, labels, transform=eval_transform(32))
     seed_everything(0)
-    model = densenet121_fpn()
+    model = build_model("densenet121_fpn")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen = []
     result = fit(model, DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8), _config(batch_size=8),
@@ -226,7 +226,7 @@ def test_train_loss_is_the_per_sample_mean(data):
 
 def test_selection_by_mean_auroc(data):
     seed_everything(0)
-    result = fit(TinyNet(), *_loaders(data), _config(epochs=3, selection_metric="mean_auroc"), _pos_weight(data), CPU)
+    result = fit(TinyNet(), *_loaders(data), _config(epochs=3, checkpoint_selection="val_auroc"), _pos_weight(data), CPU)
     aurocs = [r.mean_auroc for r in result.history]
     assert result.best_metric == max(aurocs)
     assert result.best_epoch == 1 + aurocs.index(max(aurocs))

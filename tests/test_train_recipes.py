@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader
 
 import configs
 from cxrmodel.config import TrainConfig, load_pipeline_config
-from cxrmodel.data.datasets import StudyDataset, array_loader
+from cxrmodel.data.datasets import StudyDataset
 from cxrmodel.data.metadata import AgeScaler
 from cxrmodel.data.transforms import augmentation_transform, eval_transform, light_train_transform, train_transform
 from cxrmodel.inference import score_studies
 from cxrmodel.models.artifacts import save_state_dict
 from cxrmodel.models.loading import ModelVersionFiles, load_model_version
-from cxrmodel.models.networks import build_model, count_parameters, densenet_small_fpn, network_probabilities
+from cxrmodel.models.networks import build_model, count_parameters, network_probabilities
 from cxrmodel.training.loop import fit, positive_weights, predict_loader, seed_everything
 from cxrmodel.training.recipe import WARMUP_START_FACTOR, LearningRateSchedule, make_optimizer
 
@@ -55,7 +55,7 @@ def _split(n: int, seed: int):
 def _loaders(batch_size: int = 4):
     def dataset(split):
         images, patient, labels = split
-        return StudyDataset(array_loader(images), patient, labels, transform=lambda t: t.float() / 255.0)
+        return StudyDataset(images.__getitem__, patient, labels, transform=lambda t: t.float() / 255.0)
 
     train, val = _split(12, 1), _split(8, 2)
     return (
@@ -66,7 +66,7 @@ def _loaders(batch_size: int = 4):
 
 
 def _config(**kw) -> TrainConfig:
-    return TrainConfig(**{"epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "device": "cpu", "augment": False, **kw})
+    return TrainConfig(**{"epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "device": "cpu", "augmentation": "none", **kw})
 
 
 # --------------------------------------------------------------------------------------
@@ -82,15 +82,20 @@ def test_defaults_are_the_old_behaviour():
         "densenet121",
         False,
     )
-    # the older names still choose
-    assert TrainConfig(selection_metric="mean_auroc").checkpoint_selection == "val_auroc"
-    assert TrainConfig(augment=False).augmentation == "none"
-    assert TrainConfig(augmentation="light").augment is True
-    assert TrainConfig(augmentation="none").augment is False
-    # a stored recipe (model_dump of an old one, without the new keys) validates to the same
+    # the older names still choose, with a warning naming the new one
+    with pytest.warns(FutureWarning, match="'selection_metric' is replaced by 'checkpoint_selection'"):
+        assert TrainConfig(selection_metric="mean_auroc").checkpoint_selection == "val_auroc"
+    with pytest.warns(FutureWarning, match="'augment' is replaced by 'augmentation'"):
+        assert TrainConfig(augment=False).augmentation == "none"
+    with pytest.warns(FutureWarning):  # both given (a version's stored recipe): the new name wins
+        assert TrainConfig(augment=True, augmentation="light").augmentation == "light"
+    assert not hasattr(TrainConfig(), "augment") and not hasattr(TrainConfig(), "selection_metric")
+    # a stored recipe of an older version (both names, older fields missing) validates to the same
     old = {k: v for k, v in TrainConfig().model_dump(mode="json").items() if k not in ("optimizer", "schedule", "backbone")}
     old.pop("checkpoint_selection"), old.pop("augmentation"), old.pop("ema_decay"), old.pop("tta_hflip")
-    assert TrainConfig.model_validate(old) == TrainConfig()
+    old.update(selection_metric="macro_f1", augment=True)
+    with pytest.warns(FutureWarning):
+        assert TrainConfig.model_validate(old) == TrainConfig()
     assert TrainConfig.model_validate(TrainConfig(checkpoint_selection="last").model_dump(mode="json")) == TrainConfig(
         checkpoint_selection="last"
     )
@@ -99,7 +104,7 @@ def test_defaults_are_the_old_behaviour():
 def test_recipe_files_validate():
     demo_config = load_pipeline_config(configs.shipped("demo"))
     demo = demo_config.train
-    # the demo's old selection_metric: mean_auroc maps onto the new field
+    # the demo keeps the best epoch by validation AUROC
     assert (demo.optimizer, demo.schedule, demo.checkpoint_selection, demo.backbone) == (
         "adam",
         "plateau",
@@ -117,7 +122,7 @@ def test_small_backbone_refuses_imagenet_weights():
     with pytest.raises(ValueError, match="densenet121 backbone only"):
         TrainConfig(backbone="densenet_small", weights="imagenet")
     with pytest.raises(ValueError, match="no ImageNet weights"):
-        build_model("densenet121_fpn", backbone="densenet_small", imagenet=True)
+        build_model("densenet121_fpn", backbone="densenet_small", weights="imagenet")
     with pytest.raises(ValueError, match="unknown architecture"):
         build_model("densenet121_fpn", backbone="resnet")
 
@@ -272,7 +277,7 @@ def test_augmentation_strengths():
 
 
 def test_small_backbone_network():
-    model = densenet_small_fpn().eval()
+    model = build_model("densenet121_fpn", backbone="densenet_small").eval()
     assert [ch for _, ch in model.backbone.levels.values()] == [128, 256, 256]
     assert count_parameters(model) < count_parameters(build_model("densenet121_fpn")) / 4
     with torch.no_grad():
@@ -298,7 +303,7 @@ class _Study:
 
 def _version(tmp_path: Path, tta: bool | None, size: int = 32):
     torch.manual_seed(0)
-    network = densenet_small_fpn().eval()
+    network = build_model("densenet121_fpn", backbone="densenet_small").eval()
     path = tmp_path / f"model-{tta}.safetensors"
     sha = save_state_dict(network.state_dict(), path)
     config = {"image_size": size, "age_scaler": AgeScaler(20.0, 80.0, 50.0).to_dict()}

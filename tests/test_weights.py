@@ -127,7 +127,7 @@ def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(tmp_path, mo
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(FileNotFoundError) as info:
-        build_model("densenet121_fpn", imagenet=True)
+        build_model("densenet121_fpn", weights="imagenet")
     message = str(info.value)
     assert "densenet121-a639ec97.pth" in message and str(tmp_path / "empty-home" / "hub" / "checkpoints") in message
     assert "https://download.pytorch.org/models/densenet121-a639ec97.pth" in message and "weights='file'" in message

@@ -127,7 +127,7 @@ def calibrate_evaluate_promote(url: str, home: Path, version_id: int) -> None:
             s, stored.id, arrays_path=str(save_arrays(arrays_path(Path(files.artifact_path).parent, stored.id), result.arrays))
         )
         registry.record_selection(s, {version_id: fitted_val_auroc}, "validation")
-        decision = registry.promote_if_better(s, version_id)
+        decision = registry.promote_selected(s, [version_id])
         record = evaluations.evaluation_record(s, stored.id)
     assert decision.promote and decision.champion and record.model_status == "champion"
     assert len(record.per_class) == len(FINDINGS) and record.aggregates["n_bootstrap"] == 20 and record.subgroups
@@ -169,7 +169,7 @@ def run_every_stage(work: Path, url: str) -> None:
 
     torch.set_num_threads(1)
     data = DataConfig(image_size=32, balancing="none")
-    train = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0, device="cpu", augment=False)
+    train = TrainConfig(epochs=1, batch_size=16, pos_weight_max=10.0, device="cpu", augmentation="none")
     root, home = work / "nih", work / "home"
     generate_dataset(root, SynthConfig(n_studies=60, n_incoming=6, image_size=32, seed=1), workers=1)
     upgrade_database(url)

@@ -47,8 +47,3 @@ class StudyDataset(Dataset):
             image = self.transform(image)
         labels = self.labels[i] if self.labels is not None else torch.zeros(14)
         return image, self.patient[i], labels, i
-
-
-def array_loader(images: np.ndarray) -> ImageLoader:
-    """Loader over an in-memory ``[N, S, S]`` uint8 array."""
-    return lambda i: images[i]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,27 +67,6 @@ class ImageDecodeError(ValueError):
 def is_plain_file_name(name: object) -> bool:
     """True when ``name`` is a bare file name: non-empty, no path separator, not ``.``/``..``."""
     return isinstance(name, str) and name not in ("", ".", "..") and not any(ch in name for ch in ("/", "\\", "\x00"))
-
-
-def safe_join(root: str | os.PathLike[str], relative: str | os.PathLike[str]) -> Path:
-    """Join ``relative`` under ``root`` and return the resolved path.
-
-    Raises ``ValueError`` for an empty or absolute ``relative``, for any ``..`` component,
-    and when the resolved result (symlinks followed) lies outside the resolved ``root``.
-    """
-    text = os.fspath(relative)
-    if not text or "\x00" in text:
-        raise ValueError(f"invalid relative path {text!r}")
-    rel = PurePath(text)
-    if rel.is_absolute() or rel.anchor or text.startswith(("/", "\\")):
-        raise ValueError(f"absolute path not allowed: {text!r}")
-    if ".." in rel.parts or ".." in re.split(r"[\\/]", text):
-        raise ValueError(f"'..' not allowed in relative path: {text!r}")
-    base = Path(root).resolve()
-    candidate = (base / rel).resolve()
-    if not candidate.is_relative_to(base):
-        raise ValueError(f"path {text!r} escapes root {str(base)!r}")
-    return candidate
 
 
 # --------------------------------------------------------------------------------------

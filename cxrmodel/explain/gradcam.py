@@ -4,9 +4,8 @@ Which layer:
 
 - :class:`~cxrmodel.models.networks.DenseNetClassifier` (the CheXNet-style baseline): ``model.features``,
   the output of the last dense block after ``norm5`` (stride 32), as in CheXNet.
-- :class:`~cxrmodel.models.networks.DenseNetFPNClassifier` (seed 004): its backbone is a torch.fx graph
-  in which ``denseblock4`` is not a module call, so no hook can see it. The head reads the three
-  pyramid outputs P3, P4, P5 (``model.fpn.layer_blocks``, strides 8/16/32), each pooled and
+- :class:`~cxrmodel.models.networks.DenseNetFPNClassifier` (seed 004): the head does not read the
+  backbone's last block alone but the three pyramid outputs P3, P4, P5 (``model.fpn.layer_blocks``, strides 8/16/32), each pooled and
   concatenated, so the score is linear in the channels of all three levels together. The map is
   therefore the Grad-CAM sum over those three layers: each level's un-rectified map
   ``sum_k alpha_k A_k`` is upsampled to the input size, the three are added, then rectified —

@@ -38,10 +38,6 @@ def is_embedding_head(kind: str) -> bool:
     return kind in EMBEDDING_KINDS
 
 
-def is_classical(kind: str) -> bool:
-    return kind in CLASSICAL_KINDS
-
-
 def has_embedding_space(kind: str) -> bool:
     """Whether the kind's scores come from a network's image embeddings (embedding map, similar cases)."""
     return kind in NETWORK_KINDS or kind in EMBEDDING_KINDS

@@ -80,16 +80,6 @@ class LoadedModel:
     tta_hflip: bool = False
 
     @property
-    def knn(self) -> EmbeddingHead | None:
-        """Old name of :attr:`embedding_head` (any embedding head, not only k-NN)."""
-        return self.embedding_head
-
-    @property
-    def has_embeddings(self) -> bool:
-        """Whether there is a network whose image embeddings can be read (map, similar cases)."""
-        return self.network is not None
-
-    @property
     def input_transform(self) -> Callable[[torch.Tensor], torch.Tensor]:
         return raw_pixels if self.classical is not None else eval_transform(self.image_size)
 
@@ -108,7 +98,7 @@ class LoadedModel:
     def predict_with_embeddings(
         self, inputs: torch.Tensor, patient: torch.Tensor, device: torch.device, embeddings: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities ``[B, 14]`` and, when asked and :attr:`has_embeddings`, the image
+        """Probabilities ``[B, 14]`` and, when asked and there is a network, the image
         embeddings ``[B, d]`` of the unmirrored images, from the same forward pass (the mirror
         pass of ``tta_hflip`` is the only extra one). A classical model gives ``None``."""
         if self.classical is not None:

@@ -5,8 +5,9 @@ The seed lists c4 (after ``denseblock3``) as 512 channels; the real torchvision 
 1024 there (``denseblock3`` ends at 256 + 24 x 32 channels, and only ``transition3`` halves it).
 This module follows torchvision: c3 = 512, c4 = 1024, c5 = 1024, and a test pins it.
 
-Backbones come one builder function per variant, as in torchvision: :func:`densenet121_backbone`
-(the seed's) and :func:`densenet_small_backbone`, a three-block DenseNet (growth 16, blocks
+One builder, :func:`build_model`, composes a backbone with a head. Backbones come one builder
+function per variant, as in torchvision: :func:`densenet121_backbone` (the seed's) and
+:func:`densenet_small_backbone`, a three-block DenseNet (growth 16, blocks
 6/12/8, about 0.5 M parameters against 7 M) for small real sets, where the full DenseNet121
 trained from scratch overfits (see ``configs/small-real.yaml``). The pyramid taps the last
 three dense blocks of whichever backbone it gets, with their channel counts read from the
@@ -21,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import DenseNet, densenet121
-from torchvision.models.feature_extraction import create_feature_extractor
 from torchvision.ops import FeaturePyramidNetwork
 
 from cxrmodel.findings import NUM_FINDINGS
@@ -39,29 +39,32 @@ NUM_PATIENT_FEATURES = 3  # age scaled to [0, 1], sex (M=0, F=1), view (PA=0, AP
 SMALL_DENSENET = {"growth_rate": 16, "block_config": (6, 12, 8), "num_init_features": 32}
 
 
-def densenet121_backbone(weights_path: str | Path | None = None, imagenet: bool = False) -> nn.Module:
-    """A torchvision DenseNet121: ImageNet weights (torchvision's weights API) when ``imagenet``,
-    else from a local state-dict file when given, else random initialisation.
+#: A backbone's initial weights: None (random), ``"imagenet"`` (torchvision's weights API) or
+#: the path of a local state-dict file. One value, so no source can be silently ignored.
+Weights = str | Path | None
 
-    ``weights_path`` may hold either the whole torchvision state dict (``classifier.*``
-    included) or only its ``features.*`` part; legacy key names are accepted.
-    """
-    if imagenet:
+
+def densenet121_backbone(weights: Weights = None) -> nn.Module:
+    """A torchvision DenseNet121 with ``weights``: None, random initialisation; ``"imagenet"``,
+    torchvision's ImageNet weights (:func:`~cxrmodel.models.weights.imagenet_densenet121`); a
+    path, a local state dict (the whole torchvision one or its ``features.*`` part; legacy key
+    names accepted)."""
+    if isinstance(weights, str) and weights == "imagenet":
         return imagenet_densenet121()
     net = densenet121(weights=None)
-    if weights_path is not None:
-        load_state_dict_file(net, weights_path)
+    if weights is not None:
+        load_state_dict_file(net, weights)
     return net
 
 
-def densenet_small_backbone(weights_path: str | Path | None = None, imagenet: bool = False) -> nn.Module:
-    """The small three-block DenseNet of :data:`SMALL_DENSENET`, randomly initialised (no
-    published weights exist for it; a local state-dict file of the same shape may be given)."""
-    if imagenet:
+def densenet_small_backbone(weights: Weights = None) -> nn.Module:
+    """The small three-block DenseNet of :data:`SMALL_DENSENET`: randomly initialised (no
+    published weights exist for it), or from a local state-dict file of the same shape."""
+    if isinstance(weights, str) and weights == "imagenet":
         raise ValueError("no ImageNet weights exist for the densenet_small backbone; use weights='scratch'")
     net = DenseNet(**SMALL_DENSENET)
-    if weights_path is not None:
-        load_state_dict_file(net, weights_path)
+    if weights is not None:
+        load_state_dict_file(net, weights)
     return net
 
 
@@ -93,6 +96,33 @@ def pyramid_levels(densenet: nn.Module) -> OrderedDict[str, tuple[str, int]]:
     return OrderedDict(zip(("c3", "c4", "c5"), blocks[-3:], strict=True))
 
 
+class DenseBlockTaps(nn.Module):
+    """The stem and dense blocks of a DenseNet's ``features``, run in order, returning the outputs
+    of the tapped blocks: a plain module in the manner of torchvision's ``IntermediateLayerGetter``
+    (no torch.fx tracing, which patches module calls process-wide while it runs and broke
+    predictions running in other threads).
+
+    The children after the last tapped block (``norm5``) are left out, so the state-dict keys are
+    ``features.<child>.*``, exactly those of the torch.fx extractor this replaces: artefacts saved
+    before stay loadable (``tests/fixtures/legacy_networks.json`` pins them).
+    """
+
+    def __init__(self, features: nn.Module, taps: dict[str, str]) -> None:
+        super().__init__()
+        children = list(features.named_children())
+        last = max(i for i, (name, _) in enumerate(children) if name in taps)
+        self.features = nn.Sequential(OrderedDict(children[: last + 1]))
+        self.taps = dict(taps)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name in self.taps:
+                out[self.taps[name]] = x
+        return out
+
+
 class PyramidBackbone(nn.Module):
     """A DenseNet's features tapped after its last three dense blocks.
 
@@ -103,8 +133,8 @@ class PyramidBackbone(nn.Module):
     def __init__(self, densenet: nn.Module) -> None:
         super().__init__()
         self.levels = pyramid_levels(densenet)
-        return_nodes = {node: name for name, (node, _) in self.levels.items()}
-        self.body = create_feature_extractor(densenet, return_nodes=return_nodes)
+        taps = {node.removeprefix("features."): name for name, (node, _) in self.levels.items()}
+        self.body = DenseBlockTaps(densenet.features, taps)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.body(x)
@@ -186,61 +216,37 @@ class DenseNetClassifier(nn.Module):
         return self.logits_from_embedding(self.embed(image))
 
 
-def densenet121_fpn(
-    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.3, imagenet: bool = False
-) -> DenseNetFPNClassifier:
-    """Seed 004's model with a DenseNet121 backbone (ImageNet or local-file weights when asked)."""
-    return DenseNetFPNClassifier(
-        PyramidBackbone(densenet121_backbone(weights_path, imagenet)), num_classes=num_classes, dropout=dropout
-    )
+def build_model(
+    architecture: str,
+    backbone: str = "densenet121",
+    weights: Weights = None,
+    num_classes: int = NUM_FINDINGS,
+    dropout: float | None = None,
+) -> nn.Module:
+    """A network: the ``backbone`` DenseNet (``'densenet121'``, the default, or
+    ``'densenet_small'``; initial ``weights`` as :func:`densenet121_backbone` takes them) under
+    the head of ``architecture``:
 
-
-def densenet_small_fpn(
-    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.3, imagenet: bool = False
-) -> DenseNetFPNClassifier:
-    """Seed 004's model (pyramid, patient fusion, head) on the small DenseNet backbone."""
-    return DenseNetFPNClassifier(
-        PyramidBackbone(densenet_small_backbone(weights_path, imagenet)),
-        num_classes=num_classes,
-        fpn_channels=FPN_CHANNELS["densenet_small"],
-        dropout=dropout,
-    )
-
-
-def densenet121_chexnet(
-    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.0, imagenet: bool = False
-) -> DenseNetClassifier:
-    """The CheXNet-style image-only baseline."""
-    return DenseNetClassifier(densenet121_backbone(weights_path, imagenet), num_classes=num_classes)
-
-
-def densenet_small_chexnet(
-    weights_path: str | Path | None = None, num_classes: int = NUM_FINDINGS, dropout: float = 0.0, imagenet: bool = False
-) -> DenseNetClassifier:
-    """The CheXNet-style image-only baseline on the small DenseNet backbone."""
-    return DenseNetClassifier(densenet_small_backbone(weights_path, imagenet), num_classes=num_classes)
-
-
-#: One builder per (network kind, backbone).
-ARCHITECTURES = {
-    (ModelKind.DENSENET121_FPN, "densenet121"): densenet121_fpn,
-    (ModelKind.DENSENET121_FPN, "densenet_small"): densenet_small_fpn,
-    (ModelKind.DENSENET121, "densenet121"): densenet121_chexnet,
-    (ModelKind.DENSENET121, "densenet_small"): densenet_small_chexnet,
-}
-
-
-def build_model(architecture: str, backbone: str = "densenet121", **kwargs) -> nn.Module:
-    """Builder lookup by network kind (``'densenet121_fpn'`` or ``'densenet121'``) and backbone
-    (``'densenet121'``, the default, or ``'densenet_small'``)."""
-    try:
-        builder = ARCHITECTURES[(architecture, backbone)]
-    except KeyError:
-        kinds = sorted({kind for kind, _ in ARCHITECTURES})
+    - ``'densenet121_fpn'``: seed 004's :class:`DenseNetFPNClassifier` (pyramid, patient fusion,
+      dense head with ``dropout``, 0.3 when None), ``[B, 3, H, W], [B, 3] -> [B, num_classes]``;
+    - ``'densenet121'``: the CheXNet-style :class:`DenseNetClassifier` (pooled features, one
+      linear layer), ``[B, 3, H, W] -> [B, num_classes]``; it has no dropout to set.
+    """
+    if architecture not in HEADS or backbone not in BACKBONES:
         raise ValueError(
-            f"unknown architecture {architecture!r} with backbone {backbone!r}; choose from {kinds} and {sorted(BACKBONES)}"
-        ) from None
-    return builder(**kwargs)
+            f"unknown architecture {architecture!r} with backbone {backbone!r}; choose from {sorted(HEADS)} and {sorted(BACKBONES)}"
+        )
+    if architecture == ModelKind.DENSENET121 and dropout is not None:
+        raise ValueError("the CheXNet-style network (densenet121) has no dropout to set")
+    densenet = BACKBONES[backbone](weights)
+    if architecture == ModelKind.DENSENET121_FPN:
+        head = {"fpn_channels": FPN_CHANNELS[backbone], **({"dropout": dropout} if dropout is not None else {})}
+        return DenseNetFPNClassifier(PyramidBackbone(densenet), num_classes=num_classes, **head)
+    return DenseNetClassifier(densenet, num_classes=num_classes)
+
+
+#: The heads :func:`build_model` composes with a backbone, by network kind.
+HEADS = {ModelKind.DENSENET121_FPN: DenseNetFPNClassifier, ModelKind.DENSENET121: DenseNetClassifier}
 
 
 def flip_averaged_probabilities(

@@ -30,7 +30,7 @@ def train_network(
     when set, and resumed); ``on_batch`` follows the training batches. Returns the plain module (its last state) and the fit's result."""
     device = device or resolve_device(train.device)
     train_loader, val_loader = training_loaders(prepared, train, device)
-    model = build_model(train.architecture, backbone=train.backbone, dropout=train.dropout, **train.backbone_kwargs())
+    model = build_model(train.architecture, **train.model_kwargs())
     checkpoint = Path(out) / "checkpoint.pt"
     if train.resume_checkpoint is not None:
         if not Path(train.resume_checkpoint).is_file():
