@@ -29,6 +29,7 @@ from cxrmodel.models.embedding import KnnEmbeddingModel, MlpEmbeddingModel
 from cxrmodel.models.kinds import CLASSICAL_KINDS, NETWORK_KINDS, ModelKind
 from cxrmodel.models.networks import build_model, network_probabilities
 from cxrmodel.models.version_files import ModelVersionFiles
+from cxrmodel.threads import rebalance
 
 __all__ = [
     "EMBEDDING_HEADS",
@@ -101,6 +102,7 @@ class LoadedModel:
         """Probabilities ``[B, 14]`` and, when asked and there is a network, the image
         embeddings ``[B, d]`` of the unmirrored images, from the same forward pass (the mirror
         pass of ``tta_hflip`` is the only extra one). A classical model gives ``None``."""
+        rebalance()  # this process's share of the host's cores, when it joined one (cxrmodel.threads)
         if self.classical is not None:
             return self.classical.predict_proba(inputs[:, 0].numpy(), patient.numpy()), None
         images = inputs.to(device, non_blocking=True)

@@ -33,6 +33,7 @@ from cxrmodel.findings import FINDINGS
 from cxrmodel.io import atomic_write
 from cxrmodel.models.networks import flip_averaged_probabilities
 from cxrmodel.progress import BatchCallback
+from cxrmodel.threads import rebalance
 from cxrmodel.training.distributed import all_reduce_sum, broadcast_buffers, broadcast_object, is_distributed, unwrap
 from cxrmodel.training.recipe import LearningRateSchedule, make_ema, make_optimizer, selection_rule
 
@@ -115,6 +116,7 @@ PLAIN = Acceleration(None, torch.contiguous_format, False)
 
 
 def _forward(model: nn.Module, batch, device: torch.device, accel: Acceleration = PLAIN):
+    rebalance()  # this process's share of the host's cores, when it joined one (cxrmodel.threads)
     image, patient, labels, _ = batch
     image = image.to(device, non_blocking=True, memory_format=accel.memory_format)
     patient = patient.to(device, non_blocking=True)
