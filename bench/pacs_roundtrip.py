@@ -80,7 +80,7 @@ def main() -> int:
     from db import scoring as scoring_store
     from db.engine import session_scope
     from tasks.pacs import pull_from_pacs, push_to_pacs
-    from tasks.scoring import score_new_studies
+    from tasks.scoring import run_scoring
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-pacs-"))
     server = OrthancServer(free_port(), work / "orthanc")
@@ -116,7 +116,7 @@ def main() -> int:
         t0 = time.perf_counter()
         pulled = pull_from_pacs.fn(database_url=url)
         t1 = time.perf_counter()
-        score_new_studies.fn(url, batch_size=BATCH, device="cpu")
+        run_scoring(url, batch_size=BATCH, device="cpu")
         t2 = time.perf_counter()
         pushed = push_to_pacs.fn(database_url=url)
         t3 = time.perf_counter()

@@ -7,14 +7,8 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from cxrmodel.config import (
-    ClassicalConfig,
-    DataConfig,
-    EvaluationConfig,
-    HomeLayout,
-    ThresholdConfig,
-    TrainConfig,
-)
+from cxrmodel.config import ClassicalConfig, DataConfig, EvaluationConfig, ThresholdConfig, TrainConfig
+from cxrmodel.layout import HomeLayout
 from db.statuses import SelectionBasis
 from flows.params import resolve
 from flows.refresh import refresh_flow as refresh_flow  # re-exported: the data stages live in flows.refresh

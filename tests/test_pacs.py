@@ -29,7 +29,7 @@ from cxrmodel.pacs.sr import NOT_A_DIAGNOSIS, read_report
 from db import pacs as pacs_store
 from db.engine import get_engine, session_scope
 from tasks.pacs import pull_from_pacs, push_to_pacs
-from tasks.scoring import score_new_studies
+from tasks.scoring import run_scoring
 
 pytestmark = [
     pytest.mark.skipif(orthanc_missing() is not None, reason=orthanc_missing() or ""),
@@ -72,7 +72,7 @@ def url(database_url, tmp_path):
 def night(url: str, backoff_s: float = 0.0):
     """Pull, score, write back: what the nightly flow's PACS steps do."""
     pulled = pull_from_pacs.fn(database_url=url)
-    run_id = score_new_studies.fn(url, batch_size=8, device="cpu")
+    run_id = run_scoring(url, batch_size=8, device="cpu")
     pushed = push_to_pacs.fn(database_url=url, backoff_s=backoff_s)
     return pulled, run_id, pushed
 
@@ -242,7 +242,7 @@ def test_a_pacs_down_during_the_pull_and_during_the_write_back_loses_nothing(url
         server.start()
         pulled = pull_from_pacs.fn(database_url=url)
         assert (pulled.registered, pulled.error) == (5, None)
-        score_new_studies.fn(url, batch_size=8, device="cpu")
+        run_scoring(url, batch_size=8, device="cpu")
 
         # down during the write-back: recorded, pending, sent next night, once
         server.stop()

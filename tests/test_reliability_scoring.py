@@ -31,7 +31,7 @@ from test_scoring_faults import (
 from db.engine import get_engine, session_scope
 from db.models import ScoringClaim, ScoringRun
 from tasks.common import backoff_delays, db_retry_options
-from tasks.scoring import run_scoring, score_new_studies
+from tasks.scoring import run_scoring
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -61,7 +61,7 @@ def test_a_run_failing_its_weights_check_stores_the_reason(url, tmp_path):  # no
     prepare_scoring_database(url, tmp_path, 16)
     flip_one_byte(tmp_path / "models" / "random-fpn.safetensors")
     with pytest.raises(ArtifactIntegrityError):
-        score_new_studies.fn(url, batch_size=BATCH)
+        run_scoring(url, batch_size=BATCH)
     (run,) = _runs(url)
     assert run.status == "failed" and run.finished_at is not None
     assert run.error.startswith("ArtifactIntegrityError: ") and "sha256" in run.error
@@ -83,7 +83,7 @@ def test_a_killed_run_is_reclaimed_at_once_by_the_next_run(url, tmp_path):  # no
     assert proc.wait() == -signal.SIGKILL, log.read_text()[-3000:]
     before = predictions_per_study(url)
     assert 0 < len(before) < N and _claims(url) > 0  # the killed run holds claims on the rest of its chunk
-    run_id = score_new_studies.fn(url, batch_size=BATCH)  # stale_after_minutes: the default hour
+    run_id = run_scoring(url, batch_size=BATCH)  # stale_after_minutes: the default hour
     killed, run = scoring_run(url, _runs(url)[0].id), scoring_run(url, run_id)
     assert killed.status == "abandoned" and "process" in killed.error and killed.pid == proc.pid
     assert run.status == "completed" and run.n_candidates == N - len(before) and run.n_scored == N - len(before)
@@ -128,6 +128,6 @@ def test_a_database_outage_mid_run_fails_the_run_with_its_reason_and_frees_every
     assert _claims(url) == 0
     scored_before = len(predictions_per_study(url))
     assert 0 < scored_before < N
-    run = scoring_run(url, score_new_studies.fn(url, batch_size=BATCH))
+    run = scoring_run(url, run_scoring(url, batch_size=BATCH))
     assert run.n_candidates == N - scored_before and run.status == "completed"
     assert_every_study_scored_once(url, study_ids)
