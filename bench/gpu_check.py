@@ -42,7 +42,7 @@ def check_training(device, size: int, batch: int, steps: int, workers: int) -> t
     from torch.utils.data import DataLoader
 
     from cxrmodel.config import load_pipeline_config
-    from cxrmodel.data.datasets import StudyDataset, array_loader
+    from cxrmodel.data.datasets import StudyDataset
     from cxrmodel.data.transforms import eval_transform, train_transform
     from cxrmodel.models.networks import build_model
     from cxrmodel.training.loop import Acceleration, fit, positive_weights
@@ -93,7 +93,7 @@ def check_training(device, size: int, batch: int, steps: int, workers: int) -> t
     network = build_model(config.architecture, backbone=config.backbone, dropout=config.dropout)
     pin = device.type == "cuda"
     train = DataLoader(
-        StudyDataset(array_loader(images), patient, labels, transform=train_transform(size)),
+        StudyDataset(images.__getitem__, patient, labels, transform=train_transform(size)),
         batch_size=batch,
         shuffle=True,
         num_workers=workers,
@@ -101,7 +101,7 @@ def check_training(device, size: int, batch: int, steps: int, workers: int) -> t
         persistent_workers=workers > 0,
     )
     val = DataLoader(
-        StudyDataset(array_loader(images[:batch]), patient[:batch], labels[:batch], transform=eval_transform(size)),
+        StudyDataset(images[:batch].__getitem__, patient[:batch], labels[:batch], transform=eval_transform(size)),
         batch_size=batch,
     )
     result = fit(network, train, val, config, weights, device)

@@ -208,3 +208,5 @@ class ScoringRunInfo(Entity):
     heartbeat_at: datetime | None
     finished_at: datetime | None
     error: str | None
+    host: str | None = None  # where the run's process ran (issue 22: a dead claim is reclaimable)
+    pid: int | None = None

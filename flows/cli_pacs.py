@@ -34,7 +34,6 @@ def _checked(home: Path | None) -> None:
     connection = pacs_connection(settings(home))
     if connection is None:
         raise UserError("no PACS configured: set CXR_DICOMWEB_URL (and CXR_DICOMWEB_USER/PASSWORD or CXR_DICOMWEB_SECRET)")
-    database_url(home)  # the schema is there and current, or one line says what to run
     pacs = Pacs(connection)
     try:
         pacs.check()
@@ -42,6 +41,7 @@ def _checked(home: Path | None) -> None:
         raise UserError(str(exc)) from None
     finally:
         pacs.close()
+    database_url(home)  # the schema is there and current, or one line says what to run
     prepare_flow_command()
 
 

@@ -1,13 +1,14 @@
 """What every ``cxr`` command shares: the state folder, the configuration file, the Prefect
 server to talk to, references resolved to ids, and one line on stderr for a user's mistake.
 
-Nothing here imports Prefect or torch: a command that only reads the database never pays for
-them, and a flow command checks its inputs (configuration, folders, names) before Prefect
+Nothing here imports torch, and Prefect only once a flow command has checked its inputs: a
+command that only reads the database never pays for them, and a flow command checks its inputs (configuration, folders, names) before Prefect
 starts, so a typo costs a fraction of a second and leaves no run behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -24,8 +25,11 @@ from deployments.settings import Settings, Workspace, resolve_config
 #: Where ``prefect server start`` listens by default.
 DEFAULT_LOCAL_API = "http://127.0.0.1:4200/api"
 #: Seconds a temporary server may take to start; Prefect's own 20 s fails on a busy 2-core host.
-EPHEMERAL_STARTUP_TIMEOUT = "180"
+EPHEMERAL_STARTUP_TIMEOUT = 180
 
+
+#: Prefect settings this command chose (:func:`use_running_prefect_server`), held until it ends.
+_prefect_settings = contextlib.ExitStack()
 
 #: This process's command: ``--debug`` given, and the home it works in (where error logs go).
 _state: dict = {"debug": False, "home": None}
@@ -80,21 +84,32 @@ def _answers(url: str, timeout: float) -> bool:
 
 
 def use_running_prefect_server(probe_timeout: float = 0.5) -> str | None:
-    """Point this process's Prefect client at a running server and return its API URL:
-    ``PREFECT_API_URL`` when set, else ``prefect server start``'s default local address when it
-    answers ``/api/health``. With neither, return ``None``: Prefect then starts one temporary
-    server for the process, given :data:`EPHEMERAL_STARTUP_TIMEOUT` seconds to come up (unless
-    ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` says otherwise). Call it before
-    Prefect is imported."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    url = os.environ.get("PREFECT_API_URL")
-    if url or "prefect" in sys.modules:  # set, or this process configured Prefect itself (a test harness)
-        return url
-    if _answers(DEFAULT_LOCAL_API, probe_timeout):
-        os.environ["PREFECT_API_URL"] = DEFAULT_LOCAL_API
-        return DEFAULT_LOCAL_API
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT)
-    return None
+    """Point this command's Prefect client at a running server and return its API URL: the
+    configured ``PREFECT_API_URL`` (environment, profile, or a test harness) when there is one,
+    else ``prefect server start``'s default local address when it answers ``/api/health``. With
+    neither, return ``None``: Prefect then starts one temporary server for the process, given
+    :data:`EPHEMERAL_STARTUP_TIMEOUT` seconds to come up (unless
+    ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` says otherwise). The choice is made
+    with Prefect's own :func:`prefect.settings.temporary_settings`, held for the rest of the
+    command; the process environment is left as it was."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    url = PREFECT_API_URL.value()
+    updates: dict = {}
+    if "PREFECT_SERVER_ANALYTICS_ENABLED" not in os.environ:
+        updates[PREFECT_SERVER_ANALYTICS_ENABLED] = False
+    if not url and _answers(DEFAULT_LOCAL_API, probe_timeout):
+        url = updates[PREFECT_API_URL] = DEFAULT_LOCAL_API
+    elif not url and "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = EPHEMERAL_STARTUP_TIMEOUT
+    if updates:
+        _prefect_settings.enter_context(temporary_settings(updates=updates))
+    return url
 
 
 class _NoConsoleTracebacks(logging.Filter):

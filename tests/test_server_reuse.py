@@ -17,7 +17,8 @@ import json, os, sys
 from flows import cli_support
 cli_support.DEFAULT_LOCAL_API = sys.argv[1]
 found = cli_support.use_running_prefect_server(probe_timeout=5)
-print(json.dumps({"found": found, "env": os.environ.get("PREFECT_API_URL")}))
+from prefect.settings import PREFECT_API_URL
+print(json.dumps({"found": found, "setting": PREFECT_API_URL.value(), "env": os.environ.get("PREFECT_API_URL")}))
 """
 
 
@@ -33,8 +34,13 @@ def test_a_server_on_the_default_address_is_used_when_prefect_api_url_is_unset(p
     from prefect.settings import PREFECT_API_URL
 
     running = PREFECT_API_URL.value()
-    assert _probe(running) == {"found": running, "env": running}
+    # Prefect's settings point at it; the process environment is left alone (issue 21)
+    assert _probe(running) == {"found": running, "setting": running, "env": None}
     nothing = f"http://127.0.0.1:{free_port()}/api"
-    assert _probe(nothing) == {"found": None, "env": None}  # a temporary server, as before
+    assert _probe(nothing) == {"found": None, "setting": None, "env": None}  # a temporary server, as before
     chosen = f"http://127.0.0.1:{free_port()}/api"
-    assert _probe(running, PREFECT_API_URL=chosen) == {"found": chosen, "env": chosen}  # the user's choice wins
+    assert _probe(running, PREFECT_API_URL=chosen) == {
+        "found": chosen,
+        "setting": chosen,
+        "env": chosen,
+    }  # the user's choice wins
