@@ -71,6 +71,16 @@ def tiny_config(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def tiny_config_on_validation(tmp_path_factory) -> Path:
+    """The same candidates and recipes, ranked on validation instead of cross-validation: the
+    retrain and demo entry points are about what gets trained, and cross-validation (every
+    recipe retrained per fold) is tested once, through ``cxr evaluate --promote``."""
+    path = tmp_path_factory.mktemp("config") / "tiny-validation.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "evaluation": {**TINY["evaluation"], "min_validation_studies": 1}}))
+    return path
+
+
+@pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
     generate_dataset(root, SynthConfig(n_studies=60, n_incoming=0, image_size=32, seed=5), workers=1)
@@ -96,7 +106,9 @@ def _versions(url: str) -> list[ModelVersion]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_each_entry_point_trains_the_same_candidates(prefect_server, tiny_config, synthetic_root, tmp_path, monkeypatch):
+def test_each_entry_point_trains_the_same_candidates(
+    prefect_server, tiny_config, tiny_config_on_validation, synthetic_root, tmp_path, monkeypatch
+):
     from deployments.definitions import RETRAIN, deployment_specs
     from flows.demo import run_demo
     from flows.pipeline import retrain_flow
@@ -130,7 +142,9 @@ def test_each_entry_point_trains_the_same_candidates(prefect_server, tiny_config
     assert {v.id: v.selection_score for v in _versions(url)} == {v.id: v.selection_score for v in ranked}
 
     # 2. the weekly retrain deployment: its flow with exactly the parameters the deployment carries
-    monkeypatch.setenv("CXR_CONFIG", str(tiny_config))
+    config = load_pipeline_config(tiny_config_on_validation)
+    assert config.candidates == load_pipeline_config(tiny_config).candidates
+    monkeypatch.setenv("CXR_CONFIG", str(tiny_config_on_validation))
     parameters = next(s for s in deployment_specs() if s.name == RETRAIN).parameters
     assert parameters["candidates"] == config.candidates.model_dump(mode="json")
     retrain_home = tmp_path / "retrain"
